@@ -1,0 +1,132 @@
+"""What a job kind's ``run(spec, ctx)`` gets: where to write, how to report, whether to stop.
+
+The context is the only bridge between a kind's code and the state store: progress events, metrics and
+outputs go through it, throttled so a fast training loop cannot flood the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchbearer.settings import Settings
+from torchbearer.store import JobState, Store
+
+log = logging.getLogger("torchbearer.job")
+
+
+class JobInterrupted(Exception):
+    """Raised by a kind after stopping at a safe point on request; the job runs again later."""
+
+
+class PathOutsideProject(ValueError):
+    """A job file named a path outside the project folder while that is not allowed."""
+
+
+@dataclass
+class JobContext:
+    """Everything a running job needs besides its spec. ``progress_interval_s`` throttles progress writes."""
+
+    job_id: int
+    name: str
+    attempt: int
+    run_dir: Path
+    settings: Settings
+    store: Store
+    progress_interval_s: float = 0.5
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _last_progress: float = field(default=0.0, repr=False)
+
+    # -- stopping -------------------------------------------------------------------------------------------
+
+    @property
+    def should_stop(self) -> bool:
+        """True once SIGTERM (cancel, daemon stop, timeout) arrived: save, then raise :class:`JobInterrupted`."""
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """Turn SIGTERM/SIGINT into :attr:`should_stop` instead of an abrupt exit (main thread only)."""
+
+        def handler(signum: int, _frame: Any) -> None:
+            log.warning("received %s: stopping at the next safe point", signal.Signals(signum).name)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def check_stop(self) -> None:
+        """Raise :class:`JobInterrupted` if a stop was requested (for kinds whose every step is a safe point)."""
+        if self.should_stop:
+            raise JobInterrupted("stopped on request")
+
+    # -- paths ----------------------------------------------------------------------------------------------
+
+    def resolve(self, path: str | Path) -> Path:
+        """A job-file path, made absolute against the project folder; refuses paths outside it by default."""
+        candidate = Path(path).expanduser()
+        resolved = (candidate if candidate.is_absolute() else self.settings.project_dir / candidate).resolve()
+        if not self.settings.allow_outside_paths and not resolved.is_relative_to(self.settings.project_dir):
+            raise PathOutsideProject(
+                f"{path} is outside the project folder {self.settings.project_dir} "
+                "(set TORCHBEARER_ALLOW_OUTSIDE_PATHS=1 to allow)"
+            )
+        return resolved
+
+    def secret(self, name: str) -> str | None:
+        """A credential from the environment or env file; never log or store the value."""
+        return self.settings.secret(name)
+
+    # -- reporting ------------------------------------------------------------------------------------------
+
+    def progress(
+        self,
+        stage: str | None = None,
+        *,
+        done: float | None = None,
+        total: float | None = None,
+        unit: str = "",
+        epoch: int | None = None,
+        step: int | None = None,
+        eta_s: float | None = None,
+        force: bool = False,
+        **fields: Any,
+    ) -> bool:
+        """Record a progress event; skipped (returns False) if the last one was under the interval ago."""
+        now = time.monotonic()
+        if not force and now - self._last_progress < self.progress_interval_s:
+            return False
+        self._last_progress = now
+        self.store.add_progress(
+            self.job_id, stage=stage, done=done, total=total, unit=unit, epoch=epoch, step=step, eta_s=eta_s,
+            fields=fields or None,
+        )  # fmt: skip
+        return True
+
+    def metric(self, name: str, value: float, *, step: int | None = None, epoch: int | None = None) -> None:
+        self.metrics({name: value}, step=step, epoch=epoch)
+
+    def metrics(self, values: dict[str, float], *, step: int | None = None, epoch: int | None = None) -> None:
+        """Record several values of one moment (curves in the dashboard)."""
+        if values:
+            self.store.add_metrics(self.job_id, values, attempt=self.attempt, step=step, epoch=epoch)
+
+    def output(self, path: str | Path, kind: str) -> None:
+        """Record a product of the job: ``checkpoint``, ``best_checkpoint``, ``map``, ``plot``, ``scene`` …"""
+        self.store.add_output(self.job_id, Path(path).resolve(), kind)
+
+    def job_outputs(self, ref: str | int, kind: str | None = None) -> list[dict[str, Any]]:
+        """The outputs of another job (by id or name); raises if it did not succeed."""
+        other = self.store.find_job(ref)
+        if other is None:
+            raise LookupError(f"no job {ref!r} in the store")
+        if other.state != JobState.SUCCEEDED:
+            raise LookupError(f"job {other.name} (#{other.id}) is {other.state}, not succeeded")
+        return self.store.outputs(other.id, kind)

@@ -1,0 +1,29 @@
+"""Where a worker process runs: on this machine (:mod:`.local`) or on a Slurm cluster (:mod:`.slurm`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+
+class WorkerHandle(Protocol):
+    """A started worker, as the supervisor sees it."""
+
+    pid: int | None
+    external_id: str | None
+
+    def poll(self) -> int | None:
+        """The exit code once it ended (negative: killed by that signal), else None."""
+
+    def terminate(self) -> None:
+        """Ask it to stop at a safe point (SIGTERM to its whole process group)."""
+
+    def kill(self) -> None:
+        """Stop it now (SIGKILL to its whole process group)."""
+
+
+class Executor(Protocol):
+    name: str
+
+    def start(self, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path) -> WorkerHandle:
+        """Start ``argv`` with output appended to ``log_path``."""

@@ -1,0 +1,328 @@
+"""Starting workers, watching them (exit, timeout, cancel, log size) and recording how each attempt ended.
+
+A worker that raises, segfaults, is OOM-killed or hangs costs its job, never the daemon. The worker records
+its own outcome in the store before it exits; the supervisor reads it, adds what only it can know (the exit
+signal, a timeout, a cancel, the end of the log) and moves the job on: succeeded, failed (or waiting for a
+retry), cancelled, or interrupted (runs again).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchbearer.daemon.executors import Executor, WorkerHandle
+from torchbearer.daemon.executors.local import LocalExecutor, signal_process_group
+from torchbearer.settings import Settings
+from torchbearer.store import JobState, Store, pid_alive
+from torchbearer.worker import EXIT_INTERRUPTED
+
+log = logging.getLogger("torchbearer.supervisor")
+
+#: Lines of the log kept with a failed job (the end of its traceback).
+ERROR_TAIL_LINES = 40
+LOG_CHECK_INTERVAL_S = 2.0
+
+
+@dataclass
+class RunningJob:
+    """A job whose worker this daemon started."""
+
+    job_id: int
+    name: str
+    attempt: int
+    handle: WorkerHandle
+    slots: tuple[str, ...]
+    started: float  # monotonic seconds
+    timeout_s: float | None
+    log_path: Path
+    term_sent: float | None = None  # monotonic seconds of the SIGTERM we sent
+    timed_out: bool = False
+    killed_by_us: bool = False
+
+
+def describe_exit(code: int | None, *, killed_by_us: bool = False) -> str:
+    """Human words for a worker's exit code (negative: the signal that ended it)."""
+    if code is None:
+        return "the worker vanished"
+    if code >= 0:
+        return f"the worker exited with code {code}"
+    name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+    if -code == signal.SIGSEGV:
+        return "the worker crashed: segmentation fault (SIGSEGV)"
+    if -code == signal.SIGKILL and not killed_by_us:
+        return "the worker was killed by SIGKILL (likely the kernel's out-of-memory killer)"
+    return f"the worker was killed by {name}"
+
+
+def read_tail(path: Path, lines: int = ERROR_TAIL_LINES, max_bytes: int = 64 * 1024) -> str:
+    """The last ``lines`` lines of a text file, reading at most ``max_bytes`` from its end."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            size = file.tell()
+            file.seek(max(0, size - max_bytes))
+            data = file.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-lines:])
+
+
+def cap_log(path: Path, cap_bytes: int) -> bool:
+    """Cut a log back to its newest half once it passes ``cap_bytes``; True if it was cut.
+
+    The worker appends with O_APPEND, so its next write lands at the new end.
+    """
+    try:
+        size = path.stat().st_size
+        if size <= cap_bytes:
+            return False
+        keep = cap_bytes // 2
+        with open(path, "r+b") as file:
+            file.seek(size - keep)
+            tail = file.read()
+            file.seek(0)
+            file.truncate()
+            file.write(f"[… {size - len(tail):,} earlier bytes cut by torchbearer …]\n".encode())
+            file.write(tail)
+    except OSError as exc:
+        log.warning("could not cap %s: %s", path, exc)
+        return False
+    return True
+
+
+def is_worker_of(pid: int, job_id: int) -> bool:
+    """Whether ``pid`` is a ``torchbearer.worker`` process of this job (not a recycled pid)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"torchbearer.worker" in argv and str(job_id).encode() in argv
+
+
+class Supervisor:
+    """Owns the running workers of one daemon (or one foreground ``run``)."""
+
+    def __init__(self, settings: Settings, store: Store, executor: Executor | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.executor = executor or LocalExecutor()
+        self.running: dict[int, RunningJob] = {}
+        self.quick_failures = 0
+        self._last_log_check = 0.0
+
+    # -- slots ----------------------------------------------------------------------------------------------
+
+    def free_slots(self) -> list[str]:
+        busy = {slot for job in self.running.values() for slot in job.slots}
+        return [slot for slot in self.settings.slots if slot not in busy]
+
+    # -- starting -------------------------------------------------------------------------------------------
+
+    def start(self, job_id: int, slots: tuple[str, ...]) -> bool:
+        """Claim a runnable job and start its worker; False if another process claimed it first."""
+        job = self.store.job(job_id)
+        if job is None:
+            return False
+        run_dir = Path(job.run_dir) if job.run_dir else self.settings.runs_dir / f"{job.id}-{job.name}"
+        claimed = self.store.transition(
+            job_id, JobState.RUNNING, expect=[JobState.QUEUED, JobState.INTERRUPTED], reason=None,
+            started_at=time.time(), finished_at=None, run_dir=str(run_dir), slot=",".join(slots),
+            executor=self.executor.name, pid=None, exit_code=None, cancel_requested=0, error_tail=None,
+            stage="starting", progress=None, eta_s=None,
+        )  # fmt: skip
+        if not claimed:
+            return False
+        attempt = self.store.start_attempt(job_id, pid=None, slot=",".join(slots), executor=self.executor.name)
+        log_path = run_dir / "log.txt"
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            handle = self.executor.start(
+                [sys.executable, "-m", "torchbearer.worker", str(job_id), str(attempt)],
+                env=self._worker_env(job_id, slots),
+                log_path=log_path,
+                cwd=self.settings.project_dir,
+            )
+        except OSError as exc:
+            reason = f"could not start the worker: {exc}"
+            self.store.finish_attempt(job_id, attempt, outcome="failed", reason=reason)
+            self.store.transition(job_id, JobState.FAILED, reason=reason, finished_at=time.time())
+            log.error("job %s (#%d): %s", job.name, job_id, reason)
+            return False
+        self.store.update_job(job_id, pid=handle.pid, external_id=handle.external_id)
+        if handle.pid is not None:
+            self.store.set_attempt_pid(job_id, attempt, handle.pid)
+        self.running[job_id] = RunningJob(
+            job_id, job.name, attempt, handle, slots, time.monotonic(), job.timeout_s, log_path
+        )
+        log.info("started %s (#%d) attempt %d on slot %s", job.name, job_id, attempt, ",".join(slots) or "cpu")
+        return True
+
+    def _worker_env(self, job_id: int, slots: tuple[str, ...]) -> dict[str, str]:
+        env = {
+            **os.environ,
+            **self.settings.as_environ(),
+            "PYTHONUNBUFFERED": "1",
+            "TORCHBEARER_JOB_ID": str(job_id),
+        }
+        gpus = ",".join(s for s in slots if s)
+        if gpus:  # each job sees exactly its own GPUs
+            env["CUDA_VISIBLE_DEVICES"] = gpus
+            env["HIP_VISIBLE_DEVICES"] = gpus
+        return env
+
+    # -- watching -------------------------------------------------------------------------------------------
+
+    def poll(self) -> list[int]:
+        """Check every worker once: reap the finished, enforce timeouts and grace periods, cap logs.
+
+        Returns the ids of jobs that ended.
+        """
+        now = time.monotonic()
+        ended: list[int] = []
+        for job_id, running in list(self.running.items()):
+            code = running.handle.poll()
+            if code is not None:
+                del self.running[job_id]
+                self._finalize(running, code)
+                ended.append(job_id)
+                continue
+            if running.timeout_s and not running.timed_out and now - running.started > running.timeout_s:
+                log.warning("job %s (#%d) hit its timeout of %.0f s", running.name, job_id, running.timeout_s)
+                running.timed_out = True
+                self._terminate(running)
+            if running.term_sent is not None and now - running.term_sent > self.settings.kill_grace_s:
+                log.warning("job %s (#%d) ignored SIGTERM for %.0f s: SIGKILL", running.name, job_id,
+                            self.settings.kill_grace_s)  # fmt: skip
+                running.killed_by_us = True
+                running.handle.kill()
+                running.term_sent = now  # do not resend every tick
+        if now - self._last_log_check > LOG_CHECK_INTERVAL_S:
+            self._last_log_check = now
+            for running in self.running.values():
+                cap_log(running.log_path, self.settings.log_cap_bytes)
+        return ended
+
+    def apply_cancel_requests(self) -> None:
+        """SIGTERM the workers of jobs a client asked to cancel."""
+        for job_id, running in self.running.items():
+            if running.term_sent is None:
+                job = self.store.job(job_id)
+                if job is not None and job.cancel_requested:
+                    log.info("cancelling %s (#%d)", running.name, job_id)
+                    self._terminate(running)
+
+    def _terminate(self, running: RunningJob) -> None:
+        running.term_sent = time.monotonic()
+        running.handle.terminate()
+
+    def stop_all(self, grace_s: float | None = None) -> None:
+        """SIGTERM every worker, wait for them (SIGKILL after the grace period), record them interrupted."""
+        grace_s = self.settings.kill_grace_s if grace_s is None else grace_s
+        for running in self.running.values():
+            if running.term_sent is None:
+                self._terminate(running)
+        deadline = time.monotonic() + grace_s
+        while self.running and time.monotonic() < deadline:
+            self.poll()
+            time.sleep(0.1)
+        for running in self.running.values():
+            running.killed_by_us = True
+            running.handle.kill()
+        while self.running:
+            self.poll()
+            time.sleep(0.05)
+
+    # -- outcomes -------------------------------------------------------------------------------------------
+
+    def _finalize(self, running: RunningJob, code: int | None) -> None:
+        job = self.store.job(running.job_id)
+        if job is None:
+            return
+        attempt = self.store.attempt(running.job_id, running.attempt) or {}
+        outcome = attempt.get("outcome")
+        elapsed = time.monotonic() - running.started
+        now = time.time()
+        common = {"finished_at": now, "exit_code": code, "pid": None, "stage": None, "eta_s": None}
+        if job.cancel_requested:
+            self._end(running, JobState.CANCELLED, "cancelled on request", outcome or "cancelled", code, common)
+        elif running.timed_out:
+            self._fail(job, running, f"timed out after {running.timeout_s:.0f} s", code, common)
+        elif code == 0 and outcome == "succeeded":
+            self.quick_failures = 0
+            self._end(running, JobState.SUCCEEDED, None, outcome, code, {**common, "progress": 1.0})
+        elif outcome == "interrupted" or code == EXIT_INTERRUPTED:
+            self._end(running, JobState.INTERRUPTED, "stopped at a safe point; runs again", "interrupted", code,
+                      common)  # fmt: skip
+        else:
+            reason = attempt.get("reason") or describe_exit(code, killed_by_us=running.killed_by_us)
+            self._fail(job, running, reason, code, common)
+            self._guard_crash_loop(elapsed)
+
+    def _end(self, running: RunningJob, state: JobState, reason: str | None, outcome: str, code: int | None,
+             columns: dict) -> None:  # fmt: skip
+        self.store.finish_attempt(running.job_id, running.attempt, outcome=outcome, exit_code=code, reason=reason)
+        self.store.transition(running.job_id, state, expect=[JobState.RUNNING], reason=reason, **columns)
+        log.info("%s (#%d) %s%s", running.name, running.job_id, state, f": {reason}" if reason else "")
+
+    def _fail(self, job, running: RunningJob, reason: str, code: int | None, columns: dict) -> None:
+        columns = {**columns, "error_tail": read_tail(running.log_path)}
+        if job.attempts <= job.retries:
+            delay = job.retry_backoff_s * 2 ** (job.attempts - 1)
+            retry = f"{reason}; retry {job.attempts}/{job.retries} in {delay:.0f} s"
+            self.store.finish_attempt(running.job_id, running.attempt, outcome="failed", exit_code=code, reason=reason)
+            self.store.transition(running.job_id, JobState.WAITING, expect=[JobState.RUNNING], reason=retry,
+                                  next_try_at=time.time() + delay, **columns)  # fmt: skip
+            log.warning("%s (#%d) failed: %s", running.name, running.job_id, retry)
+            return
+        self._end(running, JobState.FAILED, reason, "failed", code, columns)
+
+    def _guard_crash_loop(self, elapsed_s: float) -> None:
+        if elapsed_s > self.settings.crash_window_s:
+            self.quick_failures = 0
+            return
+        self.quick_failures += 1
+        if self.quick_failures >= self.settings.crash_loop_count:
+            reason = (
+                f"crash loop: {self.quick_failures} jobs in a row died within {self.settings.crash_window_s:.0f} s "
+                "of starting; fix the cause, then `torchbearer resume`"
+            )
+            self.store.set_queue_paused(reason)
+            log.error("queue paused: %s", reason)
+            self.quick_failures = 0
+
+    # -- recovery -------------------------------------------------------------------------------------------
+
+    def recover(self) -> list[int]:
+        """At start: settle jobs left ``running`` by a daemon that died. Returns their ids.
+
+        A leftover worker of the job is stopped first (SIGTERM, then SIGKILL after the grace period). A job
+        whose attempt recorded success is succeeded (never run twice); any other is interrupted and runs again.
+        """
+        recovered = []
+        for job in self.store.jobs(states=[JobState.RUNNING]):
+            if job.pid and pid_alive(job.pid) and is_worker_of(job.pid, job.id):
+                log.warning("stopping leftover worker of %s (#%d), pid %d", job.name, job.id, job.pid)
+                signal_process_group(job.pid, signal.SIGTERM)
+                deadline = time.monotonic() + self.settings.kill_grace_s
+                while pid_alive(job.pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                signal_process_group(job.pid, signal.SIGKILL)
+            attempt = self.store.attempt(job.id, job.attempts) or {}
+            if attempt.get("outcome") == "succeeded":
+                state, reason = JobState.SUCCEEDED, "finished while the daemon was down"
+            else:
+                state, reason = JobState.INTERRUPTED, "the daemon stopped while it ran; runs again"
+                if job.attempts:
+                    self.store.finish_attempt(job.id, job.attempts, outcome=attempt.get("outcome") or "interrupted",
+                                              reason=attempt.get("reason") or reason)  # fmt: skip
+            self.store.transition(job.id, state, expect=[JobState.RUNNING], reason=reason, pid=None,
+                                  finished_at=time.time() if state == JobState.SUCCEEDED else None)  # fmt: skip
+            log.warning("recovered %s (#%d): %s", job.name, job.id, state)
+            recovered.append(job.id)
+        return recovered

@@ -1,0 +1,144 @@
+"""Watching ``queue/`` with watchdog, and telling when a dropped file is complete.
+
+A file is handed over only once it is whole: inotify's close-after-write or a rename into the folder says so
+at once; otherwise the file must keep the same size and mtime for ``settle_s``. A file that does not parse yet
+while it changed within ``incomplete_grace_s`` is given more time (a slow writer), and refused only after.
+Editors' swap and backup files, hidden files and anything not ``.yaml``/``.yml`` are ignored. A rescan every
+``rescan_s`` catches what inotify missed (overflows) and files dropped while the daemon was down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+log = logging.getLogger("torchbearer.watcher")
+
+JOB_SUFFIXES = (".yaml", ".yml")
+
+
+def is_job_file_name(name: str) -> bool:
+    """Whether a file name in the queue folder is a job file (not hidden, not an editor's temp file)."""
+    return not name.startswith((".", "#", "~")) and not name.endswith("~") and name.endswith(JOB_SUFFIXES)
+
+
+@dataclass
+class _Seen:
+    size: int = -1
+    mtime_ns: int = -1
+    changed_at: float = 0.0  # monotonic seconds of the last size/mtime change we noticed
+    closed: bool = False  # closed after its last write (or renamed in): complete
+
+
+class QueueWatcher(FileSystemEventHandler):
+    """Collects candidate job files; :meth:`ready` returns those that are complete."""
+
+    def __init__(
+        self,
+        queue_dir: Path,
+        *,
+        settle_s: float = 1.0,
+        incomplete_grace_s: float = 2.0,
+        rescan_s: float = 2.0,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.queue_dir = queue_dir
+        self.settle_s = settle_s
+        self.incomplete_grace_s = incomplete_grace_s
+        self.rescan_s = rescan_s
+        self.on_change = on_change or (lambda: None)
+        self._seen: dict[Path, _Seen] = {}
+        self._lock = threading.Lock()
+        self._observer: Observer | None = None
+        self._last_scan = 0.0
+
+    # -- watchdog callbacks (observer thread) ---------------------------------------------------------------
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        path = Path(event.dest_path if event.event_type == "moved" else event.src_path)
+        if path.parent != self.queue_dir or not is_job_file_name(path.name):
+            return
+        with self._lock:
+            seen = self._seen.setdefault(path, _Seen(changed_at=time.monotonic()))
+            if event.event_type in ("closed", "moved"):
+                seen.closed = True
+            elif event.event_type in ("created", "modified"):
+                seen.closed = False
+                seen.changed_at = time.monotonic()
+            elif event.event_type == "deleted":
+                self._seen.pop(path, None)
+        self.on_change()
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.queue_dir.mkdir(parents=True, exist_ok=True)
+        self._observer = Observer()
+        self._observer.schedule(self, str(self.queue_dir), recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+        self.rescan()
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+
+    def rescan(self) -> None:
+        """Add every job file in the folder we do not know yet (missed events, files from before start)."""
+        self._last_scan = time.monotonic()
+        try:
+            names = [entry.name for entry in self.queue_dir.iterdir() if entry.is_file()]
+        except OSError as exc:
+            log.error("cannot list %s: %s", self.queue_dir, exc)
+            return
+        with self._lock:
+            for name in names:
+                if is_job_file_name(name):
+                    self._seen.setdefault(self.queue_dir / name, _Seen(changed_at=time.monotonic()))
+
+    # -- readiness ------------------------------------------------------------------------------------------
+
+    def ready(self, parses: Callable[[Path], bool]) -> list[Path]:
+        """Complete files, oldest first; ``parses(path)`` tells whether a file reads as a valid job file."""
+        now = time.monotonic()
+        if now - self._last_scan >= self.rescan_s:
+            self.rescan()
+        with self._lock:
+            candidates = list(self._seen.items())
+        complete: list[Path] = []
+        for path, seen in candidates:
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                with self._lock:
+                    self._seen.pop(path, None)
+                continue
+            if (stat.st_size, stat.st_mtime_ns) != (seen.size, seen.mtime_ns):
+                if seen.size >= 0:  # it changed since we last looked: a writer is still at it
+                    seen.closed = False
+                seen.size, seen.mtime_ns, seen.changed_at = stat.st_size, stat.st_mtime_ns, now
+            quiet_s = now - seen.changed_at
+            if not (seen.closed or quiet_s >= self.settle_s):
+                continue
+            if quiet_s < self.incomplete_grace_s and not parses(path):
+                continue  # maybe half-written: refuse only once it stayed invalid and unchanged a while
+            complete.append(path)
+        with self._lock:
+            for path in complete:
+                self._seen.pop(path, None)
+        return sorted(complete, key=lambda p: (p.stat().st_mtime_ns if p.exists() else 0, p.name))
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._seen)

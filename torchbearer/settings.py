@@ -1,0 +1,141 @@
+"""Where things are: the queue, the run folders, the data root and the state database.
+
+Each value comes from, in order: an explicit argument (a CLI flag), the process environment, the env file
+(``.env`` in the project folder, or the file named by ``TORCHBEARER_ENV_FILE``), then the default. Every
+variable is documented in ``env.example``. Credentials are read from the same places through
+:meth:`Settings.secret` and never stored in the settings' printable form.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Variables that hold secrets: never printed, logged or written to the store.
+SECRET_NAMES = frozenset({"COPERNICUS_USER", "COPERNICUS_PASSWORD", "COPERNICUS_TOTP_SECRET"})
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used (says which variable and why)."""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a ``KEY=VALUE`` file (``#`` comments, optional ``export`` and quotes); missing file → {}."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for number, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise SettingsError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()[:60]!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved paths and limits of one project. Paths are absolute."""
+
+    project_dir: Path
+    queue_dir: Path
+    runs_dir: Path
+    data_dir: Path
+    state_path: Path
+    #: GPU ids, one job slot each; ``[]`` means one slot with no GPU named (CPU machines).
+    devices: tuple[str, ...] = ()
+    #: Seconds between SIGTERM and SIGKILL when a job is cancelled or the daemon stops.
+    kill_grace_s: float = 30.0
+    #: A worker's log.txt is cut back to its newest half when it grows past this many bytes.
+    log_cap_bytes: int = 50 * 1024 * 1024
+    #: Whether job files may name paths outside the project folder.
+    allow_outside_paths: bool = False
+    #: Crash-loop guard: this many jobs in a row dying within ``crash_window_s`` of starting pause the queue.
+    crash_loop_count: int = 3
+    crash_window_s: float = 10.0
+    env_file_values: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def load(
+        cls,
+        project_dir: str | Path | None = None,
+        *,
+        queue_dir: str | Path | None = None,
+        runs_dir: str | Path | None = None,
+        data_dir: str | Path | None = None,
+        state_path: str | Path | None = None,
+        devices: str | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> Settings:
+        """Resolve settings from arguments, then ``environ`` (default ``os.environ``), then the env file."""
+        environ = dict(os.environ if environ is None else environ)
+        project = Path(project_dir or environ.get("TORCHBEARER_PROJECT") or Path.cwd()).expanduser().resolve()
+        env_file = Path(environ.get("TORCHBEARER_ENV_FILE") or project / ".env")
+        file_values = read_env_file(env_file)
+
+        def get(name: str, default: str | None = None) -> str | None:
+            return environ.get(name) or file_values.get(name) or default
+
+        def path(arg: str | Path | None, name: str, default: str) -> Path:
+            value = Path(arg or get(name, default)).expanduser()
+            return (value if value.is_absolute() else project / value).resolve()
+
+        def number(name: str, default: float) -> float:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a number") from None
+            if value < 0:
+                raise SettingsError(f"{name}={raw!r} must not be negative")
+            return value
+
+        device_list = devices if devices is not None else get("TORCHBEARER_DEVICES", "")
+        return cls(
+            project_dir=project,
+            queue_dir=path(queue_dir, "TORCHBEARER_QUEUE", "queue"),
+            runs_dir=path(runs_dir, "TORCHBEARER_RUNS", "runs"),
+            data_dir=path(data_dir, "TORCHBEARER_DATA", "data"),
+            state_path=path(state_path, "TORCHBEARER_STATE", "state/torchbearer.db"),
+            devices=tuple(d.strip() for d in (device_list or "").split(",") if d.strip()),
+            kill_grace_s=number("TORCHBEARER_KILL_GRACE_S", 30.0),
+            log_cap_bytes=int(number("TORCHBEARER_LOG_CAP_MB", 50.0) * 1024 * 1024),
+            allow_outside_paths=(get("TORCHBEARER_ALLOW_OUTSIDE_PATHS", "0") or "0").lower() in {"1", "true", "yes"},
+            crash_loop_count=int(number("TORCHBEARER_CRASH_LOOP_COUNT", 3)),
+            crash_window_s=number("TORCHBEARER_CRASH_WINDOW_S", 10.0),
+            env_file_values=file_values,
+        )
+
+    def secret(self, name: str) -> str | None:
+        """A credential from the environment or the env file (``None`` when unset). Never log the value."""
+        return os.environ.get(name) or self.env_file_values.get(name) or None
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        """One entry per job slot: the GPU id the slot owns, or ``""`` for the single CPU-only slot."""
+        return self.devices or ("",)
+
+    def as_environ(self) -> dict[str, str]:
+        """The variables a child process needs to see the same settings (no secrets)."""
+        return {
+            "TORCHBEARER_PROJECT": str(self.project_dir),
+            "TORCHBEARER_QUEUE": str(self.queue_dir),
+            "TORCHBEARER_RUNS": str(self.runs_dir),
+            "TORCHBEARER_DATA": str(self.data_dir),
+            "TORCHBEARER_STATE": str(self.state_path),
+            "TORCHBEARER_ALLOW_OUTSIDE_PATHS": "1" if self.allow_outside_paths else "0",
+        }
+
+    def ensure_dirs(self) -> None:
+        """Create the queue, runs, data and state folders if missing."""
+        for folder in (self.queue_dir, self.runs_dir, self.data_dir, self.state_path.parent):
+            folder.mkdir(parents=True, exist_ok=True)

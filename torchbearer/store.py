@@ -1,0 +1,703 @@
+"""The state store: one SQLite database (WAL) that every process shares.
+
+The daemon, the workers, the CLI and the dashboard each open their own :class:`Store` on the same file. It
+holds the jobs (their spec as given and as resolved), their attempts, every state transition with its time,
+metrics, progress events, outputs, recurring schedules and a few queue-wide flags. Nothing else is shared
+between processes, so a process that dies loses nothing that was committed.
+
+The schema is versioned with ``PRAGMA user_version`` and upgraded by :data:`MIGRATIONS` inside one
+transaction, after a copy of the file is kept next to it. A database written by a newer version is refused,
+never rewritten: an unversioned state format once wiped pueue users' queues on upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import sqlite_utils
+
+
+class JobState(StrEnum):
+    """Where a job is in its life. Values are what the store, the CLI and the JSON output show."""
+
+    QUEUED = "queued"
+    WAITING = "waiting"  # on dependencies, not_before, or a retry's backoff
+    HELD = "held"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # stopped by a daemon stop or crash; runs again
+    DEPENDENCY_FAILED = "dependency-failed"
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.DEPENDENCY_FAILED})
+RUNNABLE_STATES = frozenset({JobState.QUEUED, JobState.INTERRUPTED})
+PENDING_STATES = frozenset({JobState.QUEUED, JobState.WAITING, JobState.HELD, JobState.INTERRUPTED})
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            source TEXT,
+            spec_given TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            after TEXT NOT NULL DEFAULT '[]',
+            not_before REAL,
+            retries INTEGER NOT NULL DEFAULT 0,
+            retry_backoff_s REAL NOT NULL DEFAULT 60,
+            timeout_s REAL,
+            devices INTEGER NOT NULL DEFAULT 1,
+            schedule_id INTEGER,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_try_at REAL,
+            reason TEXT,
+            error_tail TEXT,
+            run_dir TEXT,
+            stage TEXT,
+            progress REAL,
+            eta_s REAL,
+            pid INTEGER,
+            slot TEXT,
+            executor TEXT,
+            external_id TEXT,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            exit_code INTEGER
+        )""",
+        "CREATE INDEX jobs_state ON jobs (state, priority, id)",
+        "CREATE INDEX jobs_name ON jobs (name)",
+        """CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            number INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            outcome TEXT,
+            exit_code INTEGER,
+            reason TEXT,
+            pid INTEGER,
+            slot TEXT,
+            executor TEXT
+        )""",
+        "CREATE INDEX attempts_job ON attempts (job_id, number)",
+        """CREATE TABLE transitions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            time REAL NOT NULL,
+            from_state TEXT,
+            to_state TEXT NOT NULL,
+            reason TEXT
+        )""",
+        "CREATE INDEX transitions_job ON transitions (job_id, id)",
+        """CREATE TABLE metrics (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            attempt INTEGER,
+            time REAL NOT NULL,
+            name TEXT NOT NULL,
+            value REAL,
+            step INTEGER,
+            epoch INTEGER
+        )""",
+        "CREATE INDEX metrics_job ON metrics (job_id, name, id)",
+        """CREATE TABLE progress (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            time REAL NOT NULL,
+            stage TEXT,
+            done REAL,
+            total REAL,
+            unit TEXT,
+            epoch INTEGER,
+            step INTEGER,
+            eta_s REAL,
+            fields TEXT
+        )""",
+        "CREATE INDEX progress_job ON progress (job_id, id)",
+        """CREATE TABLE outputs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            time REAL NOT NULL,
+            kind TEXT NOT NULL,
+            path TEXT NOT NULL,
+            UNIQUE (job_id, kind, path)
+        )""",
+        """CREATE TABLE schedules (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            cron TEXT NOT NULL,
+            spec_given TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            source TEXT,
+            created_at REAL NOT NULL,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            last_fired_at REAL
+        )""",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+}
+
+
+class StoreError(RuntimeError):
+    """The state database cannot be used (says which file and why)."""
+
+
+class DependencyError(ValueError):
+    """A job's ``after`` names a job that does not exist, or the jobs of a batch wait on each other."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the ``jobs`` table, with JSON columns decoded. Times are UNIX seconds."""
+
+    id: int
+    name: str
+    kind: str
+    state: str
+    priority: int
+    source: str | None
+    spec_given: dict[str, Any]
+    spec: dict[str, Any]
+    after: list[int]
+    not_before: float | None
+    retries: int
+    retry_backoff_s: float
+    timeout_s: float | None
+    devices: int
+    schedule_id: int | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    next_try_at: float | None
+    reason: str | None
+    error_tail: str | None
+    run_dir: str | None
+    stage: str | None
+    progress: float | None
+    eta_s: float | None
+    pid: int | None
+    slot: str | None
+    executor: str | None
+    external_id: str | None
+    cancel_requested: int
+    exit_code: int | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        values = dict(row)
+        for key in ("spec_given", "spec", "after"):
+            values[key] = json.loads(values[key]) if values.get(key) else ({} if key != "after" else [])
+        return cls(**{f.name: values.get(f.name) for f in fields(cls)})
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from the latest start to the end (or to now while running)."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.finished_at and self.finished_at >= self.started_at else time.time()
+        return end - self.started_at
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What ingest hands the store for one job."""
+
+    name: str
+    kind: str
+    spec_given: dict[str, Any]
+    spec: dict[str, Any]
+    priority: int = 0
+    source: str | None = None
+    after: Sequence[str | int] = ()  # names (batch first, then store) or ids
+    not_before: float | None = None
+    retries: int = 0
+    retry_backoff_s: float = 60.0
+    timeout_s: float | None = None
+    devices: int = 1
+    schedule_id: int | None = None
+    held: bool = False
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Store:
+    """A connection to the state database. Cheap to open; one per process (or per thread)."""
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable SQLite database ({exc})") from exc
+        if mode.lower() != "wal":
+            raise StoreError(f"{self.path}: could not switch to WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self.conn = conn
+        self._migrate()
+
+    @cached_property
+    def db(self) -> sqlite_utils.Database:
+        """The same connection through sqlite-utils, for ad-hoc queries and introspection.
+
+        Imported on first use: sqlite-utils pulls in pandas when installed (0.3 s), too slow for ``status``.
+        """
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of a SELECT as dicts."""
+        cursor = self.conn.execute(sql, list(params))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    # -- schema ---------------------------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {current}, newer than this torchbearer knows "
+                f"({SCHEMA_VERSION}): upgrade torchbearer; the database was left untouched"
+            )
+        if current == SCHEMA_VERSION:
+            return
+        if current > 0:
+            shutil.copy2(self.path, self.path.with_name(f"{self.path.name}.bak-v{current}"))
+        with self.transaction():
+            if self.schema_version >= SCHEMA_VERSION:  # another process migrated while we waited
+                return
+            for version in range(self.schema_version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version={version}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken at once (``BEGIN IMMEDIATE``), so read-then-write steps cannot race."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits: a cheap "anything new?" check."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- jobs -----------------------------------------------------------------------------------------------
+
+    def add_jobs(self, new_jobs: Iterable[NewJob]) -> list[int]:
+        """Insert jobs in one transaction; returns their ids in order.
+
+        ``after`` entries name jobs of the same batch first, then the newest job of that name in the store, or
+        give an id; an unknown reference (or a cycle) raises :class:`DependencyError` and nothing is inserted.
+        """
+        batch = list(new_jobs)
+        now = _now()
+        ids: list[int] = []
+        with self.transaction() as conn:
+            for new in batch:
+                state = self._initial_state(new)
+                cursor = conn.execute(
+                    """INSERT INTO jobs (name, kind, state, priority, source, spec_given, spec, not_before,
+                       retries, retry_backoff_s, timeout_s, devices, schedule_id, created_at, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (
+                        new.name, new.kind, state, new.priority, new.source,
+                        json.dumps(new.spec_given, default=str), json.dumps(new.spec, default=str),
+                        new.not_before, new.retries, new.retry_backoff_s, new.timeout_s, new.devices,
+                        new.schedule_id, now, now,
+                    ),
+                )  # fmt: skip
+                ids.append(int(cursor.lastrowid))
+                conn.execute(
+                    "INSERT INTO transitions (job_id, time, from_state, to_state, reason) VALUES (?, ?, NULL, ?, ?)",
+                    (ids[-1], now, state, f"submitted from {new.source}" if new.source else "submitted"),
+                )
+            in_batch = {new.name: job_id for new, job_id in zip(batch, ids, strict=True)}
+            for new, job_id in zip(batch, ids, strict=True):
+                if new.after:
+                    after = [self._resolve_ref(ref, in_batch, new.name) for ref in new.after]
+                    conn.execute("UPDATE jobs SET after = ? WHERE id = ?", (json.dumps(after), job_id))
+            self._check_acyclic(batch, ids, in_batch)
+        return ids
+
+    def _resolve_ref(self, ref: str | int, in_batch: dict[str, int], owner: str) -> int:
+        text = str(ref).strip().lstrip("#")
+        if text in in_batch:
+            return in_batch[text]
+        if text.isdigit():
+            if self.conn.execute("SELECT 1 FROM jobs WHERE id = ?", (int(text),)).fetchone():
+                return int(text)
+            raise DependencyError(f"job {owner!r}: after: no job with id {text}")
+        row = self.conn.execute("SELECT id FROM jobs WHERE name = ? ORDER BY id DESC LIMIT 1", (text,)).fetchone()
+        if row is None:
+            raise DependencyError(f"job {owner!r}: after: no job named {text!r} in this file or the store")
+        return int(row[0])
+
+    def _check_acyclic(self, batch: list[NewJob], ids: list[int], in_batch: dict[str, int]) -> None:
+        edges = {
+            job_id: {in_batch[str(r)] for r in new.after if str(r) in in_batch}
+            for new, job_id in zip(batch, ids, strict=True)
+        }
+        names = {job_id: new.name for new, job_id in zip(batch, ids, strict=True)}
+        visiting: set[int] = set()
+        done: set[int] = set()
+
+        def visit(node: int) -> None:
+            if node in done:
+                return
+            if node in visiting:
+                raise DependencyError(f"job {names[node]!r}: after: dependency cycle")
+            visiting.add(node)
+            for nxt in edges[node]:
+                visit(nxt)
+            visiting.discard(node)
+            done.add(node)
+
+        for node in edges:
+            visit(node)
+
+    @staticmethod
+    def _initial_state(new: NewJob) -> JobState:
+        if new.held:
+            return JobState.HELD
+        if new.after or (new.not_before and new.not_before > _now()):
+            return JobState.WAITING
+        return JobState.QUEUED
+
+    def job(self, job_id: int) -> Job | None:
+        rows = self.query("SELECT * FROM jobs WHERE id = ?", [job_id])
+        return Job.from_row(rows[0]) if rows else None
+
+    def find_job(self, ref: str | int) -> Job | None:
+        """A job by id, or by name (the newest job of that name)."""
+        text = str(ref).strip().lstrip("#")
+        if text.isdigit():
+            return self.job(int(text))
+        rows = self.query("SELECT * FROM jobs WHERE name = ? ORDER BY id DESC LIMIT 1", [text])
+        return Job.from_row(rows[0]) if rows else None
+
+    def jobs(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        ids: Iterable[int] | None = None,
+        since: float | None = None,
+        order: str = "id",
+        limit: int | None = None,
+    ) -> list[Job]:
+        """Jobs filtered by state, id and update time; ``order`` is ``id`` or ``run`` (priority, then id)."""
+        where, params = self._where(states=states, ids=ids, since=since)
+        order_sql = "priority DESC, id ASC" if order == "run" else "id ASC"
+        sql = f"SELECT * FROM jobs {where} ORDER BY {order_sql}" + (f" LIMIT {int(limit)}" if limit else "")
+        return [Job.from_row(row) for row in self.query(sql, params)]
+
+    def job_summaries(self, *, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """The light columns of every job (no specs): what ``status`` and the queue table show."""
+        where, params = self._where(states=states)
+        sql = (
+            "SELECT id, name, kind, state, priority, stage, progress, eta_s, created_at, started_at, "
+            f"finished_at, attempts, reason, slot FROM jobs {where} ORDER BY id"
+        )
+        return self.query(sql, params)
+
+    def counts_by_state(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+
+    @staticmethod
+    def _where(
+        *, states: Iterable[str] | None = None, ids: Iterable[int] | None = None, since: float | None = None
+    ) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if states is not None:
+            states = [str(s) for s in states]
+            clauses.append(f"state IN ({','.join('?' * len(states))})")
+            params += states
+        if ids is not None:
+            ids = [int(i) for i in ids]
+            clauses.append(f"id IN ({','.join('?' * len(ids))})")
+            params += ids
+        if since is not None:
+            clauses.append("updated_at >= ?")
+            params.append(since)
+        return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def transition(
+        self,
+        job_id: int,
+        to_state: JobState | str,
+        *,
+        expect: Iterable[str] | None = None,
+        reason: str | None = None,
+        **columns: Any,
+    ) -> bool:
+        """Move a job to ``to_state`` (and set ``columns``) if its state is one of ``expect``.
+
+        The check and the write are one transaction, so the daemon and a client cannot both act on a job.
+        Returns whether the job moved. Every move is recorded in ``transitions`` with its time and reason.
+        """
+        now = _now()
+        with self.transaction() as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or (expect is not None and row[0] not in {str(s) for s in expect}):
+                return False
+            values = {"state": str(to_state), "updated_at": now, **columns}
+            if reason is not None:
+                values["reason"] = reason
+            assignments = ", ".join(f"{key} = ?" for key in values)
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*values.values(), job_id])
+            conn.execute(
+                "INSERT INTO transitions (job_id, time, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)",
+                (job_id, now, row[0], str(to_state), reason),
+            )
+        return True
+
+    def update_job(self, job_id: int, **columns: Any) -> None:
+        """Set columns of a job without a state change (priority, cancel_requested, progress …)."""
+        columns = {**columns, "updated_at": _now()}
+        for key in ("spec", "spec_given"):
+            if key in columns and not isinstance(columns[key], str):
+                columns[key] = json.dumps(columns[key], default=str)
+        assignments = ", ".join(f"{key} = ?" for key in columns)
+        self.conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*columns.values(), job_id])
+
+    def transitions(self, job_id: int) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM transitions WHERE job_id = ? ORDER BY id", [job_id])
+
+    # -- attempts -------------------------------------------------------------------------------------------
+
+    def start_attempt(self, job_id: int, *, pid: int | None, slot: str, executor: str = "local") -> int:
+        """Record a new attempt of a running job; returns its number (1, 2, …)."""
+        with self.transaction() as conn:
+            number = conn.execute("SELECT attempts + 1 FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            conn.execute(
+                "INSERT INTO attempts (job_id, number, started_at, pid, slot, executor) VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, number, _now(), pid, slot, executor),
+            )
+            conn.execute("UPDATE jobs SET attempts = ? WHERE id = ?", (number, job_id))
+        return number
+
+    def finish_attempt(
+        self,
+        job_id: int,
+        number: int,
+        *,
+        outcome: str,
+        exit_code: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Close an attempt. The worker calls this itself before exiting, the supervisor only if it did not."""
+        self.conn.execute(
+            """UPDATE attempts SET finished_at = ?, outcome = ?, exit_code = COALESCE(?, exit_code),
+               reason = COALESCE(?, reason) WHERE job_id = ? AND number = ?""",
+            (_now(), outcome, exit_code, reason, job_id, number),
+        )
+
+    def set_attempt_pid(self, job_id: int, number: int, pid: int) -> None:
+        self.conn.execute("UPDATE attempts SET pid = ? WHERE job_id = ? AND number = ?", (pid, job_id, number))
+
+    def attempt(self, job_id: int, number: int) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM attempts WHERE job_id = ? AND number = ?", [job_id, number])
+        return rows[0] if rows else None
+
+    def attempts(self, job_id: int) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM attempts WHERE job_id = ? ORDER BY number", [job_id])
+
+    # -- progress, metrics, outputs -------------------------------------------------------------------------
+
+    def add_progress(
+        self,
+        job_id: int,
+        *,
+        stage: str | None = None,
+        done: float | None = None,
+        total: float | None = None,
+        unit: str = "",
+        epoch: int | None = None,
+        step: int | None = None,
+        eta_s: float | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a progress event and mirror stage / fraction / ETA onto the job row for the queue table."""
+        now = _now()
+        fraction = (done / total) if (done is not None and total) else None
+        with self.transaction() as conn:
+            conn.execute(
+                """INSERT INTO progress (job_id, time, stage, done, total, unit, epoch, step, eta_s, fields)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (job_id, now, stage, done, total, unit, epoch, step, eta_s,
+                 json.dumps(fields, default=str) if fields else None),
+            )  # fmt: skip
+            conn.execute(
+                """UPDATE jobs SET stage = COALESCE(?, stage), progress = COALESCE(?, progress), eta_s = ?,
+                   updated_at = ? WHERE id = ?""",
+                (stage, fraction, eta_s, now, job_id),
+            )
+
+    def latest_progress(self, job_id: int) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM progress WHERE job_id = ? ORDER BY id DESC LIMIT 1", [job_id])
+        if not rows:
+            return None
+        row = rows[0]
+        row["fields"] = json.loads(row["fields"]) if row["fields"] else {}
+        return row
+
+    def add_metrics(
+        self,
+        job_id: int,
+        values: dict[str, float],
+        *,
+        attempt: int | None = None,
+        step: int | None = None,
+        epoch: int | None = None,
+    ) -> None:
+        now = _now()
+        rows = [(job_id, attempt, now, name, float(value), step, epoch) for name, value in values.items()]
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO metrics (job_id, attempt, time, name, value, step, epoch) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def metrics(self, job_id: int, name: str | None = None) -> list[dict[str, Any]]:
+        if name is None:
+            return self.query("SELECT * FROM metrics WHERE job_id = ? ORDER BY id", [job_id])
+        return list(self.query("SELECT * FROM metrics WHERE job_id = ? AND name = ? ORDER BY id", [job_id, name]))
+
+    def metric_names(self, job_id: int) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT name FROM metrics WHERE job_id = ?", (job_id,))]
+
+    def add_output(self, job_id: int, path: str | Path, kind: str) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO outputs (job_id, time, kind, path) VALUES (?, ?, ?, ?)",
+            (job_id, _now(), kind, str(path)),
+        )
+
+    def outputs(self, job_id: int, kind: str | None = None) -> list[dict[str, Any]]:
+        if kind is None:
+            return self.query("SELECT * FROM outputs WHERE job_id = ? ORDER BY id", [job_id])
+        return list(self.query("SELECT * FROM outputs WHERE job_id = ? AND kind = ? ORDER BY id", [job_id, kind]))
+
+    # -- schedules ------------------------------------------------------------------------------------------
+
+    def add_schedule(
+        self, name: str, cron: str, spec_given: dict[str, Any], spec: dict[str, Any], source: str | None
+    ) -> int:
+        cursor = self.conn.execute(
+            "INSERT INTO schedules (name, cron, spec_given, spec, source, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (name, cron, json.dumps(spec_given, default=str), json.dumps(spec, default=str), source, _now()),
+        )
+        return int(cursor.lastrowid)
+
+    def schedules(self, *, enabled_only: bool = True) -> list[dict[str, Any]]:
+        where = "WHERE enabled = 1" if enabled_only else ""
+        rows = self.query(f"SELECT * FROM schedules {where} ORDER BY id")
+        for row in rows:
+            row["spec_given"] = json.loads(row["spec_given"])
+            row["spec"] = json.loads(row["spec"])
+        return rows
+
+    def mark_schedule_fired(self, schedule_id: int) -> None:
+        self.conn.execute("UPDATE schedules SET last_fired_at = ? WHERE id = ?", (_now(), schedule_id))
+
+    # -- queue-wide flags -----------------------------------------------------------------------------------
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value, default=str)),
+        )
+
+    def queue_paused(self) -> dict[str, Any] | None:
+        """``None`` when the queue runs, else ``{"reason": …, "since": …}``."""
+        return self.meta("queue_paused")
+
+    def set_queue_paused(self, reason: str | None) -> None:
+        """Pause the queue with a reason (the running job finishes, nothing new starts) or resume (None)."""
+        self.set_meta("queue_paused", {"reason": reason, "since": _now()} if reason else None)
+
+    def record_daemon(self, *, started_at: float, executor: str = "local", pid: int | None = None) -> None:
+        self.set_meta(
+            "daemon",
+            {
+                "pid": pid or os.getpid(),
+                "host": socket.gethostname(),
+                "started_at": started_at,
+                "heartbeat_at": _now(),
+                "executor": executor,
+            },
+        )
+
+    def daemon_info(self, *, stale_after_s: float = 15.0) -> dict[str, Any]:
+        """The daemon's record plus ``alive``: heartbeat fresh and (on this host) its pid exists."""
+        info = self.meta("daemon") or {}
+        alive = bool(info) and _now() - float(info.get("heartbeat_at", 0)) < stale_after_s
+        if alive and info.get("host") == socket.gethostname():
+            alive = pid_alive(int(info["pid"]))
+        return {**info, "alive": alive}
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (zombies count as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,81 @@
+"""Runs exactly one job in its own process: ``python -m torchbearer.worker <job-id> <attempt>``.
+
+The supervisor starts it in a new process group with stdout/stderr going to the run folder's ``log.txt``. The
+worker dispatches through the kind registry, records how its attempt ended in the store itself (so the outcome
+survives a daemon that died meanwhile), and exits with :data:`EXIT_SUCCEEDED`, :data:`EXIT_FAILED` or
+:data:`EXIT_INTERRUPTED` (stopped at a safe point after SIGTERM: the job runs again).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again later
+
+log = logging.getLogger("torchbearer.worker")
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for the job's reason: the exception type and its message."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def run_job(job_id: int, attempt: int) -> int:
+    """Run one attempt of a job; returns the process exit code."""
+    from torchbearer.context import JobContext, JobInterrupted
+    from torchbearer.jobs import get_kind
+    from torchbearer.settings import Settings
+    from torchbearer.store import Store
+
+    settings = Settings.load()
+    store = Store(settings.state_path)
+    job = store.job(job_id)
+    if job is None:
+        log.error("job %s is not in %s", job_id, settings.state_path)
+        return EXIT_USAGE
+    run_dir = Path(job.run_dir) if job.run_dir else settings.runs_dir / f"{job.id}-{job.name}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = JobContext(job_id=job.id, name=job.name, attempt=attempt, run_dir=run_dir, settings=settings, store=store)
+    ctx.install_signal_handlers()
+    log.info("job %s (#%d) attempt %d: kind %s", job.name, job.id, attempt, job.kind)
+    try:
+        kind = get_kind(job.kind)
+        spec = kind.spec.model_validate(job.spec)
+        kind.run(spec, ctx)
+    except JobInterrupted as exc:
+        log.warning("interrupted: %s", exc)
+        store.finish_attempt(job_id, attempt, outcome="interrupted", exit_code=EXIT_INTERRUPTED, reason=str(exc))
+        return EXIT_INTERRUPTED
+    except BaseException as exc:  # noqa: BLE001 - every failure must be recorded, SystemExit included
+        traceback.print_exc()
+        sys.stderr.flush()
+        if ctx.should_stop and not isinstance(exc, Exception):
+            store.finish_attempt(job_id, attempt, outcome="interrupted", exit_code=EXIT_INTERRUPTED)
+            return EXIT_INTERRUPTED
+        store.finish_attempt(job_id, attempt, outcome="failed", exit_code=EXIT_FAILED, reason=describe_exception(exc))
+        return EXIT_FAILED
+    store.finish_attempt(job_id, attempt, outcome="succeeded", exit_code=EXIT_SUCCEEDED)
+    log.info("job %s (#%d) succeeded", job.name, job.id)
+    return EXIT_SUCCEEDED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or not all(a.isdigit() for a in args):
+        print("usage: python -m torchbearer.worker <job-id> <attempt>", file=sys.stderr)
+        return EXIT_USAGE
+    faulthandler.enable()  # a segfault leaves its Python traceback in log.txt
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_job(int(args[0]), int(args[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
