@@ -32,7 +32,7 @@ test: install
 
 ## The long end-to-end tests (several models trained through the daemon); CI runs them too.
 test-slow: install
-	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: none collected
 
 lint: install
 	$(BIN)/ruff check .
