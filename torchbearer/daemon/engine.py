@@ -159,13 +159,14 @@ class Engine:
 
     def step(self) -> None:
         """One turn of the loop; cheap when nothing changed."""
+        changed = False  # our own commits do not move data_version: note them here
         if self.watcher is not None:
             for path in self.watcher.ready(_parses):
-                ingest_queue_file(path, self.settings.queue_dir, self.store)
-        self.supervisor.poll()
+                changed |= ingest_queue_file(path, self.settings.queue_dir, self.store).accepted
+        changed |= bool(self.supervisor.poll())
         now = time.monotonic()
         version = self.store.data_version()
-        if version != self._data_version or now - self._last_pass >= PASS_INTERVAL_S:
+        if changed or version != self._data_version or now - self._last_pass >= PASS_INTERVAL_S:
             self._data_version = version
             self._last_pass = now
             self._schedule()
