@@ -1,0 +1,436 @@
+"""The HTTP layer imagery sources share: one session, retries, redirects with the token kept, resumable files.
+
+- Retries with exponential backoff on HTTP 429 (``Retry-After`` honoured), 5xx, dropped or timed-out
+  connections; a download that made progress before the connection dropped does not use up an attempt.
+- Redirects are followed by hand so that the ``Authorization`` header survives a hop to another host of the
+  same service (CDSE sends downloads from ``download.`` to ``zipper.``), and only to such hosts.
+- Files are written to ``<name>.part``, resumed with an HTTP ``Range`` request when the server allows it,
+  checked (size, checksum), re-fetched on a mismatch, then renamed into place.
+- :func:`fetch_files` runs up to ``connections`` transfers at once and reports progress from the calling
+  thread only (the job context's store connection is not shared across threads).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+#: Bytes read per chunk: small enough that a dropped connection loses little, large enough to be cheap.
+CHUNK_BYTES = 64 * 1024
+#: Statuses worth another try: rate limiting and server-side failures.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 10
+#: Free disk kept beyond what the files need (the scene stack is built next to them), bytes.
+DISK_MARGIN_BYTES = 256 * 1024 * 1024
+
+Report = Callable[..., Any]
+
+
+class HttpError(RuntimeError):
+    """A request failed for good; the message has the method, URL, status and what the server said."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ChecksumError(RuntimeError):
+    """A file kept failing its manifest checksum after the re-fetches allowed."""
+
+
+class DiskSpaceError(OSError):
+    """Not enough free disk for the files to fetch (says how much is needed and where)."""
+
+
+class TransferCancelled(RuntimeError):
+    """A transfer stopped because another one failed or the job was asked to stop."""
+
+
+class TokenSource(Protocol):
+    """Something that gives an ``Authorization`` header value and can be told it was refused."""
+
+    def authorization(self) -> str: ...
+
+    def invalidate(self, value: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry. Delays are seconds; attempts count tries without progress."""
+
+    attempts: int = 6
+    backoff_s: float = 2.0
+    max_backoff_s: float = 60.0
+    max_retry_after_s: float = 900.0
+    #: Re-fetches of a file whose checksum does not match before giving up.
+    refetches: int = 2
+
+    def delay(self, failures: int) -> float:
+        """Backoff before try ``failures + 1``: doubling, with up to 25 % jitter so clients spread out."""
+        base = min(self.max_backoff_s, self.backoff_s * 2 ** max(0, failures - 1))
+        return base * (1 + random.random() / 4)
+
+    def retry_after(self, response: requests.Response, failures: int) -> float:
+        """The server's ``Retry-After`` (seconds or an HTTP date), capped; else the backoff."""
+        raw = response.headers.get("Retry-After")
+        if raw:
+            try:
+                seconds = float(raw)
+            except ValueError:
+                try:
+                    seconds = email.utils.parsedate_to_datetime(raw).timestamp() - time.time()
+                except (TypeError, ValueError):
+                    seconds = self.delay(failures)
+            return min(max(seconds, 0.0), self.max_retry_after_s)
+        return self.delay(failures)
+
+
+def _describe(response: requests.Response) -> str:
+    text = response.text[:200].strip()
+    return f"HTTP {response.status_code} {response.reason or ''}".strip() + (f": {text}" if text else "")
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+class HttpClient:
+    """One ``requests`` session with retries, token handling and a pool of ``connections`` connections.
+
+    ``auth_hosts``: host names (or domain suffixes such as ``dataspace.copernicus.eu``) the token may be sent
+    to after a redirect; the host a request starts at always gets it.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: TokenSource | None = None,
+        auth_hosts: Iterable[str] = (),
+        connections: int = 4,
+        retry: RetryPolicy | None = None,
+        timeout: tuple[float, float] = (15.0, 60.0),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not 1 <= connections <= 16:
+            raise ValueError(f"connections must be 1..16, got {connections}")
+        self.token = token
+        self.auth_hosts = tuple(h.lower().lstrip(".") for h in auth_hosts)
+        self.connections = connections
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.sleep = sleep
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=connections, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["User-Agent"] = "torchbearer (+https://github.com/torchbearer)"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- single requests ----------------------------------------------------------------------------------
+
+    def _may_authorize(self, start_url: str, url: str) -> bool:
+        start, here = urlsplit(start_url), urlsplit(url)
+        if start.scheme == "https" and here.scheme != "https":
+            return False  # never send a token over a downgraded connection
+        host = (here.hostname or "").lower()
+        if host == (start.hostname or "").lower():
+            return True
+        return any(host == allowed or host.endswith("." + allowed) for allowed in self.auth_hosts)
+
+    def _send(
+        self, method: str, url: str, *, headers: dict[str, str], authorized: bool, stream: bool, **kwargs: Any
+    ) -> tuple[requests.Response, str | None]:
+        """One try: the request and its redirects. Returns the response and the token value sent (if any)."""
+        start, sent = url, None
+        for _ in range(_MAX_REDIRECTS + 1):
+            hop_headers = dict(headers)
+            if authorized and self.token is not None and self._may_authorize(start, url):
+                sent = self.token.authorization()
+                hop_headers["Authorization"] = sent
+            response = self.session.request(
+                method, url, headers=hop_headers, stream=stream, allow_redirects=False, timeout=self.timeout,
+                **kwargs,
+            )  # fmt: skip
+            if response.status_code not in _REDIRECTS or "Location" not in response.headers:
+                return response, sent
+            response.close()
+            url = urljoin(url, response.headers["Location"])
+            if response.status_code == 303:
+                method, kwargs = "GET", {k: v for k, v in kwargs.items() if k not in ("data", "json")}
+        raise HttpError(f"{method} {start}: more than {_MAX_REDIRECTS} redirects")
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        authorized: bool = False,
+        stream: bool = False,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """A request retried on 429/5xx/connection errors; a 401 with a token gets one fresh token.
+
+        Returns the final response whatever its status (callers check it); raises :class:`HttpError` when
+        the retries are used up.
+        """
+        failures, refreshed, last = 0, False, ""
+        while True:
+            try:
+                response, sent = self._send(
+                    method, url, headers=headers or {}, authorized=authorized, stream=stream, **kwargs
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                failures += 1
+                last = f"{type(exc).__name__}: {exc}"
+                if failures >= self.retry.attempts:
+                    break
+                self.sleep(self.retry.delay(failures))
+                continue
+            if response.status_code == 401 and sent is not None and not refreshed:
+                response.close()
+                self.token.invalidate(sent)  # type: ignore[union-attr]
+                refreshed = True
+                continue
+            if response.status_code not in RETRY_STATUSES:
+                return response
+            failures += 1
+            last = _describe(response)
+            response.close()
+            if failures >= self.retry.attempts:
+                break
+            self.sleep(self.retry.retry_after(response, failures))
+        raise HttpError(f"{method} {url}: gave up after {failures} attempts; last answer: {last}")
+
+    def get_json(self, url: str, *, params: dict[str, Any] | None = None, authorized: bool = False) -> Any:
+        """GET a JSON document; raises :class:`HttpError` on a non-2xx answer or a body that is not JSON."""
+        response = self.request("GET", url, params=params, authorized=authorized)
+        return _json(response, f"GET {url}")
+
+    def post_json(self, url: str, *, json: Any, authorized: bool = False) -> Any:
+        """POST a JSON body, return the JSON answer (errors as in :meth:`get_json`)."""
+        response = self.request("POST", url, json=json, authorized=authorized)
+        return _json(response, f"POST {url}")
+
+    # -- files ----------------------------------------------------------------------------------------------
+
+    def fetch_file(
+        self,
+        url: str,
+        dest: Path,
+        *,
+        size: int | None = None,
+        check: Callable[[Path], bool] | None = None,
+        on_bytes: Callable[[int], None] = lambda n: None,
+        authorized: bool = False,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Fetch ``url`` to ``dest`` through ``dest.part``, resuming what an earlier try left there.
+
+        ``size`` (bytes) and ``check`` (e.g. the manifest checksum) are verified before the rename; a file
+        failing them is fetched again up to ``retry.refetches`` times. ``on_bytes`` is called per chunk, from
+        this thread; a negative count takes back bytes of a discarded partial file.
+        """
+        part = dest.with_name(dest.name + ".part")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        failures = refetches = 0
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise TransferCancelled(f"{dest.name}: cancelled")
+            offset = part.stat().st_size if part.exists() else 0
+            if size is not None and offset > size:
+                on_bytes(-offset)
+                part.unlink()
+                offset = 0
+            if size is None or offset < size or size == 0:
+                try:
+                    self._transfer(url, part, offset, on_bytes, authorized, cancel)
+                except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                    progressed = part.exists() and part.stat().st_size > offset
+                    failures = 0 if progressed else failures + 1
+                    if failures >= self.retry.attempts:
+                        raise HttpError(
+                            f"GET {url}: gave up after {failures} dropped connections ({type(exc).__name__})"
+                        ) from None
+                    if not progressed:
+                        self.sleep(self.retry.delay(failures))
+                    continue
+            got = part.stat().st_size if part.exists() else 0
+            if size is not None and got < size:
+                failures += 1  # the server ended the body early without an error
+                if failures >= self.retry.attempts:
+                    raise HttpError(f"GET {url}: the server keeps sending {got} of {size} bytes")
+                continue
+            if (size is not None and got != size) or (check is not None and not check(part)):
+                refetches += 1
+                on_bytes(-got)
+                part.unlink()
+                if refetches > self.retry.refetches:
+                    raise ChecksumError(
+                        f"{dest.name}: does not match its manifest checksum/size after {refetches} fetches"
+                    )
+                continue
+            os.replace(part, dest)
+            return
+
+    def _transfer(
+        self,
+        url: str,
+        part: Path,
+        offset: int,
+        on_bytes: Callable[[int], None],
+        authorized: bool,
+        cancel: threading.Event | None,
+    ) -> None:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = self.request("GET", url, headers=headers, authorized=authorized, stream=True)
+        with response:
+            if response.status_code == 416 and offset:
+                on_bytes(-offset)  # our partial file is not a prefix of theirs: start over
+                part.unlink()
+                return
+            if not 200 <= response.status_code < 300:
+                raise HttpError(f"GET {url}: {_describe(response)}", response.status_code)
+            resumed = response.status_code == 206 and _range_start(response) == offset
+            if offset and not resumed:
+                on_bytes(-offset)  # the server ignored the Range: what we had is replaced
+            with part.open("ab" if resumed else "wb") as handle:
+                for chunk in response.iter_content(CHUNK_BYTES):
+                    if cancel is not None and cancel.is_set():
+                        raise TransferCancelled(f"{part.name}: cancelled")
+                    handle.write(chunk)
+                    on_bytes(len(chunk))
+
+
+def _range_start(response: requests.Response) -> int | None:
+    """First byte of a 206 answer from ``Content-Range: bytes a-b/n``."""
+    raw = response.headers.get("Content-Range", "")
+    try:
+        return int(raw.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _json(response: requests.Response, what: str) -> Any:
+    if not 200 <= response.status_code < 300:
+        raise HttpError(f"{what}: {_describe(response)}", response.status_code)
+    try:
+        return response.json()
+    except ValueError:
+        raise HttpError(f"{what}: the answer is not JSON ({response.text[:120]!r})") from None
+
+
+def ensure_free_space(folder: Path, needed: int, margin: int = DISK_MARGIN_BYTES) -> None:
+    """Raise :class:`DiskSpaceError` unless ``folder``'s disk has ``needed`` + ``margin`` bytes free."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed + margin > free:
+        raise DiskSpaceError(
+            f"not enough disk space in {folder}: the files need {needed / 1e9:.2f} GB "
+            f"(+{margin / 1e9:.2f} GB margin), {free / 1e9:.2f} GB free"
+        )
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One file to fetch: where from, where to, expected size (bytes) and an optional content check."""
+
+    url: str
+    dest: Path
+    size: int | None = None
+    check: Callable[[Path], bool] | None = None
+
+
+@dataclass
+class _Tally:
+    """Bytes and files done across transfer threads (read by the reporting thread)."""
+
+    done: int = 0
+    files: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, count: int) -> None:
+        with self.lock:
+            self.done += count
+
+
+def fetch_files(
+    client: HttpClient,
+    tasks: Sequence[FileTask],
+    *,
+    report: Report | None = None,
+    authorized: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+    report_fields: dict[str, Any] | None = None,
+    interval_s: float = 0.25,
+) -> None:
+    """Fetch files ``client.connections`` at a time; files already in place are skipped.
+
+    Checks free disk first. ``report(stage="downloading", done=, total=, unit="B", files_done=, files_total=,
+    force=)`` is called from this thread every ``interval_s`` seconds. The first failure cancels the rest
+    (their ``.part`` files stay for a later resume) and is raised.
+    """
+    todo = [t for t in tasks if not t.dest.is_file()]
+    partial = sum((t.dest.with_name(t.dest.name + ".part")).stat().st_size for t in todo if _has_part(t))
+    total = sum(t.size or 0 for t in todo)
+    if todo:
+        ensure_free_space(todo[0].dest.parent, max(0, total - partial))
+    tally, cancel = _Tally(done=partial), threading.Event()
+
+    def run(task: FileTask) -> None:
+        client.fetch_file(
+            task.url, task.dest, size=task.size, check=task.check, on_bytes=tally.add, authorized=authorized,
+            cancel=cancel,
+        )  # fmt: skip
+        with tally.lock:
+            tally.files += 1
+
+    def emit(force: bool = False) -> None:
+        if report is not None:
+            report(
+                stage="downloading", done=tally.done, total=total, unit="B", files_done=tally.files,
+                files_total=len(todo), force=force, **(report_fields or {}),
+            )  # fmt: skip
+
+    if not todo:
+        return
+    emit(force=True)
+    with ThreadPoolExecutor(max_workers=client.connections, thread_name_prefix="fetch") as pool:
+        futures: set[Future] = {pool.submit(run, task) for task in todo}
+        pending = futures
+        while pending:
+            _, pending = wait(pending, timeout=interval_s, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+            if failed is not None or should_stop():
+                cancel.set()
+                wait(pending)
+                if failed is not None:
+                    raise failed.exception()  # type: ignore[misc]
+                raise TransferCancelled("download stopped on request; partial files are kept for a resume")
+            emit()
+    emit(force=True)
+
+
+def _has_part(task: FileTask) -> bool:
+    return task.dest.with_name(task.dest.name + ".part").is_file()
