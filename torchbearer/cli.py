@@ -232,7 +232,10 @@ def submit(
 
 
 def _when(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts).strftime("%m-%d %H:%M:%S") if ts else ""
+    if not ts:
+        return ""
+    moment = datetime.fromtimestamp(ts)
+    return moment.strftime("%H:%M:%S" if moment.date() == datetime.now().date() else "%m-%d %H:%M")
 
 
 def format_duration(seconds: float | None) -> str:

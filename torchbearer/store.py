@@ -480,6 +480,8 @@ class Store:
     ) -> bool:
         """Move a job to ``to_state`` (and set ``columns``) if its state is one of ``expect``.
 
+        ``reason`` replaces the job's reason (None clears it): it always describes the latest move.
+
         The check and the write are one transaction, so the daemon and a client cannot both act on a job.
         Returns whether the job moved. Every move is recorded in ``transitions`` with its time and reason.
         """
@@ -488,9 +490,7 @@ class Store:
             row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or (expect is not None and row[0] not in {str(s) for s in expect}):
                 return False
-            values = {"state": str(to_state), "updated_at": now, **columns}
-            if reason is not None:
-                values["reason"] = reason
+            values = {"state": str(to_state), "updated_at": now, "reason": reason, **columns}
             assignments = ", ".join(f"{key} = ?" for key in values)
             conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*values.values(), job_id])
             conn.execute(
