@@ -9,6 +9,7 @@ field, its line and, for a misspelt key, the closest known one.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -147,6 +148,10 @@ def _map_lines(node: yaml.Node, path: tuple, out: _Lines) -> None:
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             key_name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
+            if (*path, key_name) in out.lines:  # safe_load would silently keep only the last value
+                first = out.lines[(*path, key_name)]
+                raise yaml.MarkedYAMLError(problem=f"duplicate key {key_name!r} (first at line {first})",
+                                           problem_mark=key.start_mark)  # fmt: skip
             out.lines[(*path, key_name)] = key.start_mark.line + 1
             _map_lines(value, (*path, key_name), out)
     elif isinstance(node, yaml.SequenceNode):
@@ -182,10 +187,14 @@ def _load_yaml(text: str, source: str) -> tuple[Any, _Lines]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or str(exc)
+        if exc.context and exc.problem:  # e.g. "expected a single document in the stream, but found another"
+            problem = f"{exc.context}, {problem}"
         if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
             problem = f"{problem.strip()}: only plain YAML is accepted (no language-specific tags)"
         raise JobFileError(source, [SpecIssue("", f"YAML error: {problem}", mark.line + 1 if mark else None)]) from None
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise JobFileError(source, [SpecIssue("", "YAML error: nested too deeply")]) from None
+    except (yaml.YAMLError, ValueError) as exc:
         raise JobFileError(source, [SpecIssue("", f"YAML error: {exc}")]) from None
     return value, lines
 
@@ -250,9 +259,9 @@ def _validation_issues(
         elif "input" in error and not isinstance(error["input"], dict | list):
             message += f" (got {error['input']!r})"
         path = (*prefix, *loc)
+        if path not in lines.lines and fallback is not None and (*fallback, *loc) in lines.lines:
+            path = (*fallback, *loc)  # the value came from ``defaults:``: point there
         line = _line_of(path, lines)
-        if line is None and fallback is not None:
-            line = _line_of((*fallback, *loc), lines)
         issues.append(SpecIssue(_path_text(path), message, line))
     return issues
 
@@ -310,8 +319,8 @@ def parse_job_text(text: str | bytes, source: str = "<job>", *, default_name: st
     names = [job.spec.name for job in jobs]
     for name in sorted({n for n in names if names.count(n) > 1}):
         issues.append(SpecIssue("name", f"job name {name!r} is used more than once in this file"))
-    if issues:
-        raise JobFileError(source, issues)
+    if issues:  # a bad ``defaults:`` value is reported once, not once per job
+        raise JobFileError(source, list(dict.fromkeys(issues)))
     return jobs
 
 
@@ -337,7 +346,11 @@ def load_job_file(path: str | Path) -> list[ParsedJob]:
     path = Path(path)
     try:
         with path.open("rb") as file:
-            data = file.read(MAX_JOB_FILE_BYTES + 1)  # never read a huge file whole
+            size = os.fstat(file.fileno()).st_size
+            if size > MAX_JOB_FILE_BYTES:  # never read a huge file, and report its real size
+                message = f"file is {size:,} bytes; job files are limited to {MAX_JOB_FILE_BYTES:,}"
+                raise JobFileError(str(path), [SpecIssue("", message)])
+            data = file.read(MAX_JOB_FILE_BYTES + 1)  # it may have grown since fstat
     except OSError as exc:
         raise JobFileError(str(path), [SpecIssue("", f"cannot read: {exc.strerror or exc}")]) from exc
     return parse_job_text(_decode(data, str(path)), str(path), default_name=_safe_name(path.stem))
