@@ -25,6 +25,8 @@ from torchbearer.settings import Settings, SettingsError
 from torchbearer.store import TERMINAL_STATES, JobState, Store, StoreError
 
 STATUS_JSON_VERSION = 1
+STATUS_ROWS_PENDING = 30
+STATUS_ROWS_FINISHED = 20
 
 app = typer.Typer(
     name="torchbearer",
@@ -251,7 +253,7 @@ def format_duration(seconds: float | None) -> str:
 
 
 def status_document(store: Store) -> dict[str, Any]:
-    """The ``status --json`` document (shape version :data:`STATUS_JSON_VERSION`, see docs/cli.md)."""
+    """The ``status --json`` document without its ``jobs`` array (see :func:`status_json`)."""
     daemon_info = store.daemon_info()
     paused = store.queue_paused()
     return {
@@ -270,8 +272,13 @@ def status_document(store: Store) -> dict[str, Any]:
             "pause_reason": paused["reason"] if paused else None,
             "counts": store.counts_by_state(),
         },
-        "jobs": store.job_summaries(),
     }
+
+
+def status_json(store: Store) -> str:
+    """The ``status --json`` text (shape version :data:`STATUS_JSON_VERSION`, see docs/cli.md)."""
+    head = json.dumps(status_document(store), separators=(",", ":"))
+    return f'{head[:-1]},"jobs":{store.job_summaries_json()}}}'
 
 
 @app.command()
@@ -284,7 +291,7 @@ def status(
     """The queue: daemon, pause state, and jobs."""
     store = _store(ctx)
     if as_json:
-        sys.stdout.write(json.dumps(status_document(store), separators=(",", ":")) + "\n")
+        sys.stdout.write(status_json(store) + "\n")
         return
     from rich.table import Table
 
@@ -294,10 +301,14 @@ def status(
     header += f"  queue [yellow]paused[/] ({paused['reason']})" if paused else "  queue running"
     console.print(header)
     rows = store.job_summaries(states=state)
-    if not show_all and not state:
-        pending = [r for r in rows if r["state"] not in TERMINAL_STATES]
-        finished = [r for r in rows if r["state"] in TERMINAL_STATES][-20:]
-        rows = sorted(pending + finished, key=lambda r: r["id"])
+    hidden = 0
+    if not show_all:  # running first, then the next pending and the latest finished: a screenful
+        running = [r for r in rows if r["state"] == JobState.RUNNING]
+        pending = [r for r in rows if r["state"] not in TERMINAL_STATES and r["state"] != JobState.RUNNING]
+        finished = [r for r in rows if r["state"] in TERMINAL_STATES]
+        shown = running + pending[:STATUS_ROWS_PENDING] + finished[-STATUS_ROWS_FINISHED:]
+        hidden = len(rows) - len(shown)
+        rows = sorted(shown, key=lambda r: r["id"])
     table = Table(box=None, header_style="bold")
     for column in ("id", "name", "kind", "state", "stage", "progress", "eta", "prio", "started", "duration"):
         table.add_column(column, justify="right" if column in ("id", "progress", "prio") else "left")
@@ -312,6 +323,8 @@ def status(
             _when(row["started_at"]), format_duration(duration),
         )  # fmt: skip
     console.print(table)
+    if hidden:
+        console.print(f"… {hidden} more (--all shows every job, --state filters)", style="dim")
     counts = store.counts_by_state()
     console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no jobs yet", style="dim")
 
