@@ -1,0 +1,163 @@
+"""Checkpoints and the model card they carry.
+
+A torchbearer checkpoint is a Lightning ``.ckpt`` whose extra key ``"torchbearer"`` holds the :class:`ModelCard`:
+what the model is (arch, backbone, channels, classes, task) and what it expects as input (bands, resolution in
+metres, per-band normalisation statistics in reflectance units). With the card, a prediction builds the same
+network and feeds it the same numbers as the training did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+#: The key of the model card in a checkpoint.
+CARD_KEY = "torchbearer"
+#: Version of the card's layout; raise it when a field changes meaning.
+CARD_VERSION = 1
+#: Prefix of the network's tensors in a Lightning checkpoint (the task keeps the network as ``self.model``).
+MODEL_PREFIX = "model."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: missing, unreadable, or its card is absent or wrong (message says which)."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a trained model is and what input it expects.
+
+    ``num_classes`` counts classes (2 for a binary task: ``classes`` = [background, target]); the network has
+    :attr:`out_channels` logit channels. ``norm`` holds ``mean`` and ``std`` per band in reflectance units.
+    """
+
+    arch: str
+    backbone: str | None
+    in_channels: int
+    num_classes: int
+    classes: list[str]
+    task: Literal["binary", "multiclass"]
+    bands: list[str]
+    resolution: float
+    norm: dict[str, list[float]]
+    card_version: int = CARD_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def out_channels(self) -> int:
+        """Logit channels of the network: 1 for a binary task (sigmoid), the class count otherwise."""
+        return 1 if self.task == "binary" else self.num_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as plain Python values (what goes into the checkpoint)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "checkpoint") -> ModelCard:
+        """Read and check a card; ``where`` names its source in errors."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{where}: no torchbearer model card (key {CARD_KEY!r})")
+        version = data.get("card_version")
+        if version != CARD_VERSION:
+            raise CheckpointError(f"{where}: model card version {version!r}, this torchbearer reads {CARD_VERSION}")
+        names = {f for f in cls.__dataclass_fields__}
+        missing = sorted(names - set(data) - {"extra"})
+        if missing:
+            raise CheckpointError(f"{where}: model card lacks {', '.join(missing)}")
+        card = cls(**{k: v for k, v in data.items() if k in names})
+        problems = []
+        if card.task not in ("binary", "multiclass"):
+            problems.append(f"task {card.task!r} is neither binary nor multiclass")
+        if len(card.bands) != card.in_channels:
+            problems.append(f"{len(card.bands)} bands for {card.in_channels} input channels")
+        if len(card.classes) != card.num_classes:
+            problems.append(f"{len(card.classes)} class names for {card.num_classes} classes")
+        for key in ("mean", "std"):
+            if len(card.norm.get(key, [])) != card.in_channels:
+                problems.append(f"norm {key} has {len(card.norm.get(key, []))} values, not {card.in_channels}")
+        if any(s <= 0 for s in card.norm.get("std", [])):
+            problems.append("norm std has a value ≤ 0")
+        if problems:
+            raise CheckpointError(f"{where}: bad model card: {'; '.join(problems)}")
+        return card
+
+    def normalize(self, reflectance: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Standardise ``reflectance`` (bands × H × W, or B × bands × H × W) with the card's statistics.
+
+        Pixels where ``valid`` (H × W, or B × H × W) is False become 0, the mean of the training data.
+        """
+        return normalize(reflectance, self.norm["mean"], self.norm["std"], valid)
+
+
+def normalize(
+    reflectance: np.ndarray, mean: list[float], std: list[float], valid: np.ndarray | None = None
+) -> np.ndarray:
+    """``(reflectance - mean) / std`` per band (the band axis is third from the end), float32; invalid → 0."""
+    shape = (-1, 1, 1)
+    mean_a = np.asarray(mean, dtype=np.float32).reshape(shape)
+    std_a = np.asarray(std, dtype=np.float32).reshape(shape)
+    if reflectance.shape[-3] != mean_a.shape[0]:
+        raise ValueError(f"{reflectance.shape[-3]} bands given, the statistics are for {mean_a.shape[0]}")
+    out = (reflectance.astype(np.float32, copy=False) - mean_a) / std_a
+    if valid is not None:
+        out *= np.expand_dims(valid, -3)
+    return out
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint file on the CPU (tensors only, no arbitrary pickled objects)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a checkpoint dictionary")
+    return data
+
+
+def state_dict_of(checkpoint: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The network's tensors: from a Lightning checkpoint (``model.`` prefix dropped) or a plain state dict."""
+    import torch
+
+    state = checkpoint.get("state_dict", checkpoint)
+    if any(k.startswith(MODEL_PREFIX) for k in state):
+        state = {k[len(MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path}: holds no model tensors")
+    return tensors
+
+
+def read_card(path: Path) -> ModelCard:
+    """The model card of a checkpoint file."""
+    return ModelCard.from_dict(read_checkpoint(path).get(CARD_KEY), str(path))
+
+
+def load_member(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
+    """The network of a torchbearer checkpoint, on ``device`` in eval mode, and its card."""
+    from torchbearer.ml.models import ModelError, build_model
+
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    card = ModelCard.from_dict(checkpoint.get(CARD_KEY), str(path))
+    try:
+        model = build_model(card.arch, card.backbone, card.in_channels, card.out_channels)
+    except ModelError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    try:
+        model.load_state_dict(state_dict_of(checkpoint, path))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {card.arch}/{card.backbone}: {exc}") from exc
+    return model.to(device).eval(), card
