@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 
 from torchbearer import commands
+from torchbearer.formatting import STATE_STYLES, format_duration
 from torchbearer.settings import Settings, SettingsError
 from torchbearer.store import TERMINAL_STATES, JobState, Store, StoreError
 
@@ -37,18 +38,6 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
-
-STATE_STYLES = {
-    JobState.QUEUED: "cyan",
-    JobState.WAITING: "blue",
-    JobState.HELD: "magenta",
-    JobState.RUNNING: "bold yellow",
-    JobState.SUCCEEDED: "green",
-    JobState.FAILED: "bold red",
-    JobState.CANCELLED: "dim",
-    JobState.INTERRUPTED: "yellow",
-    JobState.DEPENDENCY_FAILED: "red",
-}
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -238,18 +227,6 @@ def _when(ts: float | None) -> str:
         return ""
     moment = datetime.fromtimestamp(ts)
     return moment.strftime("%H:%M:%S" if moment.date() == datetime.now().date() else "%m-%d %H:%M")
-
-
-def format_duration(seconds: float | None) -> str:
-    """``1h02m``, ``3m05s``, ``42s``; empty for None."""
-    if seconds is None:
-        return ""
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def status_document(store: Store) -> dict[str, Any]:
