@@ -156,6 +156,18 @@ class FakeServices:
         with self.lock:
             return self.access.get(token, 0) > time.time()
 
+    def inflated(self, manifest: Path) -> bytes:
+        """A manifest.safe claiming every file is 1 PB large."""
+        return re.sub(rb'size="\d+"', b'size="1000000000000000"', manifest.read_bytes())
+
+    def size_of(self, node: Path) -> int:
+        """ContentLength of a Nodes entry: 0 for folders, the served size for files."""
+        if not node.is_file():
+            return 0
+        if node.name == "manifest.safe" and self.faults.inflate_sizes:
+            return len(self.inflated(node))
+        return node.stat().st_size
+
     def count_value_request(self) -> None:
         with self.lock:
             self.value_requests += 1
@@ -353,8 +365,7 @@ def _handler(state: FakeServices) -> type[BaseHTTPRequestHandler]:
                         state.faults.rate_limit -= 1
                     self._json(429, {"detail": "Too Many Requests"}, {"Retry-After": state.faults.retry_after})
                 elif names[1:] == ["manifest.safe"] and state.faults.inflate_sizes:
-                    data = re.sub(rb'size="\d+"', b'size="1000000000000000"', target.read_bytes())
-                    self._bytes(data, target.name)
+                    self._bytes(state.inflated(target), target.name)
                 else:
                     self._file(target, faults=True)
             elif target.is_dir():
@@ -363,7 +374,7 @@ def _handler(state: FakeServices) -> type[BaseHTTPRequestHandler]:
                     {
                         "Id": child.name,
                         "Name": child.name,
-                        "ContentLength": child.stat().st_size if child.is_file() else 0,
+                        "ContentLength": state.size_of(child),
                         "ChildrenNumber": len(list(child.iterdir())) if child.is_dir() else 0,
                         "Nodes": {"uri": f"{base}/Nodes({quote(child.name)})/Nodes"},
                     }

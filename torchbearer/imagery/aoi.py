@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import shapely
 from pyproj import CRS, Transformer
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import transform
 
 from torchbearer.imagery.spec import ImagerySpec, aoi_kind, parse_bbox
 
@@ -25,8 +25,8 @@ def to_crs(geometry: BaseGeometry, src: CRS | str, dst: CRS | str) -> BaseGeomet
     src, dst = CRS.from_user_input(src), CRS.from_user_input(dst)
     if src == dst:
         return geometry
-    project = Transformer.from_crs(src, dst, always_xy=True).transform
-    return transform(project, geometry)
+    transformer = Transformer.from_crs(src, dst, always_xy=True)
+    return shapely.transform(geometry, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
 
 
 def _read_file(path: Path) -> BaseGeometry:

@@ -317,10 +317,10 @@ class HttpClient:
                 on_bytes(-offset)  # the server ignored the Range: what we had is replaced
             with part.open("ab" if resumed else "wb") as handle:
                 for chunk in response.iter_content(CHUNK_BYTES):
+                    handle.write(chunk)  # kept even when cancelled: a resume starts after it
+                    on_bytes(len(chunk))
                     if cancel is not None and cancel.is_set():
                         raise TransferCancelled(f"{part.name}: cancelled")
-                    handle.write(chunk)
-                    on_bytes(len(chunk))
 
 
 def _range_start(response: requests.Response) -> int | None:

@@ -1,0 +1,177 @@
+"""``ensure_scenes``: the one entry point train, predict and download jobs call to get their scenes.
+
+It searches the spec's source, picks the scenes, fetches what the scene cache lacks and returns the stacked
+GeoTIFFs. Layout under the data root (``data/`` by default)::
+
+    products/<name>.SAFE/…      files fetched from Copernicus (only those a stack needs), .part while partial
+    cache/<name>_<res>m.tif     stacked scenes (built by imagery/cache.py; Earth Search windows add _aoi<hash>)
+    locks/<name>.lock           one per product: two jobs never fetch or build the same scene at once
+
+A scene already in the cache costs no login and no download; a job that was interrupted finds its verified
+files in place and its ``.part`` files resumed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from torchbearer.imagery.http import HttpClient, Report, RetryPolicy, TransferCancelled
+from torchbearer.imagery.scenes import Scene, pick_scenes
+from torchbearer.imagery.spec import ImagerySpec
+
+log = logging.getLogger(__name__)
+
+Lookup = Callable[[str], str | None]
+#: Simultaneous connections per job (CDSE allows 4 per user).
+MAX_CONNECTIONS = 4
+
+
+class NoScenesError(LookupError):
+    """The search found nothing to use (says what was searched, and what to widen)."""
+
+
+@contextmanager
+def scene_lock(data_dir: Path, key: str, should_stop: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """Hold ``data_dir/locks/<key>.lock`` (an flock: released by the kernel if the holder dies)."""
+    folder = data_dir / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{key}.lock", "a+") as handle:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if should_stop():
+                    raise TransferCancelled(f"stopped while waiting for another job to fetch {key}") from None
+                if not waited:
+                    log.info("another job is fetching %s: waiting for it", key)
+                    waited = True
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def http_client(env: Lookup, auth_hosts: tuple[str, ...] = ()) -> HttpClient:
+    """A client with the retry settings of ``TORCHBEARER_HTTP_RETRIES`` / ``TORCHBEARER_HTTP_BACKOFF_S`` and
+    ``TORCHBEARER_HTTP_CONNECTIONS`` (at most 4) connections."""
+
+    def number(name: str, default: float) -> float:
+        raw = env(name)
+        try:
+            return float(raw) if raw else default
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not a number") from None
+
+    retry = RetryPolicy(attempts=int(number("TORCHBEARER_HTTP_RETRIES", 6)),
+                        backoff_s=number("TORCHBEARER_HTTP_BACKOFF_S", 2.0))  # fmt: skip
+    connections = max(1, min(MAX_CONNECTIONS, int(number("TORCHBEARER_HTTP_CONNECTIONS", MAX_CONNECTIONS))))
+    return HttpClient(auth_hosts=auth_hosts, connections=connections, retry=retry)
+
+
+def _describe_search(spec: ImagerySpec) -> str:
+    tiles = f", tiles {', '.join(spec.tiles)}" if spec.tiles else ""
+    return f"{spec.product} over the AOI, {spec.dates}, cloud ≤ {spec.max_cloud:g} %{tiles}"
+
+
+def _pick(spec: ImagerySpec, found: list[Scene]) -> list[Scene]:
+    scenes = pick_scenes(found, max_scenes=spec.max_scenes, pick=spec.pick, tiles=spec.tiles or None)
+    if not scenes:
+        raise NoScenesError(
+            f"{spec.source}: no scene found ({_describe_search(spec)}; {len(found)} hits before picking): "
+            "widen dates or max_cloud, or check the aoi"
+        )
+    log.info("%s: picked %s", spec.source, ", ".join(f"{s.stem} ({s.cloud} % cloud)" for s in scenes))
+    return scenes
+
+
+def stack_safe(safe_dir: Path, spec: ImagerySpec, cache_dir: Path, report: Report | None) -> Path:
+    """Stack a SAFE folder's bands at the spec's resolution into the scene cache (imagery/cache.py)."""
+    from torchbearer.imagery import cache
+
+    return cache.build_stack(safe_dir, spec.resolution, cache_dir, report=report)
+
+
+def _copernicus(
+    spec: ImagerySpec, data_dir: Path, report: Report | None, env: Lookup, should_stop: Callable[[], bool]
+) -> list[Path]:
+    from torchbearer.imagery import copernicus
+    from torchbearer.imagery.aoi import load_aoi
+
+    credentials = copernicus.Credentials.from_env(env)  # fail at once, before any search
+    endpoints = copernicus.CdseEndpoints.from_env(env)
+    aoi = load_aoi(spec)
+    with http_client(env, endpoints.auth_hosts) as client:
+        # The token logs in on first use only: scenes already cached cost no session.
+        client.token = copernicus.CdseToken(client, credentials, endpoints.token_url)
+        scenes = _pick(spec, copernicus.search(client, endpoints, spec, aoi))
+        stacks = []
+        for scene in scenes:
+            with scene_lock(data_dir, scene.stem, should_stop):
+                cached = _cached_stack(scene, spec, data_dir)
+                if cached is not None:
+                    stacks.append(cached)
+                    continue
+                safe_dir, _ = copernicus.fetch_product(client, endpoints, scene, data_dir / "products", spec,
+                                                       report=report, should_stop=should_stop)  # fmt: skip
+                stacks.append(stack_safe(safe_dir, spec, data_dir / "cache", report))
+    return stacks
+
+
+def _cached_stack(scene: Scene, spec: ImagerySpec, data_dir: Path) -> Path | None:
+    from torchbearer.imagery import cache
+
+    path = cache.stack_path(data_dir / "cache", scene.stem, spec.resolution)
+    return path if path.is_file() else None
+
+
+def _earth_search(
+    spec: ImagerySpec, data_dir: Path, report: Report | None, env: Lookup, should_stop: Callable[[], bool]
+) -> list[Path]:
+    from torchbearer.imagery import earthsearch
+    from torchbearer.imagery.aoi import load_aoi
+
+    aoi = load_aoi(spec)
+    url = env("EARTH_SEARCH_URL") or earthsearch.EARTH_SEARCH_URL
+    with http_client(env) as client:
+        scenes = _pick(spec, earthsearch.search(client, url, spec, aoi))
+        stacks = []
+        for scene in scenes:
+            with scene_lock(data_dir, scene.stem, should_stop):
+                stacks.append(earthsearch.build_stack(scene, aoi, spec, data_dir / "cache", report=report,
+                                                      connections=client.connections))  # fmt: skip
+    return stacks
+
+
+def ensure_scenes(
+    spec: ImagerySpec,
+    data_dir: Path,
+    report: Report | None = None,
+    *,
+    env: Lookup = os.environ.get,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[Path]:
+    """The stacked GeoTIFFs of the scenes ``spec`` asks for, fetched and built where missing.
+
+    ``data_dir``: the data root (``settings.data_dir``). ``report``: called as ``ctx.progress`` is,
+    ``report(stage="downloading", done=bytes, total=bytes, unit="B", files_done=, files_total=, scene=, force=)``
+    (and stage ``"preparing data"`` while stacking). ``env``: variable lookup for credentials and endpoint
+    overrides (``ctx.secret`` in a job). ``should_stop``: polled between chunks; partial files stay for a resume.
+    AOI files and local paths must already be absolute (:meth:`ImagerySpec.with_paths`).
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if spec.source == "local":
+        from torchbearer.imagery.local import local_stacks
+
+        return local_stacks(spec, data_dir, report, should_stop)
+    if spec.source == "copernicus":
+        return _copernicus(spec, data_dir, report, env, should_stop)
+    return _earth_search(spec, data_dir, report, env, should_stop)
