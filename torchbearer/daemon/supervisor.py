@@ -249,13 +249,13 @@ class Supervisor:
         elapsed = time.monotonic() - running.started
         now = time.time()
         common = {"finished_at": now, "exit_code": code, "pid": None, "stage": None, "eta_s": None}
-        if job.cancel_requested:
-            self._end(running, JobState.CANCELLED, "cancelled on request", outcome or "cancelled", code, common)
-        elif running.timed_out:
-            self._fail(job, running, f"timed out after {running.timeout_s:.0f} s", code, common)
-        elif code == 0 and outcome == "succeeded":
+        if code == 0 and outcome == "succeeded":  # first: a job that finished as a cancel or timeout hit is done
             self.quick_failures = 0
             self._end(running, JobState.SUCCEEDED, None, outcome, code, {**common, "progress": 1.0})
+        elif job.cancel_requested:
+            self._end(running, JobState.CANCELLED, "cancelled on request", "cancelled", code, common)
+        elif running.timed_out:
+            self._fail(job, running, f"timed out after {running.timeout_s:.0f} s", code, common)
         elif outcome == "interrupted" or code == EXIT_INTERRUPTED:
             self._end(running, JobState.INTERRUPTED, "stopped at a safe point; runs again", "interrupted", code,
                       common)  # fmt: skip
