@@ -1,0 +1,110 @@
+"""What runs when: priority then submission order, `after` chains, failed dependencies, not_before, cron."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from tests.conftest import wait_for, wait_state, write_job
+from tests.daemon.conftest import job_named
+from torchbearer import commands
+from torchbearer.daemon.scheduler import CronSchedules
+from torchbearer.ingest import submit_file
+
+
+def _started_order(store, ids):
+    jobs = store.jobs(ids=ids)
+    return [j.name for j in sorted(jobs, key=lambda j: j.started_at)]
+
+
+def test_priority_then_submission_order(project, store, daemon):
+    commands.pause(store)
+    write_job(project.queue_dir, "night.yaml", (
+        "defaults: {kind: probe, steps: 1, step_s: 0}\njobs:\n"
+        "  - {name: low, priority: -1}\n  - {name: first-plain}\n  - {name: urgent, priority: 10}\n"
+        "  - {name: second-plain}\n  - {name: high, priority: 5}\n"
+    ))  # fmt: skip
+    jobs = wait_for(lambda: len(store.jobs()) == 5 and store.jobs(), what="five jobs queued")
+    ids = [j.id for j in jobs]
+    assert {j.state for j in jobs} == {"queued"}
+    commands.set_priority(store, "low", -2)
+    commands.resume(store)
+    for job_id in ids:
+        wait_state(store, job_id, "succeeded")
+    assert _started_order(store, ids) == ["urgent", "high", "first-plain", "second-plain", "low"]
+
+
+def test_after_chain_in_file_and_across_files(project, store, daemon):
+    write_job(project.queue_dir, "chain.yaml", (
+        "defaults: {kind: probe, steps: 2}\njobs:\n"
+        "  - {name: c, after: [b]}\n  - {name: a}\n  - {name: b, after: [a], priority: 50}\n"
+    ))  # fmt: skip
+    a = job_named(store, "a")
+    write_job(project.queue_dir, "later.yaml", f"name: d\nkind: probe\nafter: [c, {a.id}]\npriority: 100\n")
+    d = wait_state(store, job_named(store, "d").id, "succeeded")
+    jobs = {j.name: j for j in store.jobs()}
+    assert jobs["d"].after == [jobs["c"].id, a.id]
+    for later, earlier in [("b", "a"), ("c", "b"), ("d", "c")]:
+        assert jobs[later].state == "succeeded"
+        assert jobs[later].started_at >= jobs[earlier].finished_at
+    assert [t["to_state"] for t in store.transitions(d.id)] == ["waiting", "queued", "running", "succeeded"]
+
+
+def test_failed_dependency_fails_dependents_transitively(project, store, daemon):
+    write_job(project.queue_dir, "broken.yaml", (
+        "defaults: {kind: probe, steps: 1}\njobs:\n"
+        "  - {name: x, action: raise}\n  - {name: y, after: [x]}\n  - {name: z, after: [y]}\n"
+        "  - {name: free}\n"
+    ))  # fmt: skip
+    x = wait_state(store, job_named(store, "x").id, "failed")
+    y = wait_state(store, job_named(store, "y").id, "dependency-failed")
+    z = wait_state(store, job_named(store, "z").id, "dependency-failed")
+    assert y.reason == f"dependency did not succeed: x (#{x.id}) failed"
+    assert z.reason == f"dependency did not succeed: y (#{y.id}) dependency-failed"
+    assert y.attempts == 0 and z.attempts == 0
+    wait_state(store, job_named(store, "free").id, "succeeded")
+    # retrying the failed root does not revive its dependents by itself; retrying them does
+    commands.retry(store, y.id)
+    assert store.job(y.id).state == "waiting"
+
+
+def test_not_before(project, store, daemon):
+    start = time.time() + 2
+    moment = datetime.fromtimestamp(start, UTC).isoformat()
+    write_job(project.queue_dir, "later.yaml", f"name: later\nkind: probe\nnot_before: '{moment}'\n")
+    job = wait_state(store, job_named(store, "later").id, "waiting")
+    assert job.not_before == start
+    job = wait_state(store, job.id, "succeeded")
+    assert job.started_at >= start
+
+
+def test_cron_schedule_is_armed_and_a_firing_enqueues_a_job_the_daemon_runs(project, store, daemon):
+    """The trigger's next fire time is checked on APScheduler; the firing itself is called directly, so the
+    test need not wait for a minute boundary (what the trigger calls is the same `_fire`)."""
+    write_job(project.queue_dir, "nightly.yaml", "name: nightly\nkind: probe\nschedule: '*/5 * * * *'\n")
+    (schedule,) = wait_for(store.schedules, what="the schedule in the store")
+    assert schedule["cron"] == "*/5 * * * *" and store.jobs() == []
+    assert wait_for(lambda: "schedule nightly (*/5 * * * *) armed" in daemon.log(), what="armed in the daemon")
+
+    fired: list[int] = []
+    cron = CronSchedules(store, on_fire=lambda: fired.append(1))
+    cron.start()
+    try:
+        trigger_job = cron.scheduler.get_job(f"schedule-{schedule['id']}")
+        next_run = trigger_job.next_run_time
+        assert next_run.minute % 5 == 0 and next_run.second == 0
+        assert 0 < next_run.timestamp() - time.time() <= 300
+        cron._fire(schedule["id"])
+    finally:
+        cron.shutdown()
+    assert fired == [1]
+    job = wait_state(store, job_named(store, "nightly").id, "succeeded")
+    assert job.schedule_id == schedule["id"] and job.source == f"schedule #{schedule['id']}"
+    assert store.schedules()[0]["last_fired_at"] is not None
+
+
+def test_schedule_submitted_without_daemon_is_kept(project, store, tmp_path):
+    path = tmp_path / "weekly.yaml"
+    path.write_text("name: weekly\nkind: probe\nschedule: '0 3 * * 1'\n")
+    assert submit_file(path, project.queue_dir, store) == []
+    assert [s["name"] for s in store.schedules()] == ["weekly"]
