@@ -111,7 +111,7 @@ def _grid(product: SafeProduct, sources: dict[str, Path], resolution: int) -> tu
     """CRS, transform, width and height of the stack (from the first band, scaled to ``resolution``)."""
     with rasterio.open(next(iter(sources.values()))) as src:
         scale = resolution / src.res[0]
-        transform = src.transform * src.transform.scale(scale, scale)
+        transform = src.transform @ src.transform.scale(scale, scale)
         return src.crs, transform, round(src.width / scale), round(src.height / scale)
 
 
