@@ -1,0 +1,295 @@
+"""One resolution's members run over their stack in windows, blended into finished strips of rows.
+
+A :class:`GroupStream` owns the members that share a resolution (and so a stack): a reader thread reads each
+window once (the union of the members' bands), skips windows that are all no data, and hands rows of windows to
+the compute loop, which runs every member on them in batches, adds the normalised-weighted probabilities into a
+buffer one window high and as wide as the scene, and yields the rows no later window touches. Memory is that
+buffer plus a few windows in flight, whatever the scene's height.
+
+Batches never span two rows of windows, so a stream restarted at a row of windows (to resume) feeds the models
+exactly the same batches and yields bit-identical values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import rasterio
+import torch
+from affine import Affine
+from rasterio.windows import Window
+
+from torchbearer.imagery.cache import valid_pixels
+from torchbearer.inference.blending import GridWeights
+from torchbearer.inference.windows import WindowGrid, overlap_pixels, pad_to_window
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A georeferenced pixel grid: CRS, affine transform (CRS units), size in pixels."""
+
+    crs: rasterio.crs.CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def resolution(self) -> float:
+        """Pixel width in CRS units (metres for the UTM grids of Sentinel-2)."""
+        return abs(self.transform.a)
+
+    def same_as(self, other: Grid) -> bool:
+        return (
+            self.crs == other.crs
+            and self.transform.almost_equals(other.transform)
+            and (self.width, self.height) == (other.width, other.height)
+        )
+
+
+@dataclass
+class Strip:
+    """Finished rows ``[row, row + n)`` of a grid: per-member probabilities (members × classes × n × width)
+    and where the input had data (n × width)."""
+
+    row: int
+    probs: np.ndarray
+    valid: np.ndarray
+
+
+@dataclass
+class StreamStats:
+    """What a stream computed: windows done (computed + skipped), the batches run, as (row, col) offsets."""
+
+    windows_done: int = 0
+    windows_skipped: int = 0
+    batches: list[list[tuple[int, int]]] = field(default_factory=list)
+
+
+@dataclass
+class _RowOfWindows:
+    index: int
+    cols: list[int]  # indexes into the grid's column offsets of the windows to compute
+    data: list[np.ndarray]
+    valid: list[np.ndarray]
+    skipped: int
+
+
+ForwardFn = Callable[[torch.Tensor], list[torch.Tensor]]
+"""Runs every member of a group on a batch of DN windows; returns one probability tensor per member."""
+
+
+class GroupStream:
+    """Blended probabilities of a group of same-resolution members over a stack, as strips of finished rows.
+
+    Args:
+        dataset: the open stack (each band read by its 1-based index in ``indexes``).
+        indexes: the stack's bands the members need, read once per window.
+        forward: runs the members on a batch (B × len(indexes) × size × size, uint16 DN as float32).
+        members: number of members; classes: channels of their probabilities.
+        size: window size (pixels); overlap: fraction of it; batch_size: most windows per forward.
+        start_row: first row to yield (rows before it are not computed unless a window needs them).
+        prefetch: rows of windows the reader may read ahead.
+    """
+
+    def __init__(
+        self,
+        dataset: rasterio.io.DatasetReader,
+        indexes: list[int],
+        forward: ForwardFn,
+        members: int,
+        classes: int,
+        size: int,
+        overlap: float,
+        batch_size: int,
+        start_row: int = 0,
+        prefetch: int = 2,
+    ) -> None:
+        self.dataset = dataset
+        self.indexes = indexes
+        self.forward = forward
+        self.members = members
+        self.classes = classes
+        self.batch_size = batch_size
+        self.grid = WindowGrid.over(dataset.height, dataset.width, size, overlap)
+        self.weights = GridWeights(self.grid, overlap_pixels(size, overlap))
+        self.start_row = start_row
+        self.start_index = self.grid.row_index(start_row)
+        self.stats = StreamStats(windows_done=self.start_index * len(self.grid.cols))
+        self._queue: queue.Queue[_RowOfWindows | BaseException | None] = queue.Queue(prefetch)
+        self._stop = threading.Event()
+
+    # -- reading (a thread) -----------------------------------------------------------------------------------
+
+    def _read_row(self, index: int) -> _RowOfWindows:
+        size, r = self.grid.size, self.grid.rows[index]
+        h = min(size, self.grid.height - r)
+        row = _RowOfWindows(index=index, cols=[], data=[], valid=[], skipped=0)
+        for j, c in enumerate(self.grid.cols):
+            w = min(size, self.grid.width - c)
+            # In-bounds windows only (rasterio's boundless reads go through a slow VRT); pad_to_window does the rest.
+            block = self.dataset.read(self.indexes, window=Window(c, r, w, h))
+            valid = valid_pixels(block)
+            if not valid.any():  # all no data: nothing to predict, its pixels stay no data
+                row.skipped += 1
+                continue
+            row.cols.append(j)
+            row.data.append(pad_to_window(block, size))
+            row.valid.append(valid)
+        return row
+
+    def _reader(self) -> None:
+        try:
+            for index in range(self.start_index, len(self.grid.rows)):
+                if self._stop.is_set():
+                    return
+                self._queue.put(self._read_row(index))
+            self._queue.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the compute loop, which re-raises it
+            self._queue.put(exc)
+
+    # -- computing ------------------------------------------------------------------------------------------
+
+    def _batches(self, n: int) -> list[range]:
+        """Split ``n`` windows into the fewest batches of at most ``batch_size``, evenly sized."""
+        if n == 0:
+            return []
+        count = -(-n // self.batch_size)
+        bounds = np.linspace(0, n, count + 1).round().astype(int)
+        return [range(a, b) for a, b in itertools.pairwise(bounds)]
+
+    def strips(self) -> Iterator[Strip]:
+        """Yield the blended strips from ``start_row`` to the bottom of the grid, in order."""
+        grid, size = self.grid, self.grid.size
+        if self.start_index >= len(grid.rows):
+            return
+        acc = torch.zeros(self.members, self.classes, size, grid.width)
+        valid_acc = np.zeros((size, grid.width), dtype=bool)
+        top = grid.rows[self.start_index]
+        reader = threading.Thread(target=self._reader, name="window-reader", daemon=True)
+        reader.start()
+        try:
+            while (row := self._queue.get()) is not None:
+                if isinstance(row, BaseException):
+                    raise row
+                self._accumulate(row, acc, valid_acc, top)
+                end = grid.finished_until(row.index)
+                first = max(top, self.start_row)
+                if end > first:
+                    yield Strip(
+                        row=first,
+                        probs=acc[:, :, first - top : end - top].numpy().copy(),
+                        valid=valid_acc[first - top : end - top].copy(),
+                    )
+                # Move the unfinished rows to the top of the buffer for the next row of windows.
+                keep = top + size - end
+                if keep > 0 and end < grid.height:
+                    acc[:, :, :keep] = acc[:, :, end - top : end - top + keep].clone()
+                    valid_acc[:keep] = valid_acc[end - top : end - top + keep]
+                acc[:, :, max(keep, 0) :] = 0
+                valid_acc[max(keep, 0) :] = False
+                top = end
+        finally:
+            self._stop.set()
+            while reader.is_alive():  # unblock a reader waiting on a full queue
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get(timeout=0.05)
+
+    def _accumulate(self, row: _RowOfWindows, acc: torch.Tensor, valid_acc: np.ndarray, top: int) -> None:
+        grid, size = self.grid, self.grid.size
+        r = grid.rows[row.index]
+        h = min(size, grid.height - r)
+        for batch in self._batches(len(row.cols)):
+            x = torch.from_numpy(np.stack([row.data[i] for i in batch]))
+            probs = self.forward(x)
+            self.stats.batches.append([(r, grid.cols[row.cols[i]]) for i in batch])
+            for k, i in enumerate(batch):
+                c = grid.cols[row.cols[i]]
+                w = min(size, grid.width - c)
+                weights = torch.from_numpy(self.weights.window(row.index, row.cols[i])[:h, :w])
+                for m, p in enumerate(probs):
+                    acc[m, :, r - top : r - top + h, c : c + w].addcmul_(p[k, :, :h, :w], weights)
+                valid_acc[r - top : r - top + h, c : c + w] |= row.valid[i]
+        self.stats.windows_done += len(grid.cols)
+        self.stats.windows_skipped += row.skipped
+
+
+class Resampler:
+    """Maps rows of a source grid onto a destination grid of the same CRS (bilinear; nearest for validity).
+
+    Pixel centres of the destination are located in the source grid through both affine transforms; when the
+    grids are the same, rows pass through untouched (so a single-resolution ensemble is exact).
+    """
+
+    def __init__(self, source: Grid, destination: Grid) -> None:
+        if source.crs != destination.crs:
+            raise ValueError(f"cannot combine grids in different CRSs ({source.crs} and {destination.crs})")
+        self.identity = source.same_as(destination)
+        self.source = source
+        self.destination = destination
+        cols = np.arange(destination.width) + 0.5
+        xs = destination.transform.c + cols * destination.transform.a
+        self._u = (xs - source.transform.c) / source.transform.a - 0.5
+
+    def _v(self, a: int, b: int) -> np.ndarray:
+        ys = self.destination.transform.f + (np.arange(a, b) + 0.5) * self.destination.transform.e
+        return (ys - self.source.transform.f) / self.source.transform.e - 0.5
+
+    def source_rows(self, a: int, b: int) -> tuple[int, int]:
+        """Source rows ``[lo, hi)`` that destination rows ``[a, b)`` are interpolated from."""
+        if self.identity:
+            return a, b
+        v = self._v(a, b)
+        lo = int(np.clip(np.floor(v.min()), 0, self.source.height - 1))
+        hi = int(np.clip(np.floor(v.max()) + 2, 1, self.source.height))
+        return lo, hi
+
+    def rows(self, probs: np.ndarray, valid: np.ndarray, first: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Destination rows ``[a, b)`` from source rows starting at ``first`` (probs: … × rows × width)."""
+        if self.identity:
+            return probs[..., a - first : b - first, :], valid[a - first : b - first]
+        v = np.clip(self._v(a, b), 0, self.source.height - 1) - first
+        u = np.clip(self._u, 0, self.source.width - 1)
+        v0 = np.clip(np.floor(v).astype(int), 0, probs.shape[-2] - 1)
+        v1 = np.clip(v0 + 1, 0, probs.shape[-2] - 1)
+        u0 = np.floor(u).astype(int)
+        u1 = np.clip(u0 + 1, 0, self.source.width - 1)
+        tv = (v - v0).astype(np.float32)[:, None]
+        tu = (u - u0).astype(np.float32)
+        rows = probs[..., v0, :] * (1 - tv) + probs[..., v1, :] * tv
+        out = rows[..., u0] * (1 - tu) + rows[..., u1] * tu
+        vn = np.clip(np.floor(v + 0.5).astype(int), 0, valid.shape[0] - 1)
+        un = np.clip(np.floor(u + 0.5).astype(int), 0, self.source.width - 1)
+        return out.astype(np.float32), valid[vn][:, un]
+
+
+class RowCache:
+    """Serves destination rows from a stream's strips, keeping only the source rows still needed."""
+
+    def __init__(self, strips: Iterator[Strip], resampler: Resampler, first_row: int) -> None:
+        self._strips = strips
+        self.resampler = resampler
+        self._first = first_row
+        self._probs: np.ndarray | None = None
+        self._valid: np.ndarray | None = None
+
+    def rows(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Destination rows ``[a, b)`` (requests must move down the grid)."""
+        lo, hi = self.resampler.source_rows(a, b)
+        while self._probs is None or self._first + self._probs.shape[-2] < hi:
+            strip = next(self._strips)
+            if self._probs is None:
+                self._first, self._probs, self._valid = strip.row, strip.probs, strip.valid
+            else:
+                self._probs = np.concatenate([self._probs, strip.probs], axis=-2)
+                self._valid = np.concatenate([self._valid, strip.valid], axis=0)
+        drop = lo - self._first
+        if drop > 0:
+            self._probs, self._valid = self._probs[..., drop:, :], self._valid[drop:]
+            self._first = lo
+        return self.resampler.rows(self._probs, self._valid, self._first, a, b)

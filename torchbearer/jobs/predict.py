@@ -1,0 +1,184 @@
+"""The ``predict`` kind: an ensemble of trained models → a probability map (COG) per scene.
+
+```yaml
+name: chaco-ensemble
+kind: predict
+models: [{job: fcn}, {job: farseg, weight: 2}, {checkpoint: models/unet.ckpt}]
+scenes: [data/S2A_MSIL2A_….SAFE]          # or an imagery: block
+combine: weighted                          # mean | weighted | vote | max
+output: outputs/chaco-ensemble.tif
+```
+A ``{job: …}`` model is that finished train job's best checkpoint, and the prediction runs after it. Everything
+heavy (torch, rasterio) is imported inside :func:`run`, so reading job files stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from torchbearer.imagery.spec import ImagerySpec
+from torchbearer.jobs import JobKind, register
+from torchbearer.spec import JobSpec, StrictModel
+
+if TYPE_CHECKING:
+    from torchbearer.context import JobContext
+    from torchbearer.inference.ensemble import Member
+
+
+class ModelRef(StrictModel):
+    """One member: a checkpoint file, or the best checkpoint of a finished train job (by name or id)."""
+
+    checkpoint: str | None = Field(None, description="path to a .ckpt written by a train job")
+    job: str | int | None = Field(None, description="a train job (name or id) whose best checkpoint to use")
+    weight: float = Field(1.0, gt=0, description="weight for combine: weighted (and weighted votes)")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="name in tags")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelRef:
+        if (self.checkpoint is None) == (self.job is None):
+            raise ValueError("give exactly one of checkpoint (a path) or job (a train job's name or id)")
+        return self
+
+
+class PredictSpec(JobSpec):
+    """A prediction job: which models, which scenes, how to combine, where to write."""
+
+    kind: Literal["predict"] = "predict"
+    models: list[ModelRef] = Field(min_length=1, description="the ensemble's members")
+    scenes: list[str | list[str]] = Field(
+        default_factory=list,
+        description="SAFE folders or stacked GeoTIFFs; a list is one scene at several resolutions",
+    )
+    imagery: ImagerySpec | None = Field(None, description="fetch the scenes instead of listing them")
+    combine: Literal["mean", "weighted", "vote", "max"] = "mean"
+    output: str = Field(description="the map (.tif); with several scenes each gets _<scene> added")
+    window: int = Field(256, ge=32, le=8192, description="window size, pixels")
+    overlap: float = Field(0.25, ge=0, le=0.75, description="overlap of neighbouring windows, fraction")
+    batch_size: int = Field(8, ge=1, le=1024, description="most windows per forward pass")
+    tta: Literal["none", "flips", "d4"] = Field("none", description="test-time augmentation")
+    class_map: bool = Field(False, description="also write a class map (<output>.classes.tif)")
+    member_maps: bool = Field(False, description="also write each member's map (<output>.<name>.tif)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _after_model_jobs(cls, data: Any) -> Any:
+        # A member taken from a train job can only be read once that job has finished: run after it.
+        if isinstance(data, dict) and isinstance(data.get("models"), list):
+            refs = [m["job"] for m in data["models"] if isinstance(m, dict) and m.get("job") is not None]
+            after = list(data.get("after") or [])
+            data = {**data, "after": after + [r for r in refs if r not in after]}
+        return data
+
+    @model_validator(mode="after")
+    def _input(self) -> PredictSpec:
+        if bool(self.scenes) == (self.imagery is not None):
+            raise ValueError("give either scenes (paths) or an imagery block, not both and not neither")
+        if not self.output.lower().endswith((".tif", ".tiff")):
+            raise ValueError(f"output {self.output!r} must be a GeoTIFF path ending in .tif")
+        return self
+
+
+def load_members(spec: PredictSpec, ctx: JobContext, device: str) -> list[Member]:
+    """Load every member's checkpoint and check they can be combined (before any scene is touched)."""
+    from torchbearer.inference.ensemble import Member, check_compatible
+    from torchbearer.ml.checkpoint import load_member
+
+    members = []
+    for i, ref in enumerate(spec.models):
+        if ref.checkpoint is not None:
+            path = ctx.resolve(ref.checkpoint)
+            default = path.stem
+        else:
+            outputs = ctx.job_outputs(ref.job, "best_checkpoint")
+            if not outputs:
+                raise LookupError(f"models[{i}]: job {ref.job!r} recorded no best_checkpoint")
+            path = Path(outputs[-1]["path"])
+            default = str(ref.job)
+        model, card = load_member(path, device)
+        members.append(Member(name=ref.name or default, model=model, card=card, source=str(path), weight=ref.weight))
+    names = [m.name for m in members]
+    for m in members:
+        if names.count(m.name) > 1:  # two checkpoints with one stem: number them
+            m.name = f"{m.name}-{names[: members.index(m)].count(m.name) + 1}"
+    check_compatible(members)
+    return members
+
+
+def scene_inputs(spec: PredictSpec, ctx: JobContext, resolutions: list[int]) -> list[list[Path]]:
+    """Each scene as its stacked GeoTIFFs, one per resolution the members need (SAFE folders get stacked)."""
+    from torchbearer.imagery.cache import build_stack
+    from torchbearer.imagery.fetch import ensure_scenes
+
+    data_dir = ctx.settings.data_dir
+    if spec.imagery is not None:
+        imagery = spec.imagery.with_paths(ctx.resolve)
+        per_resolution = [
+            ensure_scenes(imagery.model_copy(update={"resolution": r}), data_dir, ctx.progress, env=ctx.secret,
+                          should_stop=lambda: ctx.should_stop)
+            for r in resolutions
+        ]  # fmt: skip
+        return [list(stacks) for stacks in zip(*per_resolution, strict=True)]
+    scenes = []
+    for entry in spec.scenes:
+        stacks = []
+        for path in [ctx.resolve(p) for p in ([entry] if isinstance(entry, str) else entry)]:
+            if path.is_dir():
+                stacks += [build_stack(path, r, data_dir / "cache", report=ctx.progress) for r in resolutions]
+            elif path.is_file():
+                stacks.append(path)
+            else:
+                raise FileNotFoundError(f"scene {path} does not exist")
+        scenes.append(stacks)
+    return scenes
+
+
+def output_path(spec: PredictSpec, ctx: JobContext, stacks: list[Path], count: int) -> Path:
+    """The map of one scene: ``output`` itself, or with the scene's name added when there are several."""
+    output = ctx.resolve(spec.output)
+    if count == 1:
+        return output
+    scene = stacks[0].stem.removesuffix(".SAFE")
+    return output.with_name(f"{output.stem}_{scene}{output.suffix}")
+
+
+def run(spec: PredictSpec, ctx: JobContext) -> None:
+    """Load and check the members, get the scenes, predict each into its map; resumable after SIGTERM."""
+    import torch
+
+    from torchbearer.context import JobInterrupted
+    from torchbearer.inference.ensemble import PredictionInterrupted, PredictOptions, is_complete, predict_scene
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
+    members = load_members(spec, ctx, device)
+    scenes = scene_inputs(spec, ctx, sorted({int(m.card.resolution) for m in members}))
+    options = PredictOptions(
+        window=spec.window, overlap=spec.overlap, batch_size=spec.batch_size, combine=spec.combine, tta=spec.tta,
+        class_map=spec.class_map, member_maps=spec.member_maps, device=device,
+    )  # fmt: skip
+    for i, stacks in enumerate(scenes):
+        output = output_path(spec, ctx, stacks, len(scenes))
+        if is_complete(output, members, stacks, options):  # done by an earlier attempt
+            ctx.output(output, "map")
+            continue
+
+        def report(done: int, total: int, mpx_per_s: float, eta_s: float | None, i: int = i) -> None:
+            ctx.progress(
+                "predicting", done=done, total=total, unit="windows", eta_s=eta_s,
+                mpx_per_s=round(mpx_per_s, 3), scene=f"{i + 1}/{len(scenes)}",
+            )  # fmt: skip
+
+        try:
+            result = predict_scene(members, stacks, output, options, report=report, should_stop=lambda: ctx.should_stop)
+        except PredictionInterrupted as exc:
+            raise JobInterrupted(str(exc)) from exc
+        ctx.progress("writing", done=i + 1, total=len(scenes), unit="scenes", force=True)
+        for path in [result.output, result.class_map, *result.member_maps.values()]:
+            if path is not None:
+                ctx.output(path, "map")
+
+
+register(JobKind(name="predict", spec=PredictSpec, run=run, description="ensemble of models → probability map"))
