@@ -140,7 +140,7 @@ def test_corrupted_file_is_fetched_again(services, env, sample_safe, data_dir):
 
 def test_always_corrupted_file_fails_clearly(services, env, data_dir):
     services.faults.corrupt = {"MTD_TL.xml": 10}
-    with pytest.raises(ChecksumError, match="MTD_TL.xml: does not match its manifest checksum"):
+    with pytest.raises(ChecksumError, match=r"MTD_TL\.xml: does not match its manifest checksum"):
         Session(env).fetch(data_dir)
     assert not list(data_dir.rglob("MTD_TL.xml"))
 

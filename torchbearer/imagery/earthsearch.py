@@ -25,6 +25,7 @@ from rasterio.windows import from_bounds
 from shapely.geometry.base import BaseGeometry
 
 from torchbearer.imagery.aoi import search_polygon, to_crs
+from torchbearer.imagery.cache import CREATION_OPTIONS
 from torchbearer.imagery.http import HttpClient, HttpError, Report
 from torchbearer.imagery.scenes import Scene, parse_product_name
 from torchbearer.imagery.spec import ImagerySpec
@@ -189,15 +190,11 @@ def read_window(
 def write_stack(
     path: Path, stack: np.ndarray, transform: Any, crs: str, bands: tuple[str, ...], tags: dict[str, Any]
 ) -> None:
-    """Write a stack in the scene-cache format: uint16, tiled 256², deflate, nodata 0, band names, tags."""
+    """Write a stack with the scene cache's creation options (imagery/cache.py), band names and tags."""
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
-    tiled = stack.shape[1] >= 256 and stack.shape[2] >= 256
-    profile = {
-        "driver": "GTiff", "width": stack.shape[2], "height": stack.shape[1], "count": stack.shape[0],
-        "dtype": "uint16", "crs": crs, "transform": transform, "nodata": 0, "compress": "deflate",
-        "tiled": tiled, **({"blockxsize": 256, "blockysize": 256} if tiled else {}),
-    }  # fmt: skip
+    profile = {**CREATION_OPTIONS, "crs": crs, "transform": transform, "count": stack.shape[0],
+               "height": stack.shape[1], "width": stack.shape[2]}  # fmt: skip
     with rasterio.open(part, "w", **profile) as dst:
         dst.write(stack)
         for index, band in enumerate(bands, 1):

@@ -1,0 +1,71 @@
+"""ensure_scenes: search → pick → fetch only the needed files → scene cache, once, whoever asks."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from tests.imagery.conftest import SAMPLE_AOI
+from tests.imagery.test_copernicus import needed_sizes
+from torchbearer.imagery.cache import read_reflectance, stack_info
+from torchbearer.imagery.copernicus import CredentialsMissing
+from torchbearer.imagery.fetch import NoScenesError, ensure_scenes
+from torchbearer.imagery.local import LocalScenesError
+from torchbearer.imagery.spec import ImagerySpec
+
+SPEC = ImagerySpec(aoi=SAMPLE_AOI, dates="2022-10-01/2022-10-10", max_cloud=80, resolution=60)
+
+
+def test_copernicus_scene_lands_in_the_cache_once(services, env, sample_safe, data_dir):
+    events = []
+    [stack] = ensure_scenes(SPEC, data_dir, lambda **e: events.append(e), env=env)
+    assert stack == data_dir / "cache" / f"{sample_safe.name.removesuffix('.SAFE')}_60m.tif"
+    info = stack_info(stack)
+    assert len(info.bands) == 11 and info.offset == -1000 and info.resolution == 60
+    reflectance, valid = read_reflectance(info)
+    assert valid.mean() > 0.5 and 0 < float(reflectance[3][valid].mean()) < 1  # the train job's read
+    assert events[0]["stage"] == "downloading" and events[-1]["stage"] == "preparing data"
+    served = sum(services.bytes_served.values())
+    # Again: the cached stack is returned without a login or a byte of imagery.
+    assert ensure_scenes(SPEC, data_dir, env=env) == [stack]
+    assert services.logins == 1 and sum(services.bytes_served.values()) == served
+
+
+def _fetch_in_child(spec, data_dir, values) -> None:
+    ensure_scenes(spec, data_dir, env=values.get)
+
+
+def test_two_processes_fetch_and_build_once(services, env, sample_safe, data_dir):
+    context = multiprocessing.get_context("fork")
+    children = [context.Process(target=_fetch_in_child, args=(SPEC, data_dir, services.env)) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+    assert [c.exitcode for c in children] == [0, 0]
+    served = {k: v for k, v in services.bytes_served.items() if k != "manifest.safe"}
+    assert served == needed_sizes(sample_safe)  # every file fetched once
+    assert services.logins == 1  # the second process found the stack built: no session opened
+    assert len(list((data_dir / "cache").glob("*.tif"))) == 1
+
+
+def test_missing_credentials_fail_before_any_request(services, data_dir):
+    with pytest.raises(CredentialsMissing, match="COPERNICUS_USER and COPERNICUS_PASSWORD"):
+        ensure_scenes(SPEC, data_dir, env=lambda name: None)
+    assert services.requests == []
+
+
+def test_no_scene_found(services, env, data_dir):
+    with pytest.raises(NoScenesError, match=r"no scene found \(L2A over the AOI, 2021-10-01/2021-10-10"):
+        ensure_scenes(SPEC.model_copy(update={"dates": "2021-10-01/2021-10-10"}), data_dir, env=env)
+
+
+def test_local_safe_and_geotiff(sample_safe, data_dir, tmp_path):
+    local = ImagerySpec(source="local", paths=[str(sample_safe.parent)], resolution=60)
+    [stack] = ensure_scenes(local, data_dir)
+    assert stack.parent == data_dir / "cache" and stack_info(stack).offset == -1000
+    as_tiff = ImagerySpec(source="local", paths=[str(stack)])
+    assert ensure_scenes(as_tiff, data_dir) == [stack]
+    with pytest.raises(LocalScenesError, match="holds no SAFE folder"):
+        ensure_scenes(ImagerySpec(source="local", paths=[str(tmp_path)]), data_dir)
