@@ -1,0 +1,157 @@
+"""Recovery: kill -9 of the daemon (and of its worker), a clean stop, files left half-ingested, the lock,
+the crash-loop guard. Nothing is lost, nothing runs twice to success."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from tests.conftest import DaemonProcess, wait_for, wait_state, write_job
+from tests.daemon.conftest import completions, job_named, probe
+from torchbearer import commands
+from torchbearer.ingest import INGESTING_PREFIX, ingest_queue_file, recover_claimed
+from torchbearer.store import NewJob, pid_alive
+
+
+def _running_at_step(store, name, step):
+    job = wait_state(store, job_named(store, name).id, "running")
+    wait_for(lambda: ((store.latest_progress(job.id) or {}).get("step") or 0) >= step, 20, what=f"{name} step")
+    return store.job(job.id)
+
+
+def _drop_night(project):
+    write_job(project.queue_dir, "night.yaml", (
+        "defaults: {kind: probe, steps: 2}\njobs:\n"
+        "  - {name: long, steps: 30, step_s: 0.1, priority: 5}\n  - {name: next1}\n  - {name: next2}\n"
+    ))  # fmt: skip
+
+
+def _assert_each_succeeded_once(project, store, names):
+    jobs = [wait_state(store, job_named(store, name).id, "succeeded") for name in names]
+    lines = completions(project)
+    assert sorted(line.split()[1] for line in lines) == sorted(names), lines
+    return jobs
+
+
+def _first_step_after(store, job_id, moment):
+    return min(p["step"] for p in store.query("SELECT step FROM progress WHERE job_id = ? AND time > ?",
+                                                [job_id, moment]))  # fmt: skip
+
+
+def test_kill9_daemon_mid_job_then_restart(project, store, daemon):
+    _drop_night(project)
+    long = _running_at_step(store, "long", 3)
+    daemon.kill9()
+    # the worker got SIGTERM (parent death signal), saved its step and recorded an interrupted attempt
+    wait_for(lambda: not pid_alive(long.pid), 20, what="the orphaned worker to stop")
+    assert store.job(long.id).state == "running"  # nobody was left to record more
+    assert store.attempts(long.id)[0]["outcome"] == "interrupted"
+    daemon.start()
+    jobs = _assert_each_succeeded_once(project, store, ["long", "next1", "next2"])
+    long = jobs[0]
+    assert long.attempts == 2
+    states = [t["to_state"] for t in store.transitions(long.id)]
+    assert states == ["queued", "running", "interrupted", "running", "succeeded"]
+    second = store.attempts(long.id)[1]
+    assert _first_step_after(store, long.id, second["started_at"]) > 3  # resumed, not redone from 0
+
+
+def test_kill9_daemon_and_worker_then_restart(project, store, daemon):
+    _drop_night(project)
+    long = _running_at_step(store, "long", 2)
+    daemon.kill9()
+    os.killpg(long.pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(long.pid), 10, what="the worker to die")
+    daemon.start()
+    (long, *_) = _assert_each_succeeded_once(project, store, ["long", "next1", "next2"])
+    first, second = store.attempts(long.id)
+    assert first["outcome"] == "interrupted" and "the daemon stopped while it ran" in first["reason"]
+    assert second["outcome"] == "succeeded"
+
+
+def test_job_that_finished_while_the_daemon_was_down_is_not_run_again(project, store, daemon):
+    write_job(project.queue_dir, "deaf.yaml", probe("deaf", steps=20, step_s=0.05, ignore_sigterm="true"))
+    deaf = _running_at_step(store, "deaf", 2)
+    daemon.kill9()  # the worker ignores the parent-death SIGTERM and finishes on its own
+    wait_for(lambda: completions(project), 20, what="the orphan to finish")
+    wait_for(lambda: not pid_alive(deaf.pid), 10, what="the orphan to exit")
+    daemon.start()
+    deaf = wait_state(store, deaf.id, "succeeded")
+    assert deaf.attempts == 1 and deaf.reason == "finished while the daemon was down"
+    assert len(completions(project)) == 1
+
+
+def test_clean_stop_interrupts_and_restart_resumes(project, store, daemon):
+    write_job(project.queue_dir, "long.yaml", probe("long", steps=30, step_s=0.1))
+    long = _running_at_step(store, "long", 3)
+    assert daemon.stop() == 0
+    long = store.job(long.id)
+    assert long.state == "interrupted" and long.reason == "stopped at a safe point; runs again"
+    assert store.daemon_info()["alive"] is False
+    daemon.start()
+    _assert_each_succeeded_once(project, store, ["long"])
+    assert store.job(long.id).attempts == 2
+
+
+def test_files_dropped_while_down_and_half_ingested_files_are_picked_up(project, store, daemon):
+    daemon.stop()
+    write_job(project.queue_dir, "while-down.yaml", probe("while-down"))
+    # a daemon died between claiming a file and queueing it: the claimed file is ingested at the next start
+    accepted = project.queue_dir / "accepted"
+    accepted.mkdir(exist_ok=True)
+    (accepted / f"{INGESTING_PREFIX}aaaa-claimed.yaml").write_text(probe("claimed"))
+    # … or after queueing it but before filing it away: the jobs exist, the file is only renamed
+    (accepted / f"{INGESTING_PREFIX}bbbb-queued.yaml").write_text(probe("queued"))
+    (queued_id,) = store.add_jobs([NewJob("queued", "probe", {}, {"name": "queued", "kind": "probe"},
+                                          source="queued.yaml#bbbb")])  # fmt: skip
+    daemon.start()
+    _assert_each_succeeded_once(project, store, ["while-down", "claimed", "queued"])
+    assert len(store.jobs()) == 3
+    names = sorted(p.name for p in accepted.iterdir())
+    assert f"{queued_id}-queued.yaml" in names and not any(n.startswith(INGESTING_PREFIX) for n in names)
+
+
+def test_recover_claimed_is_idempotent(project, store):
+    path = project.queue_dir / "one.yaml"
+    path.write_text(probe("one"))
+    result = ingest_queue_file(path, project.queue_dir, store)
+    assert result.accepted and recover_claimed(project.queue_dir, store) == []
+    assert len(store.jobs()) == 1
+
+
+def test_second_daemon_refuses_with_a_clear_message(project, store, daemon):
+    second = subprocess.run([sys.executable, "-m", "torchbearer", "daemon"], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert second.returncode == 1
+    message = " ".join(second.stderr.split())
+    assert f"another torchbearer daemon (pid {daemon.process.pid}) is already serving {project.queue_dir}" in message
+    assert daemon.process.poll() is None and store.daemon_info()["pid"] == daemon.process.pid
+
+
+def test_second_daemon_refused_even_without_the_first_ones_record(project, store, daemon):
+    """The lock, not the store's heartbeat record, keeps a second daemon off the queue."""
+    store.set_meta("daemon", None)
+    other = DaemonProcess(project)
+    other.log_path = project.project_dir / "second.log"
+    other.start(wait=False)
+    assert other.process.wait(60) == 1
+    assert "already serving" in other.log()
+    assert daemon.process.poll() is None
+
+
+def test_crash_loop_guard_pauses_the_queue(project, store, daemon):
+    write_job(project.queue_dir, "crashy.yaml", (
+        "defaults: {kind: probe, action: exit3, priority: 1}\njobs:\n"
+        "  - {name: c1}\n  - {name: c2}\n  - {name: c3}\n  - {name: c4}\n"
+        "  - {name: fine, action: succeed, priority: 0}\n"
+    ))  # fmt: skip
+    paused = wait_for(store.queue_paused, 30, what="the queue to pause")
+    assert paused["reason"].startswith("crash loop: 3 jobs in a row died within 10 s of starting")
+    states = {j.name: j.state for j in store.jobs()}
+    assert states == {"c1": "failed", "c2": "failed", "c3": "failed", "c4": "queued", "fine": "queued"}
+    assert "queue paused: crash loop" in daemon.log()
+    commands.cancel(store, "c4")
+    commands.resume(store)
+    wait_state(store, job_named(store, "fine").id, "succeeded")
