@@ -9,6 +9,7 @@ variable is documented in ``env.example``. Credentials are read from the same pl
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,14 @@ class Settings:
     #: Crash-loop guard: this many jobs in a row dying within ``crash_window_s`` of starting pause the queue.
     crash_loop_count: int = 3
     crash_window_s: float = 10.0
+    #: Where workers run: ``local`` (child processes) or ``slurm`` (batch jobs; see docs/slurm.md).
+    executor: str = "local"
+    #: Slurm: the partition, extra ``sbatch`` options, the GPU generic resource (``gpu`` → ``--gres=gpu:N`` for a
+    #: job with ``devices: N``) and how many device slots the daemon keeps submitted at once.
+    slurm_partition: str | None = None
+    slurm_args: tuple[str, ...] = ()
+    slurm_gres: str | None = None
+    slurm_slots: int = 4
     env_file_values: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -72,6 +81,7 @@ class Settings:
         data_dir: str | Path | None = None,
         state_path: str | Path | None = None,
         devices: str | None = None,
+        executor: str | None = None,
         environ: dict[str, str] | None = None,
     ) -> Settings:
         """Resolve settings from arguments, then ``environ`` (default ``os.environ``), then the env file."""
@@ -100,6 +110,16 @@ class Settings:
             return value
 
         device_list = devices if devices is not None else get("TORCHBEARER_DEVICES", "")
+        executor_name = (executor or get("TORCHBEARER_EXECUTOR", "local") or "local").strip().lower()
+        if executor_name not in {"local", "slurm"}:
+            raise SettingsError(f"executor {executor_name!r} (TORCHBEARER_EXECUTOR) must be 'local' or 'slurm'")
+        try:
+            slurm_args = tuple(shlex.split(get("TORCHBEARER_SLURM_ARGS", "") or ""))
+        except ValueError as exc:
+            raise SettingsError(f"TORCHBEARER_SLURM_ARGS: {exc}") from None
+        slurm_slots = int(number("TORCHBEARER_SLURM_SLOTS", 4))
+        if slurm_slots < 1:
+            raise SettingsError("TORCHBEARER_SLURM_SLOTS must be at least 1")
         return cls(
             project_dir=project,
             queue_dir=path(queue_dir, "TORCHBEARER_QUEUE", "queue"),
@@ -112,6 +132,11 @@ class Settings:
             allow_outside_paths=(get("TORCHBEARER_ALLOW_OUTSIDE_PATHS", "0") or "0").lower() in {"1", "true", "yes"},
             crash_loop_count=int(number("TORCHBEARER_CRASH_LOOP_COUNT", 3)),
             crash_window_s=number("TORCHBEARER_CRASH_WINDOW_S", 10.0),
+            executor=executor_name,
+            slurm_partition=get("TORCHBEARER_SLURM_PARTITION"),
+            slurm_args=slurm_args,
+            slurm_gres=get("TORCHBEARER_SLURM_GRES"),
+            slurm_slots=slurm_slots,
             env_file_values=file_values,
         )
 
@@ -121,7 +146,13 @@ class Settings:
 
     @property
     def slots(self) -> tuple[str, ...]:
-        """One entry per job slot: the GPU id the slot owns, or ``""`` for the single CPU-only slot."""
+        """One entry per job slot: the GPU id the slot owns, or ``""`` for the single CPU-only slot.
+
+        With the Slurm executor, ``slurm1`` … ``slurmN``: the cluster picks the GPUs, the slots only cap how
+        many devices the daemon's jobs hold there at once.
+        """
+        if self.executor == "slurm":
+            return tuple(f"slurm{i}" for i in range(1, self.slurm_slots + 1))
         return self.devices or ("",)
 
     def as_environ(self) -> dict[str, str]:
