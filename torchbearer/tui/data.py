@@ -1,0 +1,297 @@
+"""What the dashboard shows, read from the store and the run folders (on a worker thread, never the UI's).
+
+Plain frozen dataclasses travel from the reading thread to the widgets, so a widget can tell "changed?" with
+``==`` and redraw only then. Times are UNIX seconds, sizes bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchbearer.gpu import GpuStats, gpu_stats
+from torchbearer.store import TERMINAL_STATES, Job, Store
+
+#: The light columns of the queue table (no specs): one indexed scan, cheap for 10 000 jobs.
+ROW_COLUMNS = "id, name, kind, state, priority, stage, progress, eta_s, started_at, finished_at, updated_at, reason"
+
+#: Metrics drawn as the "key metric" curve, in order of preference; else the first ``val/*`` that is not a loss.
+KEY_METRICS = ("val/iou", "val/f1", "val/accuracy", "val/acc")
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One queue-table row."""
+
+    id: int
+    name: str
+    kind: str
+    state: str
+    priority: int
+    stage: str | None
+    progress: float | None
+    eta_s: float | None
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+    reason: str | None = None
+
+    def duration_s(self, now: float) -> float | None:
+        """Seconds from the latest start to the end, or to ``now`` while unfinished."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.finished_at and self.finished_at >= self.started_at else now
+        return end - self.started_at
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """The daemon and the queue as the header shows them."""
+
+    daemon_alive: bool
+    daemon_pid: int | None
+    daemon_host: str | None
+    paused_reason: str | None
+    counts: dict[str, int]
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_reason is not None
+
+
+@dataclass(frozen=True)
+class SystemStats:
+    """This machine: CPU in %, memory and free disk (of the project folder) in bytes, and its GPUs."""
+
+    cpu_pct: float
+    ram_used: int
+    ram_total: int
+    disk_free: int
+    gpus: tuple[GpuStats, ...] = ()
+
+
+def read_system_stats(project_dir: Path) -> SystemStats:
+    """Live figures (psutil, NVML). ``cpu_percent`` compares with the previous call: the first reads 0."""
+    import psutil
+
+    memory = psutil.virtual_memory()
+    try:
+        free = psutil.disk_usage(str(project_dir)).free
+    except OSError:
+        free = 0
+    return SystemStats(
+        cpu_pct=psutil.cpu_percent(interval=None),
+        ram_used=int(memory.total - memory.available),
+        ram_total=int(memory.total),
+        disk_free=int(free),
+        gpus=tuple(gpu_stats()),
+    )
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One metric over time: ``x`` is the epoch where the job gave one, else the step, else the sample index."""
+
+    name: str
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+    by_epoch: bool
+
+    @property
+    def higher_is_better(self) -> bool:
+        return "loss" not in self.name
+
+    def best(self) -> tuple[float, float] | None:
+        """``(x, value)`` of the best point, or None for an empty curve."""
+        if not self.y:
+            return None
+        pick = max if self.higher_is_better else min
+        index = pick(range(len(self.y)), key=self.y.__getitem__)
+        return self.x[index], self.y[index]
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    """Everything the job view shows of one job, at one moment."""
+
+    job: Job
+    progress: dict[str, Any] | None
+    curves: dict[str, Curve]
+    outputs: tuple[dict[str, Any], ...]
+    log_path: Path
+    log_lines: tuple[str, ...] = ()
+    log_reset: bool = False  # the lines replace what the view holds (first read, another job, log cut back)
+    preview_path: Path | None = None
+    preview: Any = field(default=None, compare=False)  # numpy (H, W, 3) uint8 when (re)loaded this time
+
+
+def key_metric(names: list[str] | set[str]) -> str | None:
+    """The metric the job view plots as its key curve, and the summary ranks by."""
+    for name in KEY_METRICS:
+        if name in names:
+            return name
+    candidates = sorted(n for n in names if n.startswith("val/") and "loss" not in n)
+    return candidates[0] if candidates else None
+
+
+def curve_from_points(name: str, points: list[tuple[int | None, int | None, float]]) -> Curve:
+    """A curve from ``(epoch, step, value)`` points: one value per epoch (the last) when epochs are given."""
+    if points and all(epoch is not None for epoch, _, _ in points):
+        per_epoch: dict[int, float] = {}
+        for epoch, _, value in points:
+            per_epoch[int(epoch)] = value
+        return Curve(name, tuple(float(e) for e in per_epoch), tuple(per_epoch.values()), by_epoch=True)
+    xs = tuple(float(step if step is not None else i) for i, (_, step, _) in enumerate(points))
+    return Curve(name, xs, tuple(value for _, _, value in points), by_epoch=False)
+
+
+def curves_by_role(curves: dict[str, Curve]) -> tuple[list[Curve], Curve | None]:
+    """The loss curves (train and validation) and the key metric curve of a job."""
+    losses = [curves[name] for name in ("train/loss", "val/loss") if name in curves]
+    if not losses:
+        losses = [c for name, c in sorted(curves.items()) if name.endswith("loss")][:2]
+    key = key_metric(set(curves))
+    if key is None:  # a kind without validation metrics: its first other curve, so there is something to see
+        others = sorted(n for n in curves if "loss" not in n and n not in {"lr", "samples_per_s"})
+        key = others[0] if others else None
+    return losses, curves.get(key) if key else None
+
+
+def job_rows(store: Store, *, since: float | None = None) -> list[JobRow]:
+    """Queue-table rows, all of them or those updated at or after ``since``."""
+    where, params = ("WHERE updated_at >= ?", [since]) if since is not None else ("", [])
+    cursor = store.conn.execute(f"SELECT {ROW_COLUMNS} FROM jobs {where}", params)
+    return [JobRow(*row) for row in cursor.fetchall()]
+
+
+def queue_info(store: Store) -> QueueInfo:
+    info = store.daemon_info()
+    paused = store.queue_paused()
+    return QueueInfo(
+        daemon_alive=bool(info["alive"]),
+        daemon_pid=info.get("pid"),
+        daemon_host=info.get("host"),
+        paused_reason=(paused.get("reason") or "paused") if paused else None,
+        counts=store.counts_by_state(),
+    )
+
+
+def log_path_of(job: Job, runs_dir: Path) -> Path:
+    """Where a job's worker writes its log (``runs/<id>-<name>/log.txt``), started or not."""
+    return (Path(job.run_dir) if job.run_dir else runs_dir / f"{job.id}-{job.name}") / "log.txt"
+
+
+def preview_candidate(outputs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> Path | None:
+    """The newest map or plot output the terminal can draw (PNG/JPEG or GeoTIFF)."""
+    for output in reversed(outputs):
+        path = Path(output["path"])
+        if output["kind"] in {"map", "plot"} and path.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff"}:
+            return path
+    return None
+
+
+class LogFollower:
+    """Follows a growing text file without reading it whole: the end first, then what was appended.
+
+    A file cut back (the worker's log cap) or replaced starts over from its end. Reads at most
+    ``max_bytes`` a time, so a burst of output costs a bounded read and keeps the newest lines.
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int = 64 * 1024) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._offset: int | None = None
+        self._partial = b""
+
+    def read_new(self) -> tuple[list[str], bool]:
+        """``(new complete lines, reset)``; ``reset`` means they replace everything read before."""
+        try:
+            size = os.stat(self.path).st_size
+        except OSError:
+            return [], False
+        reset = self._offset is None or size < self._offset
+        start = 0 if reset else self._offset
+        cut_first = False
+        if size - start > self.max_bytes:  # first look at a long log, or a burst: keep the newest lines
+            start, cut_first, reset = size - self.max_bytes, True, True
+        if reset:
+            self._partial = b""
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(start)
+                data = self._partial + file.read(size - start)
+        except OSError:
+            return [], False
+        self._offset = size
+        *lines, self._partial = data.split(b"\n")  # the rest is incomplete until the writer ends the line
+        if cut_first:
+            lines = lines[1:]
+        return [line.decode("utf-8", errors="replace").rstrip("\r") for line in lines], reset
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One job that ended in the summary's window."""
+
+    id: int
+    name: str
+    kind: str
+    state: str
+    duration_s: float | None
+    reason: str | None
+    best: tuple[str, float] | None  # (metric, best value)
+    outputs: tuple[tuple[str, str], ...]  # (kind, path)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What ran between ``since`` and ``until``: the jobs that ended, the time spent running, what is left."""
+
+    since: float
+    until: float
+    rows: tuple[SummaryRow, ...]
+    run_time_s: float
+    pending: dict[str, int]
+
+    def count(self, state: str) -> int:
+        return sum(1 for row in self.rows if row.state == state)
+
+
+def read_summary(store: Store, since: float, until: float, *, limit: int = 500) -> Summary:
+    """The jobs that ended since ``since`` (at most ``limit``, newest kept), best metrics, outputs, run time."""
+    jobs = store.query(
+        "SELECT id, name, kind, state, started_at, finished_at, reason FROM jobs WHERE finished_at >= ? "
+        "ORDER BY finished_at DESC LIMIT ?",
+        [since, limit],
+    )[::-1]
+    ids = [job["id"] for job in jobs]
+    marks = ",".join("?" * len(ids))
+    extremes: dict[int, dict[str, tuple[float, float]]] = {}
+    outputs: dict[int, list[tuple[str, str]]] = {}
+    if ids:
+        for job_id, name, high, low in store.conn.execute(
+            f"SELECT job_id, name, MAX(value), MIN(value) FROM metrics WHERE job_id IN ({marks}) GROUP BY job_id, name",
+            ids,
+        ):
+            extremes.setdefault(job_id, {})[name] = (high, low)
+        for job_id, kind, path in store.conn.execute(
+            f"SELECT job_id, kind, path FROM outputs WHERE job_id IN ({marks}) ORDER BY id", ids
+        ):
+            outputs.setdefault(job_id, []).append((kind, path))
+    rows = []
+    for job in jobs:
+        metrics = extremes.get(job["id"], {})
+        name = key_metric(set(metrics)) or ("val/loss" if "val/loss" in metrics else None)
+        best = (name, metrics[name][1 if "loss" in name else 0]) if name else None
+        duration = job["finished_at"] - job["started_at"] if job["started_at"] else None
+        rows.append(SummaryRow(job["id"], job["name"], job["kind"], job["state"], duration, job["reason"], best,
+                               tuple(outputs.get(job["id"], ()))))  # fmt: skip
+    run_time = store.conn.execute(
+        "SELECT COALESCE(SUM(MIN(finished_at, ?) - MAX(started_at, ?)), 0) FROM attempts "
+        "WHERE finished_at >= ? AND started_at <= ?",
+        (until, since, since, until),
+    ).fetchone()[0]
+    pending = {s: n for s, n in store.counts_by_state().items() if s not in TERMINAL_STATES}
+    return Summary(since, until, tuple(rows), float(run_time), pending)

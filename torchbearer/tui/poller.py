@@ -1,0 +1,247 @@
+"""The dashboard's one reader: a thread that watches the store and the focused job's files, and hands changes
+to the UI.
+
+It owns its own :class:`Store` connection (SQLite connections are not shared between threads) and asks
+``PRAGMA data_version`` each tick, so an idle queue costs one tiny query; the queue table is then read
+incrementally by ``updated_at`` (plus a full read now and then, which also catches clock jumps). The focused
+job's log is followed by offset, its metrics read by row id, so a long training costs the same each tick.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchbearer.settings import Settings
+from torchbearer.store import Store, StoreError
+from torchbearer.tui.data import (
+    JobDetail,
+    JobRow,
+    LogFollower,
+    QueueInfo,
+    SystemStats,
+    curve_from_points,
+    job_rows,
+    log_path_of,
+    preview_candidate,
+    queue_info,
+)
+
+#: Key in the store's meta table: when a dashboard was last opened (UNIX seconds), for the morning summary.
+LAST_OPENED_KEY = "tui_last_opened"
+
+#: Rows updated this many seconds before the newest seen are read again: writers' clocks and commits interleave.
+UPDATED_MARGIN_S = 5.0
+
+
+@dataclass
+class Update:
+    """What changed since the previous tick; None fields did not change."""
+
+    rows: list[JobRow] | None = None
+    full: bool = False  # ``rows`` is every job, not only the changed ones
+    queue: QueueInfo | None = None
+    system: SystemStats | None = None
+    detail: JobDetail | None = None
+    error: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.rows or self.full or self.queue or self.system or self.detail or self.error)
+
+
+@dataclass
+class _Focus:
+    """What the poller keeps between ticks about the job the job view shows."""
+
+    job_id: int
+    follower: LogFollower | None = None
+    metric_after_id: int = 0
+    points: dict[str, list[tuple[int | None, int | None, float]]] = field(default_factory=dict)
+    preview_key: tuple[str, float] | None = None
+    last_detail: JobDetail | None = None
+
+
+class Poller:
+    """Reads the store on its own thread every ``interval_s`` seconds (sooner after :meth:`wake`).
+
+    ``system_stats`` returns the header's machine figures (None to show none); ``preview_loader`` turns an
+    image path into an array for the preview. Both run on the poller's thread.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        interval_s: float = 0.5,
+        system_stats: Callable[[], SystemStats | None] | None = None,
+        system_interval_s: float = 2.0,
+        full_read_s: float = 60.0,
+        preview_loader: Callable[[Path], Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.interval_s = interval_s
+        self.system_stats = system_stats
+        self.system_interval_s = system_interval_s
+        self.full_read_s = full_read_s
+        self.preview_loader = preview_loader
+        self.focus_job: int | None = None  # set by the UI thread; read here (an int swap is atomic)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._applied = threading.Event()
+        self._store: Store | None = None
+        self._version: int | None = None
+        self._newest_update = 0.0
+        self._last_full = 0.0
+        self._last_slow = 0.0
+        self._last_queue: QueueInfo | None = None
+        self._focus: _Focus | None = None
+        self.previous_opened: float | None = None
+
+    # -- driven by the UI -----------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Read now rather than at the next tick (after a command, or when the focus changes)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._applied.set()
+
+    def applied(self) -> None:
+        """The UI has drawn the last update: the next may come (one in flight, so a slow UI is never flooded)."""
+        self._applied.set()
+
+    def run(self, deliver: Callable[[Update], None], cancelled: Callable[[], bool] = lambda: False) -> None:
+        """Loop until :meth:`stop` or ``cancelled()``: read, hand non-empty updates to ``deliver``, sleep."""
+
+        def stopping() -> bool:
+            return self._stop.is_set() or cancelled()
+
+        try:
+            while not stopping():
+                update = self.poll()
+                if not update.empty:
+                    self._applied.clear()
+                    deliver(update)
+                    while not self._applied.wait(self.interval_s) and not stopping():
+                        pass
+                self._wake.wait(self.interval_s)
+                self._wake.clear()
+        finally:
+            if self._store is not None:
+                self._store.close()
+
+    # -- one tick -------------------------------------------------------------------------------------------
+
+    def open(self) -> Store:
+        """Open the store (once) and remember when the dashboard was opened, keeping the previous time."""
+        if self._store is None:
+            self._store = Store(self.settings.state_path)
+            self.previous_opened = self._store.meta(LAST_OPENED_KEY)
+            self._store.set_meta(LAST_OPENED_KEY, time.time())
+        return self._store
+
+    def poll(self) -> Update:
+        """Read what changed; a store that cannot be opened or read becomes an error for the header."""
+        try:
+            return self._poll(self.open())
+        except StoreError as exc:
+            return Update(error=str(exc))
+        except (sqlite3.Error, OSError) as exc:  # locked for too long, disk trouble: show it, try again next tick
+            return Update(error=f"{self.settings.state_path}: {exc}")
+
+    def _poll(self, store: Store) -> Update:
+        update = Update()
+        now = time.monotonic()
+        version = store.data_version()
+        changed = version != self._version
+        self._version = version
+        if now - self._last_full >= self.full_read_s:
+            update.rows, update.full = job_rows(store), True
+            self._last_full = now
+        elif changed:
+            update.rows = job_rows(store, since=self._newest_update - UPDATED_MARGIN_S) or None
+        if update.rows:
+            self._newest_update = max(self._newest_update, max(row.updated_at for row in update.rows))
+        slow_due = now - self._last_slow >= self.system_interval_s
+        if changed or slow_due:  # the daemon's liveness ages without any write: re-check it now and then
+            queue = queue_info(store)
+            if queue != self._last_queue:
+                update.queue = self._last_queue = queue
+        if slow_due:
+            self._last_slow = now
+            update.system = self.system_stats() if self.system_stats else None
+        update.detail = self._detail(store, changed)
+        return update
+
+    # -- the focused job ------------------------------------------------------------------------------------
+
+    def _detail(self, store: Store, changed: bool) -> JobDetail | None:
+        job_id = self.focus_job
+        if job_id is None:
+            self._focus = None
+            return None
+        focus = self._focus
+        fresh = focus is None or focus.job_id != job_id
+        if fresh:
+            focus = self._focus = _Focus(job_id)
+        job = store.job(job_id) if (fresh or changed) else focus.last_detail.job if focus.last_detail else None
+        if job is None:
+            return None
+        log_path = log_path_of(job, self.settings.runs_dir)
+        if focus.follower is None or focus.follower.path != log_path:
+            focus.follower = LogFollower(log_path)
+        lines, reset = focus.follower.read_new()
+        if not (fresh or changed or lines or reset):
+            return None
+        if fresh or changed:
+            self._read_metrics(store, focus)
+            outputs = tuple(store.outputs(job_id))
+            progress = store.latest_progress(job_id)
+        else:
+            outputs, progress = focus.last_detail.outputs, focus.last_detail.progress
+        preview_path, preview = self._preview(focus, outputs)
+        detail = JobDetail(
+            job=job,
+            progress=progress,
+            curves={name: curve_from_points(name, points) for name, points in focus.points.items()},
+            outputs=outputs,
+            log_path=log_path,
+            log_lines=tuple(lines),
+            log_reset=reset or fresh,
+            preview_path=preview_path,
+            preview=preview,
+        )
+        focus.last_detail = detail
+        return detail
+
+    def _read_metrics(self, store: Store, focus: _Focus) -> None:
+        rows = store.conn.execute(
+            "SELECT id, name, epoch, step, value FROM metrics WHERE job_id = ? AND id > ? ORDER BY id",
+            (focus.job_id, focus.metric_after_id),
+        ).fetchall()
+        for row_id, name, epoch, step, value in rows:
+            if value is not None:
+                focus.points.setdefault(name, []).append((epoch, step, value))
+            focus.metric_after_id = row_id
+
+    def _preview(self, focus: _Focus, outputs: tuple[dict[str, Any], ...]) -> tuple[Path | None, Any]:
+        """The preview image's path, and its pixels when it is new or was rewritten since the last look."""
+        path = preview_candidate(outputs)
+        if path is None or self.preview_loader is None:
+            return path, None
+        try:
+            key = (str(path), path.stat().st_mtime)
+        except OSError:
+            return path, None
+        if key == focus.preview_key:
+            return path, None
+        focus.preview_key = key
+        return path, self.preview_loader(path)

@@ -1,0 +1,283 @@
+"""The dashboard's screens: the queue, one job, and the morning summary."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Static, TabbedContent, TabPane
+
+from torchbearer.formatting import STATE_STYLES, display_path, format_duration, format_when
+from torchbearer.store import JobState, Store
+from torchbearer.tui.data import JobDetail, Summary, curves_by_role, read_summary
+from torchbearer.tui.widgets.dialogs import ChoiceDialog
+from torchbearer.tui.widgets.header import HeaderBar
+from torchbearer.tui.widgets.job_parts import (
+    FailurePanel,
+    JobTitle,
+    LogTail,
+    MetricPlot,
+    OutputsList,
+    ProgressPanel,
+    SpecView,
+)
+from torchbearer.tui.widgets.preview import ImagePreview
+from torchbearer.tui.widgets.queue_table import COLUMNS, QueueTable
+
+if TYPE_CHECKING:
+    from torchbearer.tui.app import TorchbearerApp
+
+#: The filter choices: ``(value, label)``; a value is a comma-separated list of states, "" for all.
+FILTERS = [
+    ("", "all jobs"),
+    (",".join([JobState.RUNNING, JobState.QUEUED, JobState.WAITING, JobState.HELD, JobState.INTERRUPTED]),
+     "active (running, queued, waiting, held, interrupted)"),
+    *((str(state), str(state)) for state in JobState),
+]  # fmt: skip
+
+
+class MainScreen(Screen):
+    """The header, the queue table, a line about the highlighted job, and the key bar."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f", "filter", "Filter"),
+        Binding("s", "sort", "Sort"),
+    ]
+
+    app: TorchbearerApp
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar()
+        yield QueueTable(clock=self.app.clock, id="queue")
+        yield Static(id="selected")
+        yield Footer()
+
+    @property
+    def table(self) -> QueueTable:
+        return self.query_one(QueueTable)
+
+    @property
+    def job_id(self) -> int | None:
+        """The job the job actions apply to: the highlighted one."""
+        return self.table.selected_id
+
+    def on_mount(self) -> None:
+        self.table.focus()
+
+    def on_queue_table_highlighted(self, _message: QueueTable.Highlighted) -> None:
+        self.describe_selected()
+
+    def on_queue_table_selected(self, message: QueueTable.Selected) -> None:
+        self.app.open_job(message.job_id)
+
+    def describe_selected(self) -> None:
+        """The line under the table: the highlighted job's state, stage, progress and reason."""
+        row = self.table.selected_row
+        text = Text(no_wrap=True, overflow="ellipsis")
+        if row is not None:
+            text.append(f"#{row.id} ", style="dim").append(row.name, style="bold").append(" ")
+            text.append(row.state, style=STATE_STYLES.get(row.state, ""))
+            if row.state == JobState.RUNNING and row.stage:
+                text.append(f" · {row.stage}")
+                if row.progress is not None:
+                    text.append(f" {row.progress * 100:.0f}%")
+                if row.eta_s is not None:
+                    text.append(f" · ETA {format_duration(row.eta_s)}")
+            if row.reason and row.state != JobState.RUNNING:
+                text.append(f" · {row.reason}", style="red" if row.state == JobState.FAILED else "dim")
+        shown = self.table.state_filter
+        text.append(f"   [{len(self.table.order)} of {len(self.table.rows)} jobs", style="dim")
+        text.append(f", filter: {', '.join(sorted(shown))}]" if shown else "]", style="dim")
+        self.query_one("#selected", Static).update(text)
+
+    def action_filter(self) -> None:
+        current = ",".join(sorted(self.table.state_filter)) if self.table.state_filter else ""
+        by_sorted = {",".join(sorted(value.split(","))) if value else "": value for value, _ in FILTERS}
+
+        def chosen(value: str | None) -> None:
+            if value is not None:
+                self.table.set_filter(value.split(",") if value else None)
+                self.describe_selected()
+
+        self.app.push_screen(ChoiceDialog("Show jobs in state", FILTERS, current=by_sorted.get(current)), chosen)
+
+    def action_sort(self) -> None:
+        table = self.table
+        choices = [(c.key, c.label + (" (again: reverse)" if c.key == table.sort_key else "")) for c in COLUMNS]
+
+        def chosen(key: str | None) -> None:
+            if key is not None:
+                table.set_sort(key, reverse=not table.sort_reverse if key == table.sort_key else False)
+
+        self.app.push_screen(ChoiceDialog("Sort by", choices, current=table.sort_key), chosen)
+
+
+class JobScreen(Screen):
+    """One job: overview (failure, progress, curves, log, preview), full log, outputs and spec, in tabs."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,backspace", "app.pop_screen", "Back"),
+        Binding("1", "tab('overview')", "Overview", show=False),
+        Binding("2", "tab('log')", "Log", show=False),
+        Binding("3", "tab('outputs')", "Outputs", show=False),
+        Binding("4", "tab('spec')", "Spec", show=False),
+        Binding("l", "tab('log')", "Log"),
+        Binding("o", "tab('outputs')", "Outputs", show=False),
+    ]
+
+    app: TorchbearerApp
+
+    def __init__(self, job_id: int, *, tab: str = "overview") -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.initial_tab = tab
+        self.detail: JobDetail | None = None
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar()
+        yield JobTitle(f"#{self.job_id} …", id="job-title")
+        with TabbedContent(initial=self.initial_tab):
+            with TabPane("Overview", id="overview"), VerticalScroll():
+                yield FailurePanel(id="failure")
+                yield ProgressPanel(id="progress")
+                with Horizontal(id="plots"):
+                    yield MetricPlot("loss", id="loss-plot")
+                    yield MetricPlot("key metric", id="metric-plot")
+                with Horizontal(id="overview-bottom"):
+                    yield LogTail(id="overview-log")
+                    yield ImagePreview(id="overview-preview")
+            with TabPane("Log", id="log"):
+                yield LogTail(id="full-log")
+            with TabPane("Outputs", id="outputs"), Horizontal():
+                yield OutputsList(id="outputs-list")
+                yield ImagePreview(id="outputs-preview")
+            with TabPane("Spec", id="spec"), VerticalScroll():
+                yield SpecView(id="spec-view")
+        yield Footer()
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def show(self, detail: JobDetail) -> None:
+        """Draw a new reading of the job (from the poller)."""
+        first = self.detail is None
+        self.detail = detail
+        now = self.app.clock()
+        self.query_one(JobTitle).show(detail, now)
+        self.query_one(FailurePanel).show(detail)
+        self.query_one(ProgressPanel).show(detail)
+        losses, key = curves_by_role(detail.curves)
+        self.query_one("#loss-plot", MetricPlot).show(losses)
+        self.query_one("#metric-plot", MetricPlot).show([key] if key else [])
+        for log in self.query(LogTail):
+            log.show(detail)
+        project = self.app.settings.project_dir
+        self.query_one(OutputsList).show(detail, project)
+        for preview in self.query(ImagePreview):
+            if detail.preview is not None:
+                preview.pixels = detail.preview
+            if detail.preview_path is None:
+                preview.caption = "no map or plot yet"
+            else:
+                preview.caption = f"{display_path(detail.preview_path, project)} (cannot be drawn)"
+        if first:
+            self.query_one(SpecView).show(detail)
+
+    def tick(self, now: float) -> None:
+        """Once a second: the running clock in the title."""
+        if self.detail is not None and self.detail.job.state == JobState.RUNNING:
+            self.query_one(JobTitle).show(self.detail, now)
+
+
+#: Summary windows: ``(value, label)``; "opened" is "since the dashboard was last opened".
+SUMMARY_WINDOWS = [("opened", "since the dashboard was last opened"), ("43200", "last 12 hours"),
+                   ("86400", "last 24 hours"), ("604800", "last 7 days")]  # fmt: skip
+
+
+class SummaryScreen(Screen):
+    """The morning summary: what ended since a time, how it went, best metrics, time spent, outputs."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,m,q", "app.pop_screen", "Close"),
+        Binding("t", "window", "Time window"),
+    ]
+
+    app: TorchbearerApp
+
+    def __init__(self, since: float, label: str) -> None:
+        super().__init__()
+        self.since = since
+        self.label = label
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar()
+        yield Static(id="summary-title")
+        with VerticalScroll():
+            yield Static(Text("reading …", style="dim"), id="summary-body")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.load()
+
+    @work(thread=True, exclusive=True, group="summary")
+    def load(self) -> None:
+        store = Store(self.app.settings.state_path)
+        try:
+            summary = read_summary(store, self.since, self.app.clock())
+        finally:
+            store.close()
+        self.app.call_from_thread(self.draw, summary)
+
+    def draw(self, summary: Summary) -> None:
+        title = Text()
+        title.append("Morning summary", style="bold").append(f" since {format_when(summary.since, '%m-%d %H:%M')} ")
+        title.append(f"({self.label})", style="dim")
+        self.query_one("#summary-title", Static).update(title)
+        line = Text()
+        line.append(f"{len(summary.rows)} ended: ")
+        for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.DEPENDENCY_FAILED):
+            if summary.count(state):
+                line.append(f"{summary.count(state)} {state}  ", style=STATE_STYLES[state])
+        line.append(f"· {format_duration(summary.run_time_s) or '0s'} of running")
+        if summary.pending:
+            line.append(" · now " + ", ".join(f"{n} {s}" for s, n in sorted(summary.pending.items())), style="dim")
+        table = Table(box=None, header_style="bold", expand=True, pad_edge=False)
+        for name, justify in (("id", "right"), ("name", "left"), ("state", "left"), ("time", "right"),
+                              ("best", "left"), ("outputs / reason", "left")):  # fmt: skip
+            table.add_column(name, justify=justify, overflow="fold")
+        project = self.app.settings.project_dir
+        for row in summary.rows:
+            best = f"{row.best[0]} {row.best[1]:.4g}" if row.best else ""
+            if row.state == JobState.SUCCEEDED:
+                shown = [o for o in row.outputs if o[0] in {"best_checkpoint", "map"}] or list(row.outputs[-2:])
+                last = "\n".join(f"{kind}: {display_path(path, project)}" for kind, path in shown)
+            else:
+                last = row.reason or ""
+            table.add_row(str(row.id), row.name, Text(row.state, style=STATE_STYLES.get(row.state, "")),
+                          format_duration(row.duration_s), best, last)  # fmt: skip
+        body: list = [line, Text("")]
+        body.append(table if summary.rows else Text("nothing ended in this window", style="dim"))
+        self.query_one("#summary-body", Static).update(Group(*body))
+
+    def action_window(self) -> None:
+        def chosen(value: str | None) -> None:
+            if value is None:
+                return
+            label = dict(SUMMARY_WINDOWS)[value]
+            self.since = self.app.last_opened if value == "opened" else self.app.clock() - float(value)
+            self.label = label
+            self.load()
+
+        self.app.push_screen(ChoiceDialog("Summary of", SUMMARY_WINDOWS), chosen)
+
+
+def default_since(previous_opened: float | None, now: float) -> float:
+    """Since when the summary looks: the previous opening, else the last 12 hours."""
+    return previous_opened if previous_opened else now - 12 * 3600
