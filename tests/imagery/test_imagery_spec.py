@@ -27,7 +27,8 @@ def test_defaults_and_bands():
     [
         ({"dates": "2022-10-10/2022-10-01"}, "ends before it starts"),
         ({"dates": "last week"}, "YYYY-MM-DD"),
-        ({"aoi": [1, 2, 3]}, "bbox of 4 numbers"),
+        ({"aoi": [1, 2, 3]}, "needs 4 numbers"),
+        ({"aoi": "1,2,3"}, "needs 4 numbers"),
         ({"aoi": [3, 2, 1, 4]}, "min < max"),
         ({"aoi": "POLYGON((0 0, 1 1"}, "not valid WKT"),
         ({"aoi": "areas/field.txt"}, "neither a bbox, WKT nor a vector file"),

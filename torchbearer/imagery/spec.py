@@ -48,15 +48,16 @@ def parse_dates(value: str) -> tuple[date, date]:
 def parse_bbox(value: Any) -> tuple[float, float, float, float] | None:
     """A bbox from a list of 4 numbers or a ``"minx,miny,maxx,maxy"`` string; None if it is not one."""
     if isinstance(value, str):
-        parts = value.split(",")
-        if len(parts) != 4:
-            return None
         try:
-            value = [float(p) for p in parts]
+            value = [float(p) for p in value.split(",")]
         except ValueError:
+            return None  # not numbers: WKT or a path
+        if len(value) == 1:
             return None
-    if not isinstance(value, list | tuple) or len(value) != 4:
+    if not isinstance(value, list | tuple):
         return None
+    if len(value) != 4:
+        raise ValueError(f"a bbox aoi needs 4 numbers [min x, min y, max x, max y], got {len(value)}")
     numbers = tuple(float(v) for v in value)
     if not all(math.isfinite(v) for v in numbers):
         raise ValueError("bbox values must be finite numbers")
@@ -113,8 +114,6 @@ class ImagerySpec(StrictModel):
     @classmethod
     def _aoi(cls, value: list[float] | str | None) -> list[float] | str | None:
         kind = aoi_kind(value)
-        if isinstance(value, list) and kind != "bbox":
-            raise ValueError("a list aoi must be a bbox of 4 numbers [min x, min y, max x, max y]")
         if kind == "wkt":
             import shapely  # only when a WKT is given: keeps job-file parsing light
 
