@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.imagery.fake_services import FakeServices, Product, build_catalogue
+from tests.imagery.fake_services import FakeServices, Product, build_catalogue, footprint
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_NAME = "S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"
@@ -29,7 +29,7 @@ def sample_safe() -> Path:
 def services(sample_safe: Path) -> Iterator[FakeServices]:
     """Fresh fake CDSE + Earth Search servers (no faults) serving the sample as product ``SAMPLE_ID``."""
     product = Product(SAMPLE_ID, SAMPLE_NAME, sample_safe)
-    catalogue = build_catalogue([(product, 61.5, 1_035_000_000)])
+    catalogue = build_catalogue([(product, 61.5, 1_035_000_000, footprint(sample_safe))])
     with FakeServices([product], catalogue) as fake:
         yield fake
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import sys
 import threading
 import time
 from collections import Counter
@@ -57,6 +58,15 @@ class Faults:
     bandwidth: float | None = None
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-body (a killed fetch, a cut we injected) is expected: no traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @dataclass
 class Product:
     """A product the fake serves: OData Id, name, its SAFE folder on disk."""
@@ -89,8 +99,7 @@ class FakeServices:
 
     def __enter__(self) -> FakeServices:
         for host in ("127.0.0.1", "127.0.0.2"):
-            server = ThreadingHTTPServer((host, 0), _handler(self))
-            server.daemon_threads = True
+            server = _Server((host, 0), _handler(self))
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
             self._servers.append(server)
         return self
@@ -221,15 +230,14 @@ def footprint(safe_dir: Path) -> dict[str, Any]:
         return transform_geom(src.crs, "EPSG:4326", shapely.geometry.mapping(shapely.box(*src.bounds)))
 
 
-def build_catalogue(extra: list[tuple[Product, float, int]]) -> list[dict[str, Any]]:
-    """The 18 real products of ``odata_S2_L2A_products.json``, plus ``extra`` (product, cloud %, size) entries
-    made by rewriting the first real one: Id, name, dates, S3 path, footprint and size."""
+def build_catalogue(extra: list[tuple[Product, float, int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The 18 real products of ``odata_S2_L2A_products.json``, plus ``extra`` (product, cloud %, size,
+    GeoJSON footprint) entries made by rewriting the first real one: Id, name, dates, S3 path, footprint, size."""
     real = json.loads((DATA / "odata_S2_L2A_products.json").read_text())["value"]
     records = [_with_attributes(r, float(int(r["Id"][:2], 16) % 100)) for r in real]
-    for product, cloud, size in extra:
+    for product, cloud, size, shape in extra:
         sensed = re.search(r"_(\d{8}T\d{6})_", product.name).group(1)
         start = datetime.strptime(sensed, "%Y%m%dT%H%M%S").strftime("%Y-%m-%dT%H:%M:%S.024000Z")
-        shape = footprint(product.safe_dir)
         rewritten = real[0] | {
             "Id": product.id, "Name": product.name, "ContentLength": size,
             "S3Path": f"/eodata/Sentinel-2/MSI/L2A/{start[:4]}/{start[5:7]}/{start[8:10]}/{product.name}",

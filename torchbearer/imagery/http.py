@@ -391,7 +391,8 @@ def fetch_files(
     force=)`` is called from this thread every ``interval_s`` seconds. The first failure cancels the rest
     (their ``.part`` files stay for a later resume) and is raised.
     """
-    todo = [t for t in tasks if not t.dest.is_file()]
+    # Largest first: the connections finish together instead of one trailing with a big file.
+    todo = sorted((t for t in tasks if not t.dest.is_file()), key=lambda t: t.size or 0, reverse=True)
     partial = sum((t.dest.with_name(t.dest.name + ".part")).stat().st_size for t in todo if _has_part(t))
     total = sum(t.size or 0 for t in todo)
     if todo:
