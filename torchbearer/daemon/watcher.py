@@ -1,7 +1,9 @@
 """Watching ``queue/`` with watchdog, and telling when a dropped file is complete.
 
 A file is handed over only once it is whole: inotify's close-after-write or a rename into the folder says so
-at once; otherwise the file must keep the same size and mtime for ``settle_s``. A file that does not parse yet
+at once; otherwise the file must keep the same size and mtime for ``settle_s``, or for ``open_settle_s`` while
+inotify saw it written and not yet closed (a writer that pauses must not have a valid-looking prefix read). A
+file that does not parse yet
 while it changed within ``incomplete_grace_s`` is given more time (a slow writer), and refused only after.
 Editors' swap and backup files, hidden files and anything not ``.yaml``/``.yml`` are ignored. A rescan every
 ``rescan_s`` catches what inotify missed (overflows) and files dropped while the daemon was down.
@@ -35,6 +37,7 @@ class _Seen:
     mtime_ns: int = -1
     changed_at: float = 0.0  # monotonic seconds of the last size/mtime change we noticed
     closed: bool = False  # closed after its last write (or renamed in): complete
+    writing: bool = False  # inotify saw a write and no close since: a writer still holds it open
 
 
 class QueueWatcher(FileSystemEventHandler):
@@ -45,12 +48,14 @@ class QueueWatcher(FileSystemEventHandler):
         queue_dir: Path,
         *,
         settle_s: float = 1.0,
+        open_settle_s: float = 60.0,
         incomplete_grace_s: float = 2.0,
         rescan_s: float = 2.0,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.queue_dir = queue_dir
         self.settle_s = settle_s
+        self.open_settle_s = open_settle_s
         self.incomplete_grace_s = incomplete_grace_s
         self.rescan_s = rescan_s
         self.on_change = on_change or (lambda: None)
@@ -70,9 +75,9 @@ class QueueWatcher(FileSystemEventHandler):
         with self._lock:
             seen = self._seen.setdefault(path, _Seen(changed_at=time.monotonic()))
             if event.event_type in ("closed", "moved"):
-                seen.closed = True
+                seen.closed, seen.writing = True, False
             elif event.event_type in ("created", "modified"):
-                seen.closed = False
+                seen.closed, seen.writing = False, True
                 seen.changed_at = time.monotonic()
             elif event.event_type == "deleted":
                 self._seen.pop(path, None)
@@ -128,7 +133,7 @@ class QueueWatcher(FileSystemEventHandler):
                     seen.closed = False
                 seen.size, seen.mtime_ns, seen.changed_at = stat.st_size, stat.st_mtime_ns, now
             quiet_s = now - seen.changed_at
-            if not (seen.closed or quiet_s >= self.settle_s):
+            if not (seen.closed or quiet_s >= (self.open_settle_s if seen.writing else self.settle_s)):
                 continue
             if quiet_s < self.incomplete_grace_s and not parses(path):
                 continue  # maybe half-written: refuse only once it stayed invalid and unchanged a while
