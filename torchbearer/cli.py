@@ -100,18 +100,27 @@ def _setup_logging(verbose: bool = False) -> None:
 def daemon(
     ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging")] = False,
+    executor: Annotated[
+        str | None, typer.Option(help="Where workers run: local or slurm (default: $TORCHBEARER_EXECUTOR or local)")
+    ] = None,
 ) -> None:
     """Run the daemon in the foreground: watch the queue folder and run jobs one by one."""
     from torchbearer.daemon.engine import Engine, QueueLockedError
 
     _setup_logging(verbose)
     settings: Settings = ctx.obj
-    if not settings.devices:
+    executor = executor or settings.executor
+    devices = ",".join(settings.devices)
+    if not devices and executor == "local":  # on a cluster, Slurm picks the GPUs
         from torchbearer.gpu import gpu_ids
 
+        devices = ",".join(gpu_ids())
+    try:
         settings = Settings.load(settings.project_dir, queue_dir=settings.queue_dir, runs_dir=settings.runs_dir,
-                                 data_dir=settings.data_dir, state_path=settings.state_path,
-                                 devices=",".join(gpu_ids()))  # fmt: skip
+                                 data_dir=settings.data_dir, state_path=settings.state_path, devices=devices,
+                                 executor=executor)  # fmt: skip
+    except SettingsError as exc:
+        raise fail(str(exc), 2) from None
     try:
         Engine(settings).run()
     except QueueLockedError as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 from torchbearer.daemon.executors import Executor, WorkerHandle
 from torchbearer.daemon.executors.local import LocalExecutor, signal_process_group
 from torchbearer.settings import Settings
-from torchbearer.store import JobState, Store, pid_alive
+from torchbearer.store import Job, JobState, Store, pid_alive
 from torchbearer.worker import EXIT_INTERRUPTED
 
 log = logging.getLogger("torchbearer.supervisor")
@@ -105,13 +105,22 @@ def is_worker_of(pid: int, job_id: int) -> bool:
     return b"torchbearer.worker" in argv and str(job_id).encode() in argv
 
 
+def executor_for(settings: Settings) -> Executor:
+    """The executor the settings name: child processes here, or Slurm batch jobs."""
+    if settings.executor == "slurm":
+        from torchbearer.daemon.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor.from_settings(settings)
+    return LocalExecutor()
+
+
 class Supervisor:
     """Owns the running workers of one daemon (or one foreground ``run``)."""
 
     def __init__(self, settings: Settings, store: Store, executor: Executor | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.executor = executor or LocalExecutor()
+        self.executor = executor or executor_for(settings)
         self.running: dict[int, RunningJob] = {}
         self.quick_failures = 0
         self._last_log_check = 0.0
@@ -147,6 +156,7 @@ class Supervisor:
                 env=self._worker_env(job_id, slots),
                 log_path=log_path,
                 cwd=self.settings.project_dir,
+                devices=len(slots),
             )
         except OSError as exc:
             reason = f"could not start the worker: {exc}"
@@ -187,6 +197,8 @@ class Supervisor:
         ended: list[int] = []
         for job_id, running in list(self.running.items()):
             code = running.handle.poll()
+            if getattr(running.handle, "waiting", False):  # queued on a cluster: its clock starts when it runs
+                running.started = now
             if code is not None:
                 del self.running[job_id]
                 self._finalize(running, code)
@@ -260,7 +272,8 @@ class Supervisor:
             self._end(running, JobState.INTERRUPTED, "stopped at a safe point; runs again", "interrupted", code,
                       common)  # fmt: skip
         else:
-            reason = attempt.get("reason") or describe_exit(code, killed_by_us=running.killed_by_us)
+            reason = (attempt.get("reason") or getattr(running.handle, "end_reason", None)
+                      or describe_exit(code, killed_by_us=running.killed_by_us))  # fmt: skip
             self._fail(job, running, reason, code, common)
             self._guard_crash_loop(elapsed)
 
@@ -303,9 +316,13 @@ class Supervisor:
 
         A leftover worker of the job is stopped first (SIGTERM, then SIGKILL after the grace period). A job
         whose attempt recorded success is succeeded (never run twice); any other is interrupted and runs again.
+        A Slurm job outlives the daemon: while the cluster still knows it, it is watched again instead.
         """
         recovered = []
         for job in self.store.jobs(states=[JobState.RUNNING]):
+            if self._reattach(job):
+                recovered.append(job.id)
+                continue
             if job.pid and pid_alive(job.pid) and is_worker_of(job.pid, job.id):
                 log.warning("stopping leftover worker of %s (#%d), pid %d", job.name, job.id, job.pid)
                 signal_process_group(job.pid, signal.SIGTERM)
@@ -326,3 +343,26 @@ class Supervisor:
             log.warning("recovered %s (#%d): %s", job.name, job.id, state)
             recovered.append(job.id)
         return recovered
+
+    def _reattach(self, job: Job) -> bool:
+        """Watch again the cluster job of a job left running, if this executor can and the cluster knows it."""
+        attach = getattr(self.executor, "attach", None)
+        if job.executor != self.executor.name or not job.external_id or attach is None:
+            return False
+        handle = attach(job.external_id)
+        if handle is None:
+            return False
+        run_dir = Path(job.run_dir) if job.run_dir else self.settings.runs_dir / f"{job.id}-{job.name}"
+        ran_s = time.time() - job.started_at if job.started_at else 0.0
+        self.running[job.id] = RunningJob(
+            job.id,
+            job.name,
+            job.attempts,
+            handle,
+            tuple(filter(None, (job.slot or "").split(","))),
+            time.monotonic() - ran_s,
+            job.timeout_s,
+            run_dir / "log.txt",
+        )
+        log.warning("re-attached %s (#%d) to its %s job %s", job.name, job.id, self.executor.name, job.external_id)
+        return True

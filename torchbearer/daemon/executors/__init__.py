@@ -25,5 +25,7 @@ class WorkerHandle(Protocol):
 class Executor(Protocol):
     name: str
 
-    def start(self, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path) -> WorkerHandle:
-        """Start ``argv`` with output appended to ``log_path``."""
+    def start(
+        self, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path, devices: int = 1
+    ) -> WorkerHandle:
+        """Start ``argv`` with output appended to ``log_path``; ``devices``: the job's device slots (GPUs)."""

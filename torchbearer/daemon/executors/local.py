@@ -51,7 +51,11 @@ class LocalExecutor:
 
     name = "local"
 
-    def start(self, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path) -> LocalWorker:
+    def start(
+        self, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path, devices: int = 1
+    ) -> LocalWorker:
+        """Start ``argv`` here; its GPUs are already named in ``env`` (``CUDA_VISIBLE_DEVICES``), so ``devices``
+        is not needed."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:  # O_APPEND: the log can be cut back while the child writes
             process = subprocess.Popen(
