@@ -257,6 +257,13 @@ def _now() -> float:
     return time.time()
 
 
+def _too_new(path: Path, version: int) -> StoreError:
+    return StoreError(
+        f"{path} has schema version {version}, newer than this torchbearer knows "
+        f"({SCHEMA_VERSION}): upgrade torchbearer; the database was left untouched"
+    )
+
+
 class Store:
     """A connection to the state database. Cheap to open; one per process (or per thread)."""
 
@@ -266,6 +273,10 @@ class Store:
         try:
             conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:  # refuse before switching to WAL, which rewrites the file's header
+                conn.close()
+                raise _too_new(self.path, version)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a usable SQLite database ({exc})") from exc
@@ -301,10 +312,7 @@ class Store:
     def _migrate(self) -> None:
         current = self.schema_version
         if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema version {current}, newer than this torchbearer knows "
-                f"({SCHEMA_VERSION}): upgrade torchbearer; the database was left untouched"
-            )
+            raise _too_new(self.path, current)
         if current == SCHEMA_VERSION:
             return
         if current > 0:
