@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import wait_state, write_job
-from tests.imagery.conftest import SAMPLE_AOI
+from tests.imagery.conftest import ROOT, SAMPLE_AOI
 from tests.imagery.fake_services import PASSWORD, USER
+from tests.imagery.test_copernicus import needed_sizes
 
 JOB = f"""\
 name: scenes
@@ -46,3 +50,32 @@ def test_download_job_without_credentials_fails_naming_the_variables(project, st
     job = wait_state(store, 1, "failed", timeout=60)
     assert "COPERNICUS_USER and COPERNICUS_PASSWORD" in (job.reason or "")
     assert services.requests == []
+
+
+@pytest.mark.slow  # about 20 s: a worker imports torch and trains one epoch
+def test_train_job_fetches_its_scene_then_trains_on_it(project, store, daemon, services, sample_safe):
+    """search → pick → fetch only the needed files → cache → the train job reads the stack."""
+    write_env_file(project, services.env)
+    masks = project.project_dir / "masks"
+    masks.mkdir()
+    shutil.copy(ROOT / "masks" / "t29unu_cloud.tif", masks)
+    write_job(
+        project.queue_dir,
+        "train.yaml",
+        f"""\
+name: fcn-fetched
+kind: train
+imagery: {{aoi: {SAMPLE_AOI}, dates: 2022-10-01/2022-10-10, max_cloud: 80, resolution: 60}}
+masks: masks/t29unu_cloud.tif
+classes: [clear, cloud]
+model: {{arch: fcn}}
+device: cpu
+train: {{epochs: 1, batch_size: 4, patch_size: 64, samples_per_epoch: 8, plots: 0, early_stopping: null}}
+""",
+    )
+    job = wait_state(store, 1, "succeeded", timeout=240)
+    assert store.outputs(job.id, "best_checkpoint")
+    served = {k: v for k, v in services.bytes_served.items() if k != "manifest.safe"}
+    assert served == needed_sizes(sample_safe)
+    stages = [row["stage"] for row in store.query("SELECT stage FROM progress WHERE job_id = ? ORDER BY id", [job.id])]
+    assert stages.index("downloading") < stages.index("training")
