@@ -35,7 +35,8 @@ from torchbearer.tui.data import (
 #: Key in the store's meta table: when a dashboard was last opened (UNIX seconds), for the morning summary.
 LAST_OPENED_KEY = "tui_last_opened"
 
-#: Rows updated this many seconds before the newest seen are read again: writers' clocks and commits interleave.
+#: Rows updated up to this many seconds before the last read are read again: a writer takes its time stamp before
+#: its commit, which may wait on another writer's lock.
 UPDATED_MARGIN_S = 5.0
 
 
@@ -96,7 +97,7 @@ class Poller:
         self._applied = threading.Event()
         self._store: Store | None = None
         self._version: int | None = None
-        self._newest_update = 0.0
+        self._read_at = 0.0  # wall-clock time of the last read of the jobs table
         self._last_full = 0.0
         self._last_slow = 0.0
         self._last_queue: QueueInfo | None = None
@@ -163,13 +164,13 @@ class Poller:
         version = store.data_version()
         changed = version != self._version
         self._version = version
+        read_at = time.time()
         if now - self._last_full >= self.full_read_s:
             update.rows, update.full = job_rows(store), True
-            self._last_full = now
+            self._last_full, self._read_at = now, read_at
         elif changed:
-            update.rows = job_rows(store, since=self._newest_update - UPDATED_MARGIN_S) or None
-        if update.rows:
-            self._newest_update = max(self._newest_update, max(row.updated_at for row in update.rows))
+            update.rows = job_rows(store, since=self._read_at - UPDATED_MARGIN_S) or None
+            self._read_at = read_at
         slow_due = now - self._last_slow >= self.system_interval_s
         if changed or slow_due:  # the daemon's liveness ages without any write: re-check it now and then
             queue = queue_info(store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar
 
 from rich.console import Group
@@ -139,6 +140,7 @@ class JobScreen(Screen):
         self.job_id = job_id
         self.initial_tab = tab
         self.detail: JobDetail | None = None
+        self._pending: JobDetail | None = None
 
     def compose(self) -> ComposeResult:
         yield HeaderBar()
@@ -165,8 +167,30 @@ class JobScreen(Screen):
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
+    def on_mount(self) -> None:
+        self.call_after_refresh(self._show_pending)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the parts are mounted (the tabs mount theirs a moment after the screen)."""
+        return self.is_mounted and bool(self.query(SpecView))
+
+    def _show_pending(self) -> None:
+        if self._pending is None:
+            return
+        if not self.ready:
+            self.call_after_refresh(self._show_pending)
+            return
+        pending, self._pending = self._pending, None
+        self.show(pending)
+
     def show(self, detail: JobDetail) -> None:
-        """Draw a new reading of the job (from the poller)."""
+        """Draw a new reading of the job (from the poller); kept until the parts are mounted if they are not."""
+        if not self.ready or self._pending is not None:
+            self._pending = detail if self._pending is None else merge_details(self._pending, detail)
+            if self.is_mounted:
+                self._show_pending()
+            return
         first = self.detail is None
         self.detail = detail
         now = self.app.clock()
@@ -180,13 +204,11 @@ class JobScreen(Screen):
             log.show(detail)
         project = self.app.settings.project_dir
         self.query_one(OutputsList).show(detail, project)
+        caption = "no map or plot yet"
+        if detail.preview_path is not None:
+            caption = f"{display_path(detail.preview_path, project)} (cannot be drawn)"
         for preview in self.query(ImagePreview):
-            if detail.preview is not None:
-                preview.pixels = detail.preview
-            if detail.preview_path is None:
-                preview.caption = "no map or plot yet"
-            else:
-                preview.caption = f"{display_path(detail.preview_path, project)} (cannot be drawn)"
+            preview.show(detail.preview, caption)
         if first:
             self.query_one(SpecView).show(detail)
 
@@ -194,6 +216,16 @@ class JobScreen(Screen):
         """Once a second: the running clock in the title."""
         if self.detail is not None and self.detail.job.state == JobState.RUNNING:
             self.query_one(JobTitle).show(self.detail, now)
+
+
+def merge_details(older: JobDetail, newer: JobDetail) -> JobDetail:
+    """One reading from two in a row that were not drawn: the newer, with the log lines and preview of both."""
+    return replace(
+        newer,
+        log_lines=newer.log_lines if newer.log_reset else older.log_lines + newer.log_lines,
+        log_reset=older.log_reset or newer.log_reset,
+        preview=newer.preview if newer.preview is not None else older.preview,
+    )
 
 
 #: Summary windows: ``(value, label)``; "opened" is "since the dashboard was last opened".

@@ -80,10 +80,10 @@ class ProgressFigures:
         return cls(event.get("stage"), job_fraction, job_label, epoch_fraction, epoch_label, eta, figures)
 
 
-def bar_row(table: Table, label: str, fraction: float, detail: str, width: int) -> None:
+def bar_row(table: Table, label: str, fraction: float, detail: str) -> None:
     table.add_row(
         Text(label, style="bold"),
-        ProgressBar(total=1.0, completed=max(0.0, min(1.0, fraction)), width=width),
+        ProgressBar(total=1.0, completed=max(0.0, min(1.0, fraction))),
         Text(f"{fraction * 100:5.1f}% {detail}", no_wrap=True, overflow="ellipsis"),
     )
 
@@ -133,22 +133,21 @@ class ProgressPanel(Static):
         job = detail.job
         figures = ProgressFigures.from_event(detail.progress, job.progress)
         done = job.state == JobState.SUCCEEDED
-        width = max(10, self.size.width - 34)
-        table = Table.grid(padding=(0, 1))
-        table.add_column(width=6)
-        table.add_column()
-        table.add_column()
+        table = Table.grid(padding=(0, 1), expand=True)
+        table.add_column(width=5, no_wrap=True)
+        table.add_column(ratio=1)  # the bars take the room left
+        table.add_column(ratio=1, no_wrap=True)
         stage = job.stage or figures.stage if job.state == JobState.RUNNING else job.state
         table.add_row(Text("stage", style="bold"), Text(stage or "—"), Text(""))
         if figures.epoch_fraction is not None and not done:
-            bar_row(table, "epoch", figures.epoch_fraction, figures.epoch_label, width)
+            bar_row(table, "epoch", figures.epoch_fraction, figures.epoch_label)
         job_fraction = 1.0 if done else figures.job_fraction
         if job_fraction is not None:
             eta = f"ETA {format_duration(figures.eta_s)}" if figures.eta_s is not None and not done else ""
             label = figures.job_label
             if figures.epoch_fraction is None:  # no epoch bar: say the epoch on the job bar
                 label = f"{figures.epoch_label} {label}"
-            bar_row(table, "job", job_fraction, f"{label.strip()}  {eta}".strip(), width)
+            bar_row(table, "job", job_fraction, f"{label.strip()}  {eta}".strip())
         if figures.figures:
             line = Text("  ".join(f"{label} {value}" for label, value in figures.figures), style="dim")
             table.add_row(Text(""), line, Text(""))

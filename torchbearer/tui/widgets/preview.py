@@ -14,7 +14,6 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
-from textual.reactive import reactive
 from textual.widget import Widget
 
 if TYPE_CHECKING:
@@ -103,8 +102,17 @@ class ImagePreview(Widget):
     ImagePreview { height: 1fr; min-height: 4; }
     """
 
-    pixels: reactive[object | None] = reactive(None, layout=False)
-    caption: reactive[str] = reactive("no map or plot yet")
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.pixels: np.ndarray | None = None
+        self.caption = "no map or plot yet"
+
+    def show(self, pixels: np.ndarray | None, caption: str) -> None:
+        """New pixels (None keeps the ones shown) and the line shown while there are none."""
+        if pixels is not None:
+            self.pixels = pixels
+        self.caption = caption
+        self.refresh()
 
     def render(self) -> Text | HalfBlockImage:
         if self.pixels is None:
