@@ -99,9 +99,11 @@ class JobContext:
         force: bool = False,
         **fields: Any,
     ) -> bool:
-        """Record a progress event; skipped (returns False) if the last one was under the interval ago."""
+        """Record a progress event; skipped (returns False) if the last one was under the interval ago,
+        unless it is the last of its stage (``done >= total``): the end of a stage is never dropped."""
         now = time.monotonic()
-        if not force and now - self._last_progress < self.progress_interval_s:
+        finished = done is not None and total is not None and done >= total
+        if not (force or finished) and now - self._last_progress < self.progress_interval_s:
             return False
         self._last_progress = now
         self.store.add_progress(
