@@ -1,0 +1,96 @@
+"""hold / release / pause / resume / priority / cancel / retry through the CLI, with and without a daemon."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.cli.conftest import flat, tb
+from tests.conftest import wait_for, wait_state, write_job
+from tests.daemon.conftest import job_named, probe
+
+
+def _state(store, ref):
+    return store.find_job(ref).state
+
+
+def test_commands_without_a_daemon(project, store, night):
+    assert tb("submit", night).returncode == 0
+    for args, state_of_a in [
+        (("hold", "a"), "held"),
+        (("release", "1"), "queued"),
+        (("priority", "a", "7"), "queued"),
+        (("cancel", "#1"), "cancelled"),
+        (("retry", "a"), "queued"),
+    ]:
+        result = tb(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert _state(store, "a") == state_of_a, args
+    assert store.find_job("a").priority == 7
+    assert tb("hold", "b").stdout.strip() == "b (#2): held"
+    assert tb("release", "b").stdout.strip() == "b (#2): waiting"  # it still waits for a
+    assert tb("pause").returncode == 0 and store.queue_paused()["reason"] == "paused on request"
+    assert tb("resume").returncode == 0 and store.queue_paused() is None
+
+
+def test_command_errors(project, store, night):
+    assert tb("submit", night).returncode == 0
+    cases = [
+        (("hold", "nope"), "no job 'nope' (give an id such as 12 or a job name)"),
+        (("release", "a"), "a (#1) is queued, not held"),
+        (("priority", "a", "5000"), "priority 5000 is out of range -1000..1000"),
+        (("retry", "a"), "a (#1) is queued; only failed, cancelled or dependency-failed jobs retry"),
+    ]
+    for args, message in cases:
+        result = tb(*args)
+        assert result.returncode == 1 and message in flat(result.stderr), (args, result.stderr)
+    tb("cancel", "a")
+    result = tb("cancel", "a")
+    assert result.returncode == 1 and "a (#1) is cancelled; nothing to cancel" in flat(result.stderr)
+    result = tb("hold", "a")
+    assert result.returncode == 1 and "only queued, waiting or interrupted jobs can be held" in flat(result.stderr)
+
+
+def _status() -> dict:
+    result = tb("status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_hold_release_with_a_daemon(project, store, daemon, night):
+    assert tb("submit", "--held", night).returncode == 0
+    time.sleep(1.5)  # the daemon makes several scheduling passes: a held job must not start
+    assert {j.state for j in store.jobs()} == {"held"}
+    assert tb("release", "a").returncode == 0 and tb("release", "b").returncode == 0
+    wait_state(store, 2, "succeeded")
+
+
+def test_pause_priority_resume_with_a_daemon(project, store, daemon):
+    assert tb("pause").returncode == 0
+    write_job(project.queue_dir, "one.yaml", probe("one"))
+    write_job(project.queue_dir, "two.yaml", probe("two"))
+    one, two = job_named(store, "one"), job_named(store, "two")
+    time.sleep(1.5)
+    assert (store.job(one.id).state, store.job(two.id).state) == ("queued", "queued")
+    document = _status()
+    assert document["queue"]["paused"] is True and document["queue"]["pause_reason"] == "paused on request"
+    assert document["daemon"]["alive"] is True and document["daemon"]["pid"] == daemon.process.pid
+    assert tb("priority", "two", "3").returncode == 0
+    assert tb("resume").returncode == 0
+    one, two = wait_state(store, one.id, "succeeded"), wait_state(store, two.id, "succeeded")
+    assert two.started_at < one.started_at
+
+
+def test_cancel_running_through_the_cli(project, store, daemon):
+    write_job(project.queue_dir, "long.yaml", probe("long", steps=400, step_s=0.05))
+    job = wait_state(store, job_named(store, "long").id, "running")
+    result = tb("cancel", "long")
+    assert result.returncode == 0 and "cancel requested; the daemon stops it" in flat(result.stdout)
+    wait_state(store, job.id, "cancelled")
+
+
+def test_retry_a_failed_job_with_a_daemon(project, store, daemon):
+    write_job(project.queue_dir, "boom.yaml", probe("boom", action="raise", steps=1))
+    job = wait_state(store, job_named(store, "boom").id, "failed")
+    assert tb("retry", "boom").returncode == 0
+    wait_for(lambda: store.job(job.id).attempts == 2 and store.job(job.id).state == "failed", 30, what="re-run")

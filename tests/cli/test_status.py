@@ -1,0 +1,102 @@
+"""`status`, `show` and `logs`: what they print, the versioned JSON shapes, and that they never load torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.cli.conftest import flat, tb
+from torchbearer.store import SUMMARY_COLUMNS
+
+HEAVY = ("torch", "lightning", "torchgeo", "rasterio", "pandas")
+
+
+def test_status_json_shape(project, store, night, tmp_path):
+    assert tb("run", night).returncode == 0
+    (tmp_path / "held.yaml").write_text("name: later\nkind: probe\n")
+    assert tb("submit", "--held", tmp_path / "held.yaml").returncode == 0
+    result = tb("status", "--json")
+    assert result.returncode == 0
+    document = json.loads(result.stdout)
+    assert set(document) == {"format", "version", "generated_at", "daemon", "queue", "jobs"}
+    assert (document["format"], document["version"]) == ("torchbearer.status", 1)
+    assert set(document["daemon"]) == {"alive", "pid", "host", "started_at", "heartbeat_at"}
+    assert document["daemon"]["alive"] is False
+    assert document["queue"] == {"paused": False, "pause_reason": None, "counts": {"succeeded": 2, "held": 1}}
+    assert [tuple(job) for job in document["jobs"]] == [SUMMARY_COLUMNS] * 3
+    a, b, later = document["jobs"]
+    assert (a["id"], a["name"], a["kind"], a["state"], a["attempts"]) == (1, "a", "probe", "succeeded", 1)
+    assert a["progress"] == 1.0 and a["finished_at"] >= a["started_at"] >= a["created_at"]
+    assert b["state"] == "succeeded" and later["state"] == "held" and later["started_at"] is None
+
+
+def test_status_json_of_an_empty_store(project):
+    document = json.loads(tb("status", "--json").stdout)
+    assert document["jobs"] == [] and document["queue"]["counts"] == {}
+
+
+def test_status_table(project, store, night):
+    assert tb("submit", night).returncode == 0
+    tb("pause")
+    result = tb("status")
+    assert result.returncode == 0
+    text = flat(result.stdout)
+    assert "daemon down" in text and "paused on request" in text
+    assert "1 a probe queued" in text and "2 b probe waiting" in text
+
+
+def test_show_text_and_json(project, store, night):
+    assert tb("run", night).returncode == 0
+    text = flat(tb("show", "a").stdout)
+    assert "a #1 probe succeeded" in text and "queued → running" in text and "running → succeeded" in text
+    assert "probe/value=0.5" in text and "result:" in text and "name: a" in text
+    document = json.loads(tb("show", "--json", "2").stdout)
+    assert (document["format"], document["version"]) == ("torchbearer.job", 1)
+    assert set(document) == {"format", "version", "job", "transitions", "attempts", "progress", "outputs", "metrics"}
+    job = document["job"]
+    assert (job["id"], job["name"], job["state"], job["after"]) == (2, "b", "succeeded", [1])
+    assert job["spec"]["steps"] == 2 and job["spec_given"] == {"kind": "probe", "steps": 2, "name": "b", "after": ["a"]}
+    assert [t["to_state"] for t in document["transitions"]] == ["waiting", "queued", "running", "succeeded"]
+    assert [(a["number"], a["outcome"], a["exit_code"]) for a in document["attempts"]] == [(1, "succeeded", 0)]
+    assert document["metrics"] == {"probe/value": 0.5}
+    assert document["progress"]["step"] == 2 and document["progress"]["stage"] == "probing"
+    assert [o["kind"] for o in document["outputs"]] == ["result"]
+    missing = tb("show", "nope")
+    assert missing.returncode == 1 and "no job 'nope'" in flat(missing.stderr)
+
+
+def test_show_failed_job_has_the_end_of_its_log(project, store, tmp_path):
+    path = tmp_path / "boom.yaml"
+    path.write_text("name: boom\nkind: probe\naction: raise\nsteps: 1\n")
+    tb("run", path)
+    text = tb("show", "boom").stdout
+    assert "reason: RuntimeError: probe boom failed on purpose" in text
+    assert "end of the log" in text and "Traceback (most recent call last)" in text
+
+
+def test_logs(project, store, night, tmp_path):
+    assert tb("run", night).returncode == 0
+    result = tb("logs", "a")
+    assert result.returncode == 0 and "job a (#1) attempt 1: kind probe" in result.stdout
+    assert "job a (#1) succeeded" in result.stdout
+    assert tb("logs", "-n", "1", "a").stdout.strip().endswith("job a (#1) succeeded")
+    follow = tb("logs", "-f", "a")  # a finished job: prints and returns
+    assert follow.returncode == 0 and "succeeded" in follow.stdout
+    (tmp_path / "later.yaml").write_text("name: later\nkind: probe\n")
+    tb("submit", tmp_path / "later.yaml")
+    missing = tb("logs", "later")
+    assert missing.returncode == 1 and "later (#3) has no log yet" in flat(missing.stderr)
+
+
+def test_status_show_and_commands_never_import_heavy_libraries(project, night):
+    assert tb("submit", night).returncode == 0
+    script = (
+        "import sys\nfrom torchbearer.cli import app\n"
+        "for args in (['status', '--json'], ['status'], ['show', 'a'], ['hold', 'a'], ['validate', sys.argv[1]]):\n"
+        "    try:\n        app(args)\n    except SystemExit:\n        pass\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(night)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
