@@ -1,0 +1,84 @@
+"""Settings from flags, the environment and an env file, in that order, with defaults under the project."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import flat, tb
+from torchbearer.settings import Settings, SettingsError
+from torchbearer.store import Store
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def test_defaults_are_under_the_project(tmp_path):
+    settings = Settings.load(tmp_path, environ={"TORCHBEARER_ENV_FILE": str(tmp_path / "none")})
+    assert settings.queue_dir == tmp_path / "queue" and settings.runs_dir == tmp_path / "runs"
+    assert settings.data_dir == tmp_path / "data" and settings.state_path == tmp_path / "state" / "torchbearer.db"
+    assert settings.slots == ("",) and settings.kill_grace_s == 30
+
+
+def test_flag_beats_environment_beats_env_file(tmp_path):
+    env_file = tmp_path / "site.env"
+    env_file.write_text(
+        "# comment\nexport TORCHBEARER_QUEUE=from-file/queue\nTORCHBEARER_RUNS='from-file/runs'\n"
+        'TORCHBEARER_STATE="from-file/state.db"\nTORCHBEARER_KILL_GRACE_S=7\n'
+    )
+    environ = {"TORCHBEARER_ENV_FILE": str(env_file), "TORCHBEARER_RUNS": "/abs/runs", "TORCHBEARER_STATE": "env.db"}
+    settings = Settings.load(tmp_path, state_path="flag.db", environ=environ)
+    assert settings.queue_dir == tmp_path / "from-file" / "queue"  # env file only
+    assert settings.runs_dir == Path("/abs/runs")  # environment beats env file
+    assert settings.state_path == tmp_path / "flag.db"  # flag beats both; relative to the project
+    assert settings.kill_grace_s == 7
+
+
+def test_project_from_environment(tmp_path):
+    settings = Settings.load(environ={"TORCHBEARER_PROJECT": str(tmp_path), "TORCHBEARER_ENV_FILE": "/nonexistent"})
+    assert settings.project_dir == tmp_path and settings.queue_dir == tmp_path / "queue"
+
+
+def test_bad_values_say_which_variable(tmp_path):
+    with pytest.raises(SettingsError, match=r"TORCHBEARER_KILL_GRACE_S='soon' is not a number"):
+        Settings.load(tmp_path, environ={"TORCHBEARER_KILL_GRACE_S": "soon", "TORCHBEARER_ENV_FILE": "/none"})
+    env_file = tmp_path / ".env"
+    env_file.write_text("TORCHBEARER_QUEUE=q\nthis line is wrong\n")
+    with pytest.raises(SettingsError, match=rf"{env_file}:2: expected KEY=VALUE"):
+        Settings.load(tmp_path, environ={})
+
+
+def test_secrets_are_not_passed_on_as_settings(tmp_path):
+    (tmp_path / ".env").write_text("COPERNICUS_PASSWORD=hunter2\n")
+    settings = Settings.load(tmp_path, environ={})
+    assert settings.secret("COPERNICUS_PASSWORD") == "hunter2"
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.as_environ())
+
+
+def test_cli_flags(project, tmp_path, night):
+    state, queue = tmp_path / "elsewhere" / "s.db", tmp_path / "elsewhere" / "q"
+    assert tb("--state", state, "--queue", queue, "submit", night).returncode == 0
+    assert [j.name for j in Store(state).jobs()] == ["a", "b"]
+    assert (queue / "accepted" / "1-night.yaml").exists()
+    assert not project.state_path.exists() or Store(project.state_path).jobs() == []
+
+
+def test_cli_environment_and_env_file(project, tmp_path, night):
+    env_file = tmp_path / "custom.env"
+    env_file.write_text(f"TORCHBEARER_STATE={tmp_path / 'from-file.db'}\n")
+    assert tb("submit", night, env={"TORCHBEARER_ENV_FILE": str(env_file)}).returncode == 0
+    assert len(Store(tmp_path / "from-file.db").jobs()) == 2
+    assert tb("submit", night, env={"TORCHBEARER_STATE": str(tmp_path / "from-env.db")}).returncode == 0
+    assert len(Store(tmp_path / "from-env.db").jobs()) == 2
+
+
+def test_cli_reports_bad_settings(project):
+    result = tb("status", env={"TORCHBEARER_CRASH_WINDOW_S": "-3"})
+    assert result.returncode == 2 and "TORCHBEARER_CRASH_WINDOW_S='-3' must not be negative" in flat(result.stderr)
+
+
+def test_env_example_documents_every_variable():
+    read = set(re.findall(r'"(TORCHBEARER_[A-Z_]+)"', (REPO / "torchbearer" / "settings.py").read_text()))
+    documented = set(re.findall(r"TORCHBEARER_[A-Z_]+", (REPO / "env.example").read_text()))
+    assert read - documented == set(), "variables read by settings.py but missing from env.example"
