@@ -91,6 +91,7 @@ class FakeServices:
         self.access: dict[str, float] = {}
         self.refresh: dict[str, float] = {}
         self.logins = self.refreshes = self.value_requests = 0
+        self.active = self.most_active = 0  # $value answers being sent now, and the most at once
         self.bytes_served: Counter[str] = Counter()
         self.requests: list[tuple[str, str, str, bool]] = []  # method, host, path, had Authorization
         self._servers: list[ThreadingHTTPServer] = []
@@ -366,16 +367,14 @@ def _handler(state: FakeServices) -> type[BaseHTTPRequestHandler]:
             target = product.safe_dir.joinpath(*names[1:])
             if match.group(3) == "/$value":
                 state.count_value_request()
-                if state.faults.storm:
-                    self._json(500, {"detail": "Internal Server Error"})
-                elif state.faults.rate_limit > 0:
+                with state.lock:
+                    state.active += 1
+                    state.most_active = max(state.most_active, state.active)
+                try:
+                    self._value(names, target)
+                finally:
                     with state.lock:
-                        state.faults.rate_limit -= 1
-                    self._json(429, {"detail": "Too Many Requests"}, {"Retry-After": state.faults.retry_after})
-                elif names[1:] == ["manifest.safe"] and state.faults.inflate_sizes:
-                    self._bytes(state.inflated(target), target.name)
-                else:
-                    self._file(target, faults=True)
+                        state.active -= 1
             elif target.is_dir():
                 base = state.zipper + path.removesuffix("/Nodes")
                 result = [
@@ -391,6 +390,18 @@ def _handler(state: FakeServices) -> type[BaseHTTPRequestHandler]:
                 self._json(200, {"result": result})
             else:
                 self._json(404, {"detail": {"ErrorMessage": "loadFromStore - Not Found", "ErrorCode": 404}})
+
+        def _value(self, names: list[str], target: Path) -> None:
+            if state.faults.storm:
+                self._json(500, {"detail": "Internal Server Error"})
+            elif state.faults.rate_limit > 0:
+                with state.lock:
+                    state.faults.rate_limit -= 1
+                self._json(429, {"detail": "Too Many Requests"}, {"Retry-After": state.faults.retry_after})
+            elif names[1:] == ["manifest.safe"] and state.faults.inflate_sizes:
+                self._bytes(state.inflated(target), target.name)
+            else:
+                self._file(target, faults=True)
 
         def _file(self, target: Path, *, faults: bool) -> None:
             if not target.is_file():
@@ -440,7 +451,7 @@ def _handler(state: FakeServices) -> type[BaseHTTPRequestHandler]:
                 sent += size
                 with state.lock:
                     state.bytes_served[name] += size
-                if limit:
+                if limit and sent < len(body):  # pace the next chunk (none after the last)
                     ahead = sent / limit - (time.monotonic() - began)
                     if ahead > 0:
                         time.sleep(ahead)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
+import shutil
+from pathlib import Path
 
 import pytest
 
-from tests.imagery.conftest import SAMPLE_AOI
+from tests.imagery.conftest import SAMPLE_AOI, SAMPLE_ID, SAMPLE_NAME
+from tests.imagery.fake_services import FakeServices, Product, build_catalogue, footprint
 from tests.imagery.test_copernicus import needed_sizes
 from torchbearer.imagery.cache import read_reflectance, stack_info
 from torchbearer.imagery.copernicus import CredentialsMissing
@@ -14,6 +17,7 @@ from torchbearer.imagery.fetch import NoScenesError, ensure_scenes
 from torchbearer.imagery.local import LocalScenesError
 from torchbearer.imagery.spec import ImagerySpec
 
+TWIN_ID = "7c2d9e14-0b3a-4c5d-8e6f-1a2b3c4d5e6f"
 SPEC = ImagerySpec(aoi=SAMPLE_AOI, dates="2022-10-01/2022-10-10", max_cloud=80, resolution=60)
 
 
@@ -69,3 +73,26 @@ def test_local_safe_and_geotiff(sample_safe, data_dir, tmp_path):
     assert ensure_scenes(as_tiff, data_dir) == [stack]
     with pytest.raises(LocalScenesError, match="holds no SAFE folder"):
         ensure_scenes(ImagerySpec(source="local", paths=[str(tmp_path)]), data_dir)
+
+
+def test_jobs_side_by_side_share_four_connections(sample_safe, data_dir, tmp_path, monkeypatch):
+    """Two processes fetching two products at once never hold more than CDSE's 4 connections together."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,127.0.0.2")
+    twin_name = SAMPLE_NAME.replace("MSIL2A_20221005", "MSIL2A_20221006")
+    twin = Path(shutil.copytree(sample_safe, tmp_path / twin_name))
+    products = [Product(SAMPLE_ID, SAMPLE_NAME, sample_safe), Product(TWIN_ID, twin_name, twin)]
+    shape = footprint(sample_safe)
+    with FakeServices(products, build_catalogue([(p, 50.0, 10**9, shape) for p in products])) as fake:
+        fake.faults.bandwidth = 600_000  # bytes/s per connection: the two fetches overlap
+        context = multiprocessing.get_context("fork")
+        children = [
+            context.Process(target=_fetch_in_child, args=(SPEC.model_copy(update={"dates": day}), data_dir, fake.env))
+            for day in ("2022-10-05", "2022-10-06")
+        ]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(60)
+        assert [c.exitcode for c in children] == [0, 0]
+        assert fake.most_active == 4
+    assert sorted(p.name for p in (data_dir / "products").iterdir()) == sorted([SAMPLE_NAME, twin_name])

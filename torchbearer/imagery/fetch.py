@@ -6,6 +6,7 @@ GeoTIFFs. Layout under the data root (``data/`` by default)::
     products/<name>.SAFE/…      files fetched from Copernicus (only those a stack needs), .part while partial
     cache/<name>_<res>m.tif     stacked scenes (built by imagery/cache.py; Earth Search windows add _aoi<hash>)
     locks/<name>.lock           one per product: two jobs never fetch or build the same scene at once
+    locks/connection-<i>.lock   4 connection slots shared by every job (CDSE allows 4 per user)
 
 A scene already in the cache costs no login and no download; a job that was interrupted finds its verified
 files in place and its ``.part`` files resumed.
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from torchbearer.imagery.http import HttpClient, Report, RetryPolicy, TransferCancelled
+from torchbearer.imagery.http import ConnectionSlots, HttpClient, Report, RetryPolicy, TransferCancelled
 from torchbearer.imagery.scenes import Scene, pick_scenes
 from torchbearer.imagery.spec import ImagerySpec
 
@@ -60,9 +61,10 @@ def scene_lock(data_dir: Path, key: str, should_stop: Callable[[], bool] = lambd
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def http_client(env: Lookup, auth_hosts: tuple[str, ...] = ()) -> HttpClient:
+def http_client(env: Lookup, auth_hosts: tuple[str, ...] = (), slots_dir: Path | None = None) -> HttpClient:
     """A client with the retry settings of ``TORCHBEARER_HTTP_RETRIES`` / ``TORCHBEARER_HTTP_BACKOFF_S`` and
-    ``TORCHBEARER_HTTP_CONNECTIONS`` (at most 4) connections."""
+    ``TORCHBEARER_HTTP_CONNECTIONS`` (at most 4) connections; with ``slots_dir``, its file transfers also
+    share 4 connection slots with every other process fetching into the same data root."""
 
     def number(name: str, default: float) -> float:
         raw = env(name)
@@ -74,7 +76,8 @@ def http_client(env: Lookup, auth_hosts: tuple[str, ...] = ()) -> HttpClient:
     retry = RetryPolicy(attempts=int(number("TORCHBEARER_HTTP_RETRIES", 6)),
                         backoff_s=number("TORCHBEARER_HTTP_BACKOFF_S", 2.0))  # fmt: skip
     connections = max(1, min(MAX_CONNECTIONS, int(number("TORCHBEARER_HTTP_CONNECTIONS", MAX_CONNECTIONS))))
-    return HttpClient(auth_hosts=auth_hosts, connections=connections, retry=retry)
+    slots = ConnectionSlots(slots_dir, MAX_CONNECTIONS) if slots_dir is not None else None
+    return HttpClient(auth_hosts=auth_hosts, connections=connections, retry=retry, slots=slots)
 
 
 def _describe_search(spec: ImagerySpec) -> str:
@@ -109,7 +112,7 @@ def _copernicus(
     credentials = copernicus.Credentials.from_env(env)  # fail at once, before any search
     endpoints = copernicus.CdseEndpoints.from_env(env)
     aoi = load_aoi(spec)
-    with http_client(env, endpoints.auth_hosts) as client:
+    with http_client(env, endpoints.auth_hosts, data_dir / "locks") as client:
         # The token logs in on first use only: scenes already cached cost no session.
         client.token = copernicus.CdseToken(client, credentials, endpoints.token_url)
         scenes = _pick(spec, copernicus.search(client, endpoints, spec, aoi))

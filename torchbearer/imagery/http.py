@@ -13,13 +13,15 @@
 from __future__ import annotations
 
 import email.utils
+import fcntl
 import os
 import random
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,6 +69,35 @@ class TokenSource(Protocol):
     def invalidate(self, value: str) -> None: ...
 
 
+class ConnectionSlots:
+    """A cap on simultaneous transfers shared by every process using ``folder``: ``count`` lock files, one
+    held (flock) per transfer. CDSE allows 4 connections per user, so jobs fetching side by side share 4."""
+
+    def __init__(self, folder: Path, count: int, poll_s: float = 0.05) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.paths = [folder / f"connection-{index}.lock" for index in range(count)]
+        self.poll_s = poll_s
+
+    @contextmanager
+    def hold(self, cancel: threading.Event | None = None) -> Iterator[None]:
+        """Wait for a free slot (raising :class:`TransferCancelled` if ``cancel`` is set meanwhile)."""
+        while True:
+            for path in self.paths:
+                with open(path, "a+") as handle:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(handle, fcntl.LOCK_UN)
+                    return
+            if cancel is not None and cancel.is_set():
+                raise TransferCancelled("cancelled while waiting for a free connection")
+            time.sleep(self.poll_s)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how long to retry. Delays are seconds; attempts count tries without progress."""
@@ -111,7 +142,8 @@ class HttpClient:
     """One ``requests`` session with retries, token handling and a pool of ``connections`` connections.
 
     ``auth_hosts``: host names (or domain suffixes such as ``dataspace.copernicus.eu``) the token may be sent
-    to after a redirect; the host a request starts at always gets it.
+    to after a redirect; the host a request starts at always gets it. ``slots``: a cap on file transfers shared
+    with other processes (held for each transfer, on top of this client's own ``connections``).
     """
 
     def __init__(
@@ -123,6 +155,7 @@ class HttpClient:
         retry: RetryPolicy | None = None,
         timeout: tuple[float, float] = (15.0, 60.0),
         sleep: Callable[[float], None] = time.sleep,
+        slots: ConnectionSlots | None = None,
     ) -> None:
         if not 1 <= connections <= 16:
             raise ValueError(f"connections must be 1..16, got {connections}")
@@ -132,6 +165,7 @@ class HttpClient:
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.sleep = sleep
+        self.slots = slots
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=connections, max_retries=0)
         self.session.mount("http://", adapter)
@@ -176,6 +210,7 @@ class HttpClient:
                 return response, sent
             response.close()
             url = urljoin(url, response.headers["Location"])
+            kwargs.pop("params", None)  # the Location carries the query already
             if response.status_code == 303:
                 method, kwargs = "GET", {k: v for k, v in kwargs.items() if k not in ("data", "json")}
         raise HttpError(f"{method} {start}: more than {_MAX_REDIRECTS} redirects")
@@ -304,10 +339,25 @@ class HttpClient:
         cancel: threading.Event | None,
     ) -> None:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
+        with self.slots.hold(cancel) if self.slots is not None else nullcontext():
+            self._stream(url, part, offset, headers, on_bytes, authorized, cancel)
+
+    def _stream(
+        self,
+        url: str,
+        part: Path,
+        offset: int,
+        headers: dict[str, str],
+        on_bytes: Callable[[int], None],
+        authorized: bool,
+        cancel: threading.Event | None,
+    ) -> None:
         response = self.request("GET", url, headers=headers, authorized=authorized, stream=True)
         with response:
             if response.status_code == 416 and offset:
-                on_bytes(-offset)  # our partial file is not a prefix of theirs: start over
+                if response.headers.get("Content-Range", "").endswith(f"/{offset}"):
+                    return  # the partial file was complete already (cut between last byte and rename)
+                on_bytes(-offset)  # our partial file is longer than theirs: start over
                 part.unlink()
                 return
             if not 200 <= response.status_code < 300:
