@@ -36,6 +36,15 @@ def test_copernicus_scene_lands_in_the_cache_once(services, env, sample_safe, da
     assert services.logins == 1 and sum(services.bytes_served.values()) == served
 
 
+def test_one_session_for_every_fetch_of_a_process(services, env, data_dir):
+    """A job asking twice (predict: once per resolution) logs in once: the token is kept per process."""
+    ensure_scenes(SPEC, data_dir, env=env)
+    for folder in ("products", "cache"):
+        shutil.rmtree(data_dir / folder)
+    ensure_scenes(SPEC, data_dir, env=env)
+    assert services.logins == 1 and services.value_requests == 2 * 15
+
+
 def _fetch_in_child(spec, data_dir, values) -> None:
     ensure_scenes(spec, data_dir, env=values.get)
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from torchbearer.imagery.http import ConnectionSlots, HttpClient, Report, RetryPolicy, TransferCancelled
 from torchbearer.imagery.scenes import Scene, pick_scenes
@@ -113,8 +115,7 @@ def _copernicus(
     endpoints = copernicus.CdseEndpoints.from_env(env)
     aoi = load_aoi(spec)
     with http_client(env, endpoints.auth_hosts, data_dir / "locks") as client:
-        # The token logs in on first use only: scenes already cached cost no session.
-        client.token = copernicus.CdseToken(client, credentials, endpoints.token_url)
+        client.token = _session_token(credentials, endpoints.token_url, env)
         scenes = _pick(spec, copernicus.search(client, endpoints, spec, aoi))
         stacks = []
         for scene in scenes:
@@ -127,6 +128,23 @@ def _copernicus(
                                                        report=report, should_stop=should_stop)  # fmt: skip
                 stacks.append(stack_safe(safe_dir, spec, data_dir / "cache", report))
     return stacks
+
+
+#: One CDSE token per identity server and account in this process, so a job that asks for scenes several
+#: times (predict: once per resolution) still opens one session. It logs in on first use only: scenes already
+#: in the cache cost no session at all.
+_TOKENS: dict[tuple[str, Any], Any] = {}
+_TOKENS_LOCK = threading.Lock()
+
+
+def _session_token(credentials: Any, token_url: str, env: Lookup) -> Any:
+    from torchbearer.imagery.copernicus import CdseToken
+
+    with _TOKENS_LOCK:
+        key = (token_url, credentials)
+        if key not in _TOKENS:
+            _TOKENS[key] = CdseToken(http_client(env), credentials, token_url)
+        return _TOKENS[key]
 
 
 def _cached_stack(scene: Scene, spec: ImagerySpec, data_dir: Path) -> Path | None:
