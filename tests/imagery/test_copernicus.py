@@ -216,3 +216,18 @@ def test_two_fetchers_share_one_download(services, env, sample_safe, data_dir):
         **needed_sizes(sample_safe),
         "manifest.safe": services.bytes_served["manifest.safe"],
     }
+
+
+def test_range_past_the_end_of_a_file_of_unknown_size(services, env, sample_safe, tmp_path):
+    """A partial file already complete (cut before its rename) is kept; one longer than the file restarts."""
+    session = Session(env)
+    url = copernicus.node_url(session.endpoints, session.scene(), "MTD_MSIL2A.xml") + "/$value"
+    original = (sample_safe / "MTD_MSIL2A.xml").read_bytes()
+    for leftover, fetched in ((original, 0), (original + b"junk", len(original))):
+        dest = tmp_path / f"{len(leftover)}" / "MTD_MSIL2A.xml"
+        dest.parent.mkdir()
+        dest.with_name("MTD_MSIL2A.xml.part").write_bytes(leftover)
+        before = services.bytes_served["MTD_MSIL2A.xml"]
+        session.client.fetch_file(url, dest, authorized=True)
+        assert dest.read_bytes() == original
+        assert services.bytes_served["MTD_MSIL2A.xml"] - before == fetched

@@ -311,7 +311,12 @@ class HttpClient:
                     if not progressed:
                         self.sleep(self.retry.delay(failures))
                     continue
-            got = part.stat().st_size if part.exists() else 0
+            if not part.exists():  # the server refused our partial file's range: start again from 0
+                failures += 1
+                if failures >= self.retry.attempts:
+                    raise HttpError(f"GET {url}: the server keeps refusing the range requests")
+                continue
+            got = part.stat().st_size
             if size is not None and got < size:
                 failures += 1  # the server ended the body early without an error
                 if failures >= self.retry.attempts:
