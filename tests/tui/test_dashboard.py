@@ -38,7 +38,7 @@ async def test_opens_without_a_daemon_and_shows_every_state(project, store, seed
         await loaded(pilot)
         table = app.main_screen.table
         assert {row.state for row in table.rows.values()} == set(JobState)
-        header = plain(app.screen.query_one(HeaderBar).content)
+        header = app.screen.query_one(HeaderBar).text
         assert "daemon down" in header and "queue running" in header
         assert "NVIDIA RTX A6000" in header and "CPU 12%" in header
         assert table.selected_id == seeded["farseg"]  # the cursor starts on the running job

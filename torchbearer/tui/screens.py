@@ -198,7 +198,8 @@ class JobScreen(Screen):
         self.query_one(FailurePanel).show(detail)
         self.query_one(ProgressPanel).show(detail)
         losses, key = curves_by_role(detail.curves)
-        self.query_one("#loss-plot", MetricPlot).show(losses)
+        self.query_one("#plots").display = bool(losses or key)
+        self.query_one("#loss-plot", MetricPlot).show(losses, best_of="val/loss")
         self.query_one("#metric-plot", MetricPlot).show([key] if key else [])
         for log in self.query(LogTail):
             log.show(detail)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
 from textual.widgets import Static
 
 from torchbearer.formatting import format_bytes
@@ -54,12 +56,17 @@ def system_line(system: SystemStats | None) -> Text:
     return text
 
 
-class HeaderBar(Static):
+class HeaderBar(Vertical):
     """Two lines at the top of every screen; follows the app's ``queue_info``, ``system`` and ``store_error``."""
 
     DEFAULT_CSS = """
     HeaderBar { height: 2; background: $panel; padding: 0 1; }
+    HeaderBar > Static { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="header-queue")
+        yield Static(id="header-system")
 
     def on_mount(self) -> None:
         for name in ("queue_info", "system", "store_error"):
@@ -68,6 +75,12 @@ class HeaderBar(Static):
 
     def _redraw(self) -> None:
         app = self.app
-        first = Text("torchbearer ", style="bold") + queue_line(app.queue_info, app.store_error)
-        lines = Text("\n", no_wrap=True, overflow="ellipsis").join([first, system_line(app.system)])
-        self.update(lines)
+        self.query_one("#header-queue", Static).update(
+            Text("torchbearer ", style="bold") + queue_line(app.queue_info, app.store_error)
+        )
+        self.query_one("#header-system", Static).update(system_line(app.system))
+
+    @property
+    def text(self) -> str:
+        """Both lines as plain text."""
+        return "\n".join(str(static.content) for static in self.query(Static))

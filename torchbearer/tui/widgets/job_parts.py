@@ -148,44 +148,43 @@ class ProgressPanel(Static):
             if figures.epoch_fraction is None:  # no epoch bar: say the epoch on the job bar
                 label = f"{figures.epoch_label} {label}"
             bar_row(table, "job", job_fraction, f"{label.strip()}  {eta}".strip())
-        if figures.figures:
-            line = Text("  ".join(f"{label} {value}" for label, value in figures.figures), style="dim")
-            table.add_row(Text(""), line, Text(""))
-        self.update(table)
+        line = Text("  ".join(f"{label} {value}" for label, value in figures.figures), style="dim")
+        line.no_wrap, line.overflow = True, "ellipsis"
+        self.update(Group(table, line) if figures.figures else table)
 
 
 class MetricPlot(PlotextPlot):
-    """Curves against epoch (or step), with the best point of the first one marked."""
+    """Curves against epoch (or step), with the best point of one of them (``best_of``, else the first) marked."""
 
     def __init__(self, title: str, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.title = title
         self._shown: tuple | None = None
 
-    def show(self, curves: list[Curve]) -> None:
+    def show(self, curves: list[Curve], best_of: str | None = None) -> None:
         key = tuple((c.name, c.x, c.y) for c in curves)
         if key == self._shown:
             return
         self._shown = key
         plt = self.plt
         plt.clear_data()
-        title = self.title
-        if not curves or not any(c.y for c in curves):
-            plt.title(f"{title}: no values yet")
+        curves = [curve for curve in curves if curve.y]
+        if not curves:
+            plt.title(f"{self.title}: no values yet")
             self.refresh()
             return
         for curve in curves:
-            if curve.y:
-                plt.plot(list(curve.x), list(curve.y), label=curve.name, marker="braille")
-        best = curves[0].best() if curves[0].y else None
-        if best is not None:
-            x, value = best
-            where = f"epoch {x:g}" if curves[0].by_epoch else f"step {x:g}"
-            plt.vertical_line(x, color="green")
-            plt.scatter([x], [value], marker="●", color="green")
-            title = f"{curves[0].name}: best {value:.4g} at {where}"
-        plt.title(title)
-        plt.xlabel("epoch" if curves[0].by_epoch else "step")
+            plt.plot(list(curve.x), list(curve.y), label=curve.name, marker="braille")
+        marked = next((c for c in curves if c.name == best_of), curves[0])
+        x, value = marked.best()
+        where = f"epoch {x:g}" if marked.by_epoch else f"step {x:g}"
+        plt.vertical_line(x, color="green")
+        plt.scatter([x], [value], marker="●", color="green")
+        plt.title(f"{marked.name}: best {value:.4g} at {where}")
+        plt.xlabel("epoch" if marked.by_epoch else "step")
+        if marked.by_epoch:  # whole epochs, at most about ten ticks
+            last = int(max(max(c.x) for c in curves))
+            plt.xticks(list(range(0, last + 1, max(1, (last + 9) // 10))))
         self.refresh()
 
 

@@ -105,6 +105,8 @@ def cell_text(row: JobRow, key: str, now: float) -> str:
         return format_when(row.started_at, "%m-%d %H:%M")
     if key == "duration":
         return format_duration(row.duration_s(now))
+    if key == "stage":  # what a job does now; a finished job's last stage says nothing
+        return row.stage or "" if row.state == JobState.RUNNING else ""
     if key == "priority":
         return str(row.priority)
     return str(getattr(row, key) or "")
