@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_state, write_job
+from tests.conftest import wait_for, wait_state, write_job
 from tests.imagery.conftest import ROOT, SAMPLE_AOI
 from tests.imagery.fake_services import PASSWORD, USER
 from tests.imagery.test_copernicus import needed_sizes
@@ -50,6 +50,25 @@ def test_download_job_without_credentials_fails_naming_the_variables(project, st
     job = wait_state(store, 1, "failed", timeout=60)
     assert "COPERNICUS_USER and COPERNICUS_PASSWORD" in (job.reason or "")
     assert services.requests == []
+
+
+def test_download_job_stopped_midway_resumes_its_partial_files(project, store, daemon, services, sample_safe):
+    """Daemon stop during the download: the job is interrupted, then resumes from its .part files."""
+    write_env_file(project, services.env)
+    services.faults.bandwidth = 250_000  # bytes/s per connection: the stop lands mid-download
+    write_job(project.queue_dir, "scenes.yaml", JOB)
+    needed = sum(needed_sizes(sample_safe).values())
+    wait_for(lambda: sum(services.bytes_served.values()) > needed / 4, 30, what="a quarter of the bytes")
+    assert daemon.stop() == 0
+    job = store.job(1)
+    assert job.state == "interrupted", job.reason
+    assert list(project.data_dir.rglob("*.jp2.part"))
+    services.faults.bandwidth = None
+    daemon.start()
+    wait_state(store, 1, "succeeded", timeout=60)
+    refetched = sum(services.bytes_served.values()) - services.bytes_served["manifest.safe"] - needed
+    assert 0 <= refetched < 0.1 * needed
+    assert [a["outcome"] for a in store.attempts(1)] == ["interrupted", "succeeded"]
 
 
 @pytest.mark.slow  # about 20 s: a worker imports torch and trains one epoch
