@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchbearer.settings import Settings
+from torchbearer.settings import SECRET_NAMES, Settings
 from torchbearer.worker import EXIT_INTERRUPTED
 
 log = logging.getLogger("torchbearer.slurm")
@@ -69,7 +69,7 @@ def slurm_command(args: list[str], *, env: dict[str, str] | None = None, stdin: 
         raise SlurmError(f"{args[0]} did not answer within {COMMAND_TIMEOUT_S:.0f} s") from None
     if result.returncode != 0:
         message = " ".join(result.stderr.split()) or f"exit code {result.returncode}"
-        raise SlurmError(f"{shlex.join(args[:2])}…: {message}")
+        raise SlurmError(f"{args[0]} failed: {message}")
     return result.stdout
 
 
@@ -180,7 +180,10 @@ class SlurmWorker:
             self._scancel()
 
     def kill(self) -> None:
-        """SIGKILL to the worker and its children, and the job cancelled."""
+        """SIGKILL to the worker and its children, and the job cancelled (unless it has ended meanwhile)."""
+        self.executor.refresh(force=True)  # polls are spaced out: it may have stopped after SIGTERM already
+        if self.exit_code is not None:
+            return
         with contextlib.suppress(SlurmError):  # still pending or already ending: the plain cancel settles it
             self._scancel("--full", "--signal=KILL")
         self._scancel()
@@ -204,6 +207,8 @@ class SlurmExecutor:
             with ``devices: 2`` gets ``--gres=gpu:2``. None: jobs ask for no GPUs.
         signal_lead_s: seconds before the time limit at which the worker gets SIGTERM to save and stop
             (Slurm may send it up to 60 s earlier).
+        secrets_in_env_file: credential variables the worker reads from the env file itself: they are left
+            out of the job's environment, which Slurm keeps with the job where cluster admins can read it.
     """
 
     name = "slurm"
@@ -215,11 +220,14 @@ class SlurmExecutor:
         extra_args: tuple[str, ...] = (),
         gres: str | None = None,
         signal_lead_s: float = 60.0,
+        secrets_in_env_file: frozenset[str] = frozenset(),
     ) -> None:
         self.partition = partition
         self.extra_args = tuple(extra_args)
         self.gres = gres
         self.signal_lead_s = signal_lead_s
+        self.secrets_in_env_file = secrets_in_env_file
+        self._warned_secrets = False
         self.workers: dict[str, SlurmWorker] = {}
         self._last_query = -math.inf
         self._last_error = ""
@@ -233,6 +241,7 @@ class SlurmExecutor:
             extra_args=settings.slurm_args,
             gres=settings.slurm_gres,
             signal_lead_s=max(60.0, settings.kill_grace_s),
+            secrets_in_env_file=SECRET_NAMES & settings.env_file_values.keys(),
         )
 
     def sbatch_options(self, *, job_name: str, log_path: Path, cwd: Path, devices: int) -> list[str]:
@@ -254,7 +263,12 @@ class SlurmExecutor:
         """Submit ``argv`` as a batch job named ``tb-<run folder>`` (``tb-<id>-<name>``); output appends to
         ``log_path``."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {key: value for key, value in env.items() if key not in GPU_VARIABLES}
+        env = {k: v for k, v in env.items() if k not in GPU_VARIABLES and k not in self.secrets_in_env_file}
+        exposed = sorted(SECRET_NAMES & env.keys())
+        if exposed and not self._warned_secrets:  # names only, never values
+            log.warning("%s reach Slurm jobs through their environment, which Slurm stores with each job; "
+                        "put them in the project's env file instead", ", ".join(exposed))  # fmt: skip
+            self._warned_secrets = True
         script = (
             "#!/bin/sh\n"
             "echo \"[torchbearer] Slurm job $SLURM_JOB_ID on $(hostname), $(date '+%F %T')\"\n"
@@ -287,10 +301,11 @@ class SlurmExecutor:
         self.workers[str(worker.external_id)] = worker
         return worker
 
-    def refresh(self) -> None:
-        """Query every watched job that has not ended (one ``squeue``), at most every :data:`POLL_INTERVAL_S`."""
+    def refresh(self, *, force: bool = False) -> None:
+        """Query every watched job that has not ended (one ``squeue``), at most every :data:`POLL_INTERVAL_S`
+        unless ``force``."""
         now = time.monotonic()
-        if now - self._last_query < POLL_INTERVAL_S:
+        if now - self._last_query < POLL_INTERVAL_S and not force:
             return
         self._last_query = now
         for job_id in [job_id for job_id, worker in self.workers.items() if worker.exit_code is not None]:
