@@ -142,3 +142,15 @@ def test_offset_rule_on_real_pixels(cogs):
 def test_nothing_found_says_what_was_searched(earth_search, env, data_dir):
     with pytest.raises(NoScenesError, match=r"cloud ≤ 5 %"):
         ensure_scenes(spec(inner_aoi(earth_search["bbox"]), max_cloud=5), data_dir, env=env)
+
+
+def test_search_follows_post_next_links(earth_search, services, env):
+    from torchbearer.imagery.aoi import load_aoi
+    from torchbearer.imagery.earthsearch import search
+    from torchbearer.imagery.http import HttpClient
+
+    wanted = spec(earth_search["bbox"])
+    with HttpClient() as client:
+        scenes = search(client, env("EARTH_SEARCH_URL"), wanted, load_aoi(wanted), limit=1)
+    assert [s.tile for s in scenes] == ["29UNU", "29UNU"] and len({s.id for s in scenes}) == 2
+    assert sum(r[:3] == ("POST", "127.0.0.1", "/stac/v1/search") for r in services.requests) == 2

@@ -72,3 +72,38 @@ def test_aoi_forms_agree(tmp_path):
         load_aoi(ImagerySpec(**(BASE | {"aoi": str(tmp_path / "missing.gpkg")})))
     with pytest.raises(AoiError, match="not longitude/latitude"):
         load_aoi(ImagerySpec(**(BASE | {"aoi": [554000, 5862000, 567000, 5873000]})))
+
+
+def test_download_job_file_errors_point_at_the_line():
+    from torchbearer.spec import JobFileError, parse_job_text
+
+    text = (
+        "name: scenes\nkind: download\nimagery:\n"
+        "  aoi: [-8.2, 52.9, -8.0, 53.0]\n  dates: 2022-10-01/2022-10-10\n  max_clouds: 10\n"
+    )
+    with pytest.raises(JobFileError) as error:
+        parse_job_text(text, "scenes.yaml")
+    message = str(error.value)
+    assert "scenes.yaml:6" in message and "max_cloud" in message
+    [job] = parse_job_text(text.replace("max_clouds", "max_cloud"), "scenes.yaml")
+    assert job.spec.imagery.max_cloud == 10
+
+
+def test_pick_scenes_dedupes_and_orders():
+    from datetime import UTC, datetime
+
+    from torchbearer.imagery.scenes import Scene, pick_scenes
+
+    def scene(name: str, cloud: float | None, online: bool = True) -> Scene:
+        sensed = datetime.strptime(name.split("_")[2], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+        return Scene("copernicus", name, name, sensed, cloud, name.split("_")[5][1:], online=online)
+
+    old = scene("S2A_MSIL2A_20220101T100000_N0400_R023_T29UNU_20220101T120000.SAFE", 5.0)
+    reprocessed = scene("S2A_MSIL2A_20220101T100000_N0500_R023_T29UNU_20230601T120000.SAFE", 5.0)
+    newer = scene("S2B_MSIL2A_20220301T100000_N0400_R023_T29UNU_20220301T120000.SAFE", 20.0)
+    unknown = scene("S2B_MSIL2A_20220401T100000_N0400_R023_T29UNV_20220401T120000.SAFE", None)
+    offline = scene("S2A_MSIL2A_20220501T100000_N0400_R023_T29UNU_20220501T120000.SAFE", 1.0, online=False)
+    found = [old, newer, unknown, reprocessed, offline]
+    assert pick_scenes(found, max_scenes=5, pick="least-cloud") == [reprocessed, newer, unknown]
+    assert pick_scenes(found, max_scenes=2, pick="newest") == [unknown, newer]
+    assert pick_scenes(found, max_scenes=5, pick="newest", tiles=["29UNV"]) == [unknown]
