@@ -22,6 +22,7 @@ from rich.console import Console
 
 from torchbearer import commands
 from torchbearer.formatting import STATE_STYLES, format_duration
+from torchbearer.imagery import cli as imagery_cli
 from torchbearer.settings import Settings, SettingsError
 from torchbearer.store import TERMINAL_STATES, JobState, Store, StoreError
 
@@ -503,6 +504,9 @@ def run(ctx: typer.Context, files: Annotated[list[Path], typer.Argument(help="Jo
 def predict(ctx: typer.Context, files: Annotated[list[Path], typer.Argument(help="Predict job files")]) -> None:
     """Run ensemble-prediction job files in the foreground, with a progress bar."""
     run_in_foreground(ctx.obj, files, kinds={"predict"})
+
+
+app.command("download")(imagery_cli.download)
 
 
 if __name__ == "__main__":
