@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,7 @@ def test_local_safe_and_geotiff(sample_safe, data_dir, tmp_path):
     assert stack.parent == data_dir / "cache" and stack_info(stack).offset == -1000
     as_tiff = ImagerySpec(source="local", paths=[str(stack)])
     assert ensure_scenes(as_tiff, data_dir) == [stack]
-    with pytest.raises(LocalScenesError, match="holds no SAFE folder"):
+    with pytest.raises(LocalScenesError, match="holds no SAFE product"):
         ensure_scenes(ImagerySpec(source="local", paths=[str(tmp_path)]), data_dir)
 
 
@@ -105,3 +106,28 @@ def test_jobs_side_by_side_share_four_connections(sample_safe, data_dir, tmp_pat
         assert [c.exitcode for c in children] == [0, 0]
         assert fake.most_active == 4
     assert sorted(p.name for p in (data_dir / "products").iterdir()) == sorted([SAMPLE_NAME, twin_name])
+
+
+def _zip_product(safe: Path, target: Path, damage: str | None = None) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(target, "w") as archive:
+        for path in sorted(safe.rglob("*")):
+            if path.is_file():
+                data = path.read_bytes()
+                if damage and path.name.endswith(damage):
+                    data = data[:-1] + bytes([data[-1] ^ 0xFF])
+                archive.writestr(f"{safe.name}/{path.relative_to(safe)}", data)
+    return target
+
+
+def test_local_zip_extracts_only_the_needed_files(sample_safe, data_dir, tmp_path):
+    archive = _zip_product(sample_safe, tmp_path / f"{SAMPLE_NAME.removesuffix('.SAFE')}.zip")
+    [stack] = ensure_scenes(ImagerySpec(source="local", paths=[str(tmp_path)], resolution=60), data_dir)
+    assert stack_info(stack).offset == -1000
+    extracted = [p for p in (data_dir / "products").rglob("*") if p.is_file()]
+    assert len(extracted) == 11 + 1 + 3  # bands, SCL, MTD_MSIL2A.xml, MTD_TL.xml, manifest.safe
+    with pytest.raises(LocalScenesError, match="is missing from the archive"):
+        ensure_scenes(ImagerySpec(source="local", paths=[str(archive)], resolution=20), data_dir / "other")
+    damaged = _zip_product(sample_safe, tmp_path / "damaged" / "product.zip", damage="_B03_60m.jp2")
+    with pytest.raises(LocalScenesError, match=r"B03_60m\.jp2 does not match its manifest checksum"):
+        ensure_scenes(ImagerySpec(source="local", paths=[str(damaged)], resolution=60), data_dir / "third")

@@ -66,7 +66,9 @@ def download(
     resolution: Annotated[int, typer.Option(help="10, 20 or 60 metres")] = 20,
     max_scenes: Annotated[int, typer.Option(help="at most this many scenes")] = 1,
     pick: Annotated[str, typer.Option(help="least-cloud | newest")] = "least-cloud",
-    path: Annotated[list[Path] | None, typer.Option(help="local: folder of SAFE products or GeoTIFFs")] = None,
+    path: Annotated[
+        list[Path] | None, typer.Option(help="local: SAFE folder or zip, GeoTIFF, or a folder of them")
+    ] = None,
     aoi_crs: Annotated[str, typer.Option(help="CRS of a bbox or WKT aoi")] = "EPSG:4326",
     whole_product: Annotated[bool, typer.Option(help="fetch every file of each product")] = False,
 ) -> None:

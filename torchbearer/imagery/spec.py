@@ -95,7 +95,9 @@ class ImagerySpec(StrictModel):
     resolution: Literal[10, 20, 60] = Field(20, description="metres")
     max_scenes: int = Field(1, ge=1, le=500, description="at most this many scenes")
     pick: Literal["least-cloud", "newest"] = "least-cloud"
-    paths: list[str] = Field(default_factory=list, description="local: folders of SAFE products or GeoTIFFs")
+    paths: list[str] = Field(
+        default_factory=list, description="local: SAFE folders or zips, GeoTIFFs, or folders of them"
+    )
     whole_product: bool = Field(False, description="fetch every file of a product, not just the needed ones")
 
     @field_validator("dates", mode="before")
