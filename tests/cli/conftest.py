@@ -1,4 +1,4 @@
-"""Running the ``torchbearer`` command as a real process."""
+"""Running the ``torchbearer`` command: in this process (most commands) or as a real child process."""
 
 from __future__ import annotations
 
@@ -8,14 +8,25 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from torchbearer.cli import app
+
+#: A wide terminal and no colour, so messages are neither wrapped nor full of escape codes.
+TERMINAL = {"COLUMNS": "250", "NO_COLOR": "1"}
 
 
-def tb(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``torchbearer ARGS…`` in a child process (wide terminal, so messages are not wrapped)."""
+def tb(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``torchbearer ARGS…`` run in this process (fast); the result looks like :func:`tb_process`'s."""
+    result = CliRunner(env={**TERMINAL, **(env or {})}).invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+def tb_process(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``torchbearer ARGS…`` in a child process: for ``run``, which serves a queue and installs signal handlers."""
     return subprocess.run(
         [sys.executable, "-m", "torchbearer", *map(str, args)],
-        capture_output=True, text=True, timeout=120, cwd=cwd,
-        env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1", **(env or {})},
+        capture_output=True, text=True, timeout=120, env={**os.environ, **TERMINAL, **(env or {})},
     )  # fmt: skip
 
 

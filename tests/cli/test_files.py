@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.cli.conftest import flat, tb
+from tests.cli.conftest import flat, tb, tb_process
 from tests.conftest import wait_state, write_job
 from tests.daemon.conftest import completions, probe
 from tests.spec.corpus import CORPUS
@@ -52,7 +52,7 @@ def test_submit_to_a_running_daemon(project, store, daemon, night):
 
 
 def test_run_in_the_foreground(project, store, night):
-    result = tb("run", night)
+    result = tb_process("run", night)
     assert result.returncode == 0, result.stderr
     assert "a (#1): succeeded" in result.stdout and "b (#2): succeeded" in result.stdout
     assert [(j.name, j.state, j.attempts) for j in store.jobs()] == [("a", "succeeded", 1), ("b", "succeeded", 1)]
@@ -64,17 +64,17 @@ def test_run_in_the_foreground(project, store, night):
 def test_run_exit_codes(project, store, tmp_path):
     failing = tmp_path / "failing.yaml"
     failing.write_text(probe("boom", action="raise", steps=1))
-    result = tb("run", failing)
+    result = tb_process("run", failing)
     assert result.returncode == 1 and "boom (#1): failed RuntimeError: probe boom failed on purpose" in flat(
         result.stdout
     )
-    refused = tb("run", CORPUS / "wrong_kind.yaml")
+    refused = tb_process("run", CORPUS / "wrong_kind.yaml")
     assert refused.returncode == 2 and "unknown job kind 'prob'; did you mean 'probe'?" in flat(refused.stderr)
     assert len(store.jobs()) == 1
 
 
 def test_run_refused_while_a_daemon_serves_the_queue(project, store, daemon, night):
-    result = tb("run", night)
+    result = tb_process("run", night)
     assert result.returncode == 1 and "a daemon is serving this queue" in flat(result.stderr)
     assert store.jobs() == []
 
@@ -84,6 +84,6 @@ def test_run_leaves_files_in_the_queue_alone(project, store, tmp_path):
     write_job(project.queue_dir, "other.yaml", probe("other"))
     only = tmp_path / "only.yaml"
     only.write_text(probe("only"))
-    assert tb("run", only).returncode == 0
+    assert tb_process("run", only).returncode == 0
     assert [j.name for j in store.jobs()] == ["only"]
     assert (project.queue_dir / "other.yaml").exists()

@@ -6,14 +6,14 @@ import json
 import subprocess
 import sys
 
-from tests.cli.conftest import flat, tb
+from tests.cli.conftest import flat, tb, tb_process
 from torchbearer.store import SUMMARY_COLUMNS
 
 HEAVY = ("torch", "lightning", "torchgeo", "rasterio", "pandas")
 
 
 def test_status_json_shape(project, store, night, tmp_path):
-    assert tb("run", night).returncode == 0
+    assert tb_process("run", night).returncode == 0
     (tmp_path / "held.yaml").write_text("name: later\nkind: probe\n")
     assert tb("submit", "--held", tmp_path / "held.yaml").returncode == 0
     result = tb("status", "--json")
@@ -47,7 +47,7 @@ def test_status_table(project, store, night):
 
 
 def test_show_text_and_json(project, store, night):
-    assert tb("run", night).returncode == 0
+    assert tb_process("run", night).returncode == 0
     text = flat(tb("show", "a").stdout)
     assert "a #1 probe succeeded" in text and "queued → running" in text and "running → succeeded" in text
     assert "probe/value=0.5" in text and "result:" in text and "name: a" in text
@@ -69,14 +69,14 @@ def test_show_text_and_json(project, store, night):
 def test_show_failed_job_has_the_end_of_its_log(project, store, tmp_path):
     path = tmp_path / "boom.yaml"
     path.write_text("name: boom\nkind: probe\naction: raise\nsteps: 1\n")
-    tb("run", path)
+    tb_process("run", path)
     text = tb("show", "boom").stdout
     assert "reason: RuntimeError: probe boom failed on purpose" in text
     assert "end of the log" in text and "Traceback (most recent call last)" in text
 
 
 def test_logs(project, store, night, tmp_path):
-    assert tb("run", night).returncode == 0
+    assert tb_process("run", night).returncode == 0
     result = tb("logs", "a")
     assert result.returncode == 0 and "job a (#1) attempt 1: kind probe" in result.stdout
     assert "job a (#1) succeeded" in result.stdout
