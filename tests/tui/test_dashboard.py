@@ -126,6 +126,13 @@ async def test_actions_change_the_store_as_the_cli_does(project, store, seeded, 
         await pilot.press("p")
         await until(pilot, lambda: store.queue_paused() is None, what="queue resumed")
 
+        palette = {command.title: command for command in app.get_system_commands(app.screen)}
+        assert {"Cancel fcn (#2)", "Retry fcn (#2)", "Hold fcn (#2)", "Release fcn (#2)"} <= set(palette)
+        palette["Pause queue"].callback()
+        await until(pilot, lambda: store.queue_paused() is not None, what="paused from the palette")
+        palette["Resume queue"].callback()
+        await until(pilot, lambda: store.queue_paused() is None, what="resumed from the palette")
+
 
 async def test_submit_a_job_file_from_configs(project, store, seeded, make_app):
     configs = project.project_dir / "configs"

@@ -8,6 +8,7 @@ and any number of dashboards can be open on the same queue.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -19,17 +20,20 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.reactive import var
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.worker import get_current_worker
 
 from torchbearer import commands
 from torchbearer.settings import Settings
-from torchbearer.store import JobState, Store
+from torchbearer.store import JobState, Store, StoreError
 from torchbearer.tui.data import QueueInfo, SystemStats, read_system_stats
 from torchbearer.tui.poller import Poller, Update
 from torchbearer.tui.screens import SUMMARY_WINDOWS, JobScreen, MainScreen, SummaryScreen, default_since
 from torchbearer.tui.widgets.dialogs import ChoiceDialog, ConfirmDialog
 from torchbearer.tui.widgets.preview import load_preview
+
+#: Actions that change jobs or the queue (off while a dialog is open).
+CONTROL_ACTIONS = frozenset({"cancel", "retry", "hold_release", "priority", "pause_resume", "submit", "summary"})
 
 
 class Polled(Message):
@@ -166,11 +170,8 @@ class TorchbearerApp(App):
 
     def open_job(self, job_id: int, tab: str = "overview") -> None:
         self.poller.focus_job = job_id
-        self.push_screen(JobScreen(job_id, tab=tab), callback=lambda _result: self._unfocus())
+        self.push_screen(JobScreen(job_id, tab=tab))
         self.poller.wake()
-
-    def _unfocus(self) -> None:
-        self.poller.focus_job = None
 
     def pop_screen(self) -> Any:
         result = super().pop_screen()
@@ -180,17 +181,25 @@ class TorchbearerApp(App):
 
     # -- commands (the same functions the CLI calls) ---------------------------------------------------------
 
-    @work(thread=True, group="commands")
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Job and queue keys do nothing while a dialog asks something."""
+        return not (action in CONTROL_ACTIONS and isinstance(self.screen, ModalScreen))
+
+    @work(thread=True, group="commands", exit_on_error=False)
     def run_command(self, action: Callable[..., Any], *args: Any) -> None:
         """Run one :mod:`torchbearer.commands` function on its own store connection; report how it went."""
-        store = Store(self.settings.state_path)
         try:
-            result = action(store, *args)
+            store = Store(self.settings.state_path)
+            try:
+                result = action(store, *args)
+            finally:
+                store.close()
         except commands.CommandError as exc:
-            self.call_from_thread(self.notify, str(exc), severity="warning")
+            self.call_from_thread(self.notify, str(exc), severity="warning", timeout=8)
             return
-        finally:
-            store.close()
+        except (StoreError, sqlite3.Error, OSError) as exc:  # the store is locked too long, or unusable
+            self.call_from_thread(self.notify, f"could not change the store: {exc}", severity="error", timeout=10)
+            return
         message = result.message if isinstance(result, commands.CommandResult) else str(result)
         self.call_from_thread(self.notify, message)
         self.poller.wake()
@@ -238,7 +247,7 @@ class TorchbearerApp(App):
     def action_submit(self) -> None:
         self.list_configs()
 
-    @work(thread=True, group="commands")
+    @work(thread=True, group="commands", exit_on_error=False)
     def list_configs(self) -> None:
         files = config_files(self.settings.project_dir / "configs")
         self.call_from_thread(self._pick_config, files)

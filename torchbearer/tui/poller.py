@@ -98,7 +98,7 @@ class Poller:
         self._store: Store | None = None
         self._version: int | None = None
         self._read_at = 0.0  # wall-clock time of the last read of the jobs table
-        self._last_full = 0.0
+        self._last_full = float("-inf")
         self._last_slow = 0.0
         self._last_queue: QueueInfo | None = None
         self._focus: _Focus | None = None
@@ -154,9 +154,11 @@ class Poller:
         try:
             return self._poll(self.open())
         except StoreError as exc:
-            return Update(error=str(exc))
+            error = str(exc)
         except (sqlite3.Error, OSError) as exc:  # locked for too long, disk trouble: show it, try again next tick
-            return Update(error=f"{self.settings.state_path}: {exc}")
+            error = f"{self.settings.state_path}: {exc}"
+        self._last_full = float("-inf")  # once readable again, read everything (and so clear the error)
+        return Update(error=error)
 
     def _poll(self, store: Store) -> Update:
         update = Update()

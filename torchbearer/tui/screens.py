@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar
 
@@ -16,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from torchbearer.formatting import STATE_STYLES, display_path, format_duration, format_when
-from torchbearer.store import JobState, Store
+from torchbearer.store import JobState, Store, StoreError
 from torchbearer.tui.data import JobDetail, Summary, curves_by_role, read_summary
 from torchbearer.tui.widgets.dialogs import ChoiceDialog
 from torchbearer.tui.widgets.header import HeaderBar
@@ -259,13 +260,17 @@ class SummaryScreen(Screen):
     def on_mount(self) -> None:
         self.load()
 
-    @work(thread=True, exclusive=True, group="summary")
+    @work(thread=True, exclusive=True, group="summary", exit_on_error=False)
     def load(self) -> None:
-        store = Store(self.app.settings.state_path)
         try:
-            summary = read_summary(store, self.since, self.app.clock())
-        finally:
-            store.close()
+            store = Store(self.app.settings.state_path)
+            try:
+                summary = read_summary(store, self.since, self.app.clock())
+            finally:
+                store.close()
+        except (StoreError, sqlite3.Error) as exc:
+            self.app.call_from_thread(self.app.notify, f"no summary: {exc}", severity="error")
+            return
         self.app.call_from_thread(self.draw, summary)
 
     def draw(self, summary: Summary) -> None:
