@@ -106,3 +106,21 @@ def test_sbatch_refusal_is_a_clear_error(slurm_conf, tmp_path, monkeypatch):
     with pytest.raises(SlurmError, match=r"^sbatch failed: sbatch: error: Invalid generic resource \(gres\)"):
         executor.start(["true"], env={"SLURM_CONF": slurm_conf, "PATH": "/usr/bin:/bin"},
                        log_path=tmp_path / "run" / "log.txt", cwd=tmp_path, devices=1)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_time_limit_warns_the_worker_which_saves_and_runs_again(project, slurm_conf, store, monkeypatch):
+    """``--signal=B:TERM@60`` with a 1 min ``--time``: SIGTERM comes at once, the attempt is interrupted."""
+    monkeypatch.setenv("SLURM_CONF", slurm_conf)
+    daemon = DaemonProcess(project, {"TORCHBEARER_EXECUTOR": "slurm", "TORCHBEARER_SLURM_ARGS": "--time=1"}).start()
+    try:
+        write_job(project.queue_dir, "chained.yaml", probe("chained", steps=3000, step_s=0.05))
+        job = job_named(store, "chained")
+        wait_for(lambda: store.job(job.id).attempts >= 2, 150, interval=0.5, what="a second attempt")
+        first = store.attempts(job.id)[0]
+        assert first["outcome"] == "interrupted" and first["exit_code"] == 75
+        commands.cancel(store, job.id)
+        wait_state(store, job.id, "cancelled")
+    finally:
+        stop_daemon(daemon)
+    assert completions(project) == []
