@@ -83,7 +83,7 @@ def earth_search(services, cogs) -> dict:
     services.stac_items, services.cog_dir = items, folder
     lon = [c[0] for c in footprint["coordinates"][0]]
     lat = [c[1] for c in footprint["coordinates"][0]]
-    return {"grid": grid, "bbox": [min(lon), min(lat), max(lon), max(lat)]}
+    return {"grid": grid, "bbox": [min(lon), min(lat), max(lon), max(lat)], "cogs": folder}
 
 
 def inner_aoi(bbox: list[float], margin: float = 0.2) -> list[float]:
@@ -96,7 +96,7 @@ def spec(aoi, **changes) -> ImagerySpec:
                            "max_cloud": 50, "resolution": 60} | changes))  # fmt: skip
 
 
-def test_window_at_60m_matches_the_product_pixels(earth_search, env, data_dir):
+def test_window_at_60m_matches_the_product_pixels(earth_search, services, env, data_dir):
     grid = earth_search["grid"]
     [path] = ensure_scenes(spec(inner_aoi(earth_search["bbox"])), data_dir, env=env)
     info = stack_info(path)
@@ -116,6 +116,9 @@ def test_window_at_60m_matches_the_product_pixels(earth_search, env, data_dir):
             assert difference.mean() < 0.05 * expected.mean(), band
             assert np.corrcoef(stack[index].ravel(), expected.ravel())[0, 1] > 0.95, band
     assert stack.shape[1] < WINDOW.height and stack.shape[2] < WINDOW.width  # just the AOI was read
+    cog_bytes = sum(p.stat().st_size for p in (earth_search["cogs"] / "raw").glob("*.tif"))
+    # Range reads of the overviews that fit 60 m: a fraction of the files (the window is 36 % of their area).
+    assert sum(services.bytes_served.values()) < 0.4 * cog_bytes
 
 
 def test_20m_window_and_offset_judged_from_data(earth_search, env, data_dir):

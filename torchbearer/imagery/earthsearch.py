@@ -151,7 +151,8 @@ def _grid(item: dict[str, Any], aoi: BaseGeometry, resolution: int) -> tuple[str
 def _read_band(href: str, crs: str, bounds: tuple[float, ...], resolution: int) -> np.ndarray:
     minx, miny, maxx, maxy = bounds
     shape = (round((maxy - miny) / resolution), round((maxx - minx) / resolution))
-    with rasterio.open(href) as src:
+    # GDAL options are per thread: each transfer thread sets them for its own reads.
+    with rasterio.Env(**GDAL_HTTP), rasterio.open(href) as src:
         if src.crs != crs:
             raise HttpError(f"{href}: CRS {src.crs} differs from the item's {crs}")
         left, bottom, right, top = src.bounds
@@ -182,7 +183,7 @@ def read_window(
     if missing:
         raise HttpError(f"item {item['id']} has no asset for {', '.join(missing)}")
     hrefs = [item["assets"][ASSETS[b]]["href"] for b in bands]
-    with rasterio.Env(**GDAL_HTTP), ThreadPoolExecutor(max_workers=connections) as pool:
+    with ThreadPoolExecutor(max_workers=connections) as pool:
         layers = list(pool.map(lambda href: _read_band(href, crs, bounds, resolution), hrefs))
     return np.stack(layers), from_origin(bounds[0], bounds[3], resolution, resolution), crs
 
