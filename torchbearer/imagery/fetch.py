@@ -75,7 +75,7 @@ def http_client(env: Lookup, auth_hosts: tuple[str, ...] = (), slots_dir: Path |
         except ValueError:
             raise ValueError(f"{name}={raw!r} is not a number") from None
 
-    retry = RetryPolicy(attempts=int(number("TORCHBEARER_HTTP_RETRIES", 6)),
+    retry = RetryPolicy(attempts=max(1, int(number("TORCHBEARER_HTTP_RETRIES", 6))),
                         backoff_s=number("TORCHBEARER_HTTP_BACKOFF_S", 2.0))  # fmt: skip
     connections = max(1, min(MAX_CONNECTIONS, int(number("TORCHBEARER_HTTP_CONNECTIONS", MAX_CONNECTIONS))))
     slots = ConnectionSlots(slots_dir, MAX_CONNECTIONS) if slots_dir is not None else None
@@ -94,7 +94,8 @@ def _pick(spec: ImagerySpec, found: list[Scene]) -> list[Scene]:
             f"{spec.source}: no scene found ({_describe_search(spec)}; {len(found)} hits before picking): "
             "widen dates or max_cloud, or check the aoi"
         )
-    log.info("%s: picked %s", spec.source, ", ".join(f"{s.stem} ({s.cloud} % cloud)" for s in scenes))
+    picked = ", ".join(f"{s.stem} ({'?' if s.cloud is None else f'{s.cloud:.0f}'} % cloud)" for s in scenes)
+    log.info("%s: picked %s", spec.source, picked)
     return scenes
 
 

@@ -94,7 +94,9 @@ class ImagerySpec(StrictModel):
     tiles: list[str] = Field(default_factory=list, description="MGRS tiles to keep, e.g. 29UNU (all if empty)")
     resolution: Literal[10, 20, 60] = Field(20, description="metres")
     max_scenes: int = Field(1, ge=1, le=500, description="at most this many scenes")
-    pick: Literal["least-cloud", "newest"] = "least-cloud"
+    pick: Literal["least-cloud", "newest"] = Field(
+        "least-cloud", description="least-cloud: lowest scene cloud cover, ties to the newest; newest: latest"
+    )
     paths: list[str] = Field(
         default_factory=list, description="local: SAFE folders or zips, GeoTIFFs, or folders of them"
     )
