@@ -13,13 +13,9 @@ import torch
 from torch import nn
 
 from torchbearer.ml.checkpoint import CheckpointError, read_checkpoint, state_dict_of
+from torchbearer.ml.names import ARCHITECTURES, FARSEG_BACKBONES
 
 log = logging.getLogger(__name__)
-
-#: Architectures and their default backbone (None: the architecture has none to choose).
-ARCHITECTURES: dict[str, str | None] = {"fcn": None, "farseg": "resnet50", "unet": "resnet34"}
-#: Backbones TorchGeo's FarSeg accepts.
-FARSEG_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 class ModelError(ValueError):

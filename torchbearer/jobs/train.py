@@ -1,0 +1,376 @@
+"""The ``train`` kind: a segmentation model trained on Sentinel-2 scenes and georeferenced masks.
+
+```yaml
+name: fcn
+kind: train
+scenes: [data/S2A_MSIL2A_…_T29UNU_….SAFE]   # SAFE folders or GeoTIFFs (globs allowed); or an imagery: block
+resolution: 60                              # with scenes: 20 (10 bands) or 60 (11 bands)
+masks: masks/t29unu_cloud.tif               # GeoTIFF (any CRS), vector labels, or a folder of them
+classes: [clear, cloud]
+model: {arch: fcn}                          # fcn | farseg (backbone resnet18…101) | unet (any smp encoder)
+train: {epochs: 20, batch_size: 16, patch_size: 64, lr: 1.0e-3, early_stopping: {monitor: val/iou, patience: 5}}
+```
+The run folder gets ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt`` (each with the model card),
+TensorBoard and CSV logs under ``logs/``, and ``plot_{i}.png``. A job stopped by SIGTERM saves ``last.ckpt``
+after its current step; its next attempt (or one after a ``kill -9``) resumes from ``last.ckpt``. Heavy imports
+happen inside :func:`run`: reading job files stays light.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from torchbearer.imagery.spec import ImagerySpec
+from torchbearer.jobs import JobKind, register
+from torchbearer.ml.names import ARCHITECTURES, FARSEG_BACKBONES, LOSSES, VAL_METRICS
+from torchbearer.spec import JobSpec, StrictModel
+
+if TYPE_CHECKING:
+    from torchbearer.context import JobContext
+    from torchbearer.ml.datamodules import SegmentationDataModule
+    from torchbearer.ml.tasks import SegmentationTask
+
+log = logging.getLogger(__name__)
+
+
+class ModelSpec(StrictModel):
+    """Which network: ``arch``, its ``backbone`` (default per arch), initial ``weights``."""
+
+    arch: Literal["fcn", "farseg", "unet"] = "fcn"
+    backbone: str | None = Field(None, description="farseg: resnet18/34/50/101; unet: an smp encoder; fcn: none")
+    weights: str | None = Field(None, description="null (random), imagenet, or a checkpoint path")
+
+    @model_validator(mode="after")
+    def _backbone(self) -> ModelSpec:
+        if self.arch == "fcn" and self.backbone is not None:
+            raise ValueError("fcn has no backbone: leave backbone out")
+        if self.arch == "farseg" and self.backbone not in (None, *FARSEG_BACKBONES):
+            raise ValueError(f"farseg backbone must be one of {', '.join(FARSEG_BACKBONES)}")
+        if self.arch == "fcn" and self.weights == "imagenet":
+            raise ValueError("fcn has no ImageNet weights: use null or a checkpoint path")
+        return self
+
+
+class EarlyStoppingSpec(StrictModel):
+    """Stop when ``monitor`` has not improved for ``patience`` validation epochs."""
+
+    monitor: str = "val/iou"
+    patience: int = Field(5, ge=1, le=1000, description="epochs without improvement")
+    mode: Literal["max", "min"] | None = Field(None, description="default: min for a loss, max otherwise")
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor(cls, value: str) -> str:
+        if value not in VAL_METRICS and not value.startswith(("val/iou/", "val/f1/")):
+            raise ValueError(f"monitor {value!r}: use one of {', '.join(VAL_METRICS)} or val/iou/<class>")
+        return value
+
+    @property
+    def direction(self) -> Literal["max", "min"]:
+        return self.mode or ("min" if self.monitor.endswith("loss") else "max")
+
+
+class SplitSpec(StrictModel):
+    """Spatial split of the labelled area into square blocks dealt to train / validation / test."""
+
+    block_size: int | None = Field(None, ge=32, description="pixels; default twice the patch size")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of labelled blocks for validation")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="share of labelled blocks for the test")
+
+
+class TrainOptions(StrictModel):
+    """How to train."""
+
+    epochs: int = Field(20, ge=1, le=100_000)
+    batch_size: int = Field(16, ge=1, le=4096)
+    patch_size: int = Field(256, ge=32, le=4096, description="pixels, a multiple of 32")
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
+    samples_per_epoch: int | None = Field(None, ge=1, description="training patches an epoch (default: area)")
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    augment: bool = Field(True, description="random flips and 90° rotations")
+    num_workers: int | Literal["auto"] = Field("auto", description="DataLoader workers; auto: 0 on CPU")
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field("auto", description="auto: mixed on GPU")
+    seed: int = Field(0, ge=0)
+    plots: int = Field(4, ge=0, le=100, description="validation patches drawn as plot_{i}.png")
+
+    @field_validator("patch_size")
+    @classmethod
+    def _multiple_of_32(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError(f"patch_size {value} must be a multiple of 32 (U-Net and FarSeg downsample by 32)")
+        return value
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 64:
+            raise ValueError("num_workers must be between 0 and 64, or auto")
+        return value
+
+
+class TrainSpec(JobSpec):
+    """A training job. ``scenes`` is shorthand for ``imagery: {source: local, paths: …, resolution: …}``."""
+
+    kind: Literal["train"] = "train"
+    imagery: ImagerySpec | None = Field(None, description="where the scenes come from")
+    scenes: list[str] = Field(default_factory=list, description="SAFE folders or GeoTIFFs, globs allowed")
+    resolution: Literal[10, 20, 60] | None = Field(None, description="metres, with scenes (default 20)")
+    bands: list[str] | None = Field(None, description="a subset of the stack's bands (default: all)")
+    masks: str | list[str] = Field(description="mask GeoTIFFs / vector labels, or folders of them")
+    class_field: str | None = Field(None, description="vector attribute holding the class (name or index)")
+    task: Literal["binary", "multiclass"] = "binary"
+    classes: list[str] | None = Field(None, description="class names; binary default [background, target]")
+    loss: Literal["ce", "bce", "dice", "jaccard", "focal"] | None = Field(None, description="default bce / ce")
+    class_weights: list[float] | None = Field(None, description="per class, for ce and bce")
+    ignore_index: int = Field(255, ge=0, le=255, description="mask value that carries no label")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainOptions = Field(default_factory=TrainOptions)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainSpec:
+        if bool(self.scenes) == (self.imagery is not None):
+            raise ValueError("give either scenes (paths) or an imagery block, not both and not neither")
+        if self.imagery is not None and self.resolution is not None:
+            raise ValueError("resolution goes inside the imagery block")
+        classes = self.class_names
+        if self.task == "binary" and len(classes) != 2:
+            raise ValueError(f"a binary task has 2 classes (background, target), got {len(classes)}")
+        if self.task == "multiclass" and len(classes) < 2:
+            raise ValueError("a multiclass task needs at least 2 classes")
+        if len(set(classes)) != len(classes):
+            raise ValueError("class names must differ")
+        if self.ignore_index < len(classes):
+            raise ValueError(f"ignore_index {self.ignore_index} is a class index (0 … {len(classes) - 1})")
+        if self.loss is not None and self.loss not in LOSSES[self.task]:
+            raise ValueError(f"loss {self.loss} does not fit a {self.task} task: use {', '.join(LOSSES[self.task])}")
+        if self.class_weights is not None:
+            if len(self.class_weights) != len(classes):
+                raise ValueError(f"class_weights has {len(self.class_weights)} values for {len(classes)} classes")
+            if any(w <= 0 for w in self.class_weights):
+                raise ValueError("class_weights must be positive")
+            if self.loss_name not in ("ce", "bce"):
+                raise ValueError(f"class_weights work with the ce and bce losses, not {self.loss_name}")
+        stopping = self.train.early_stopping
+        if (
+            stopping is not None
+            and stopping.monitor.count("/") == 2
+            and stopping.monitor.rsplit("/", 1)[1] not in classes
+        ):
+            raise ValueError(f"early_stopping monitor {stopping.monitor}: no such class in {classes}")
+        return self
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.classes or (["background", "target"] if self.task == "binary" else [])
+
+    @property
+    def loss_name(self) -> str:
+        return self.loss or LOSSES[self.task][0]
+
+    @property
+    def backbone(self) -> str | None:
+        return self.model.backbone or ARCHITECTURES[self.model.arch]
+
+
+# -- running ---------------------------------------------------------------------------------------------------
+
+
+def scene_stacks(spec: TrainSpec, ctx: JobContext) -> tuple[list[Path], int]:
+    """The stacked scenes (fetched / stacked where needed) and their resolution in metres."""
+    from torchbearer.jobs.download import fetch_for_job
+
+    imagery = spec.imagery
+    if imagery is None:
+        paths = []
+        for pattern in spec.scenes:
+            resolved = ctx.resolve(pattern)
+            if glob.has_magic(str(resolved)):
+                matches = sorted(glob.glob(str(resolved)))
+                if not matches:
+                    raise FileNotFoundError(f"scenes: {pattern!r} matches nothing")
+                paths += [str(ctx.resolve(m)) for m in matches]
+            else:
+                paths.append(str(resolved))
+        imagery = ImagerySpec(source="local", paths=paths, resolution=spec.resolution or 20)
+    return fetch_for_job(imagery, ctx), imagery.resolution
+
+
+def _num_workers(spec: TrainSpec, cuda: bool) -> int:
+    if spec.train.num_workers != "auto":
+        return int(spec.train.num_workers)
+    # Patches are cut from scenes in memory: the main process keeps a CPU run fed; a GPU wants a few helpers.
+    return min(4, (os.cpu_count() or 2) // 2) if cuda else 0
+
+
+def _precision(spec: TrainSpec, cuda: bool) -> str:
+    if spec.train.precision != "auto":
+        return "32-true" if spec.train.precision == "32" else spec.train.precision
+    if not cuda:
+        return "32-true"
+    import torch
+
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def build_datamodule(spec: TrainSpec, ctx: JobContext, stacks: list[Path], resolution: int, cuda: bool):
+    """The DataModule of ``spec`` over ``stacks``, set up (scenes read, split made, statistics checked)."""
+    from torchbearer.ml.datamodules import SegmentationDataModule, SplitOptions
+
+    masks = [ctx.resolve(m) for m in ([spec.masks] if isinstance(spec.masks, str) else spec.masks)]
+    split = spec.train.split
+    datamodule = SegmentationDataModule(
+        stacks,
+        masks,
+        spec.class_names,
+        resolution=resolution,
+        bands=spec.bands,
+        class_field=spec.class_field,
+        patch_size=spec.train.patch_size,
+        batch_size=spec.train.batch_size,
+        split=SplitOptions(split.block_size or 2 * spec.train.patch_size, split.val_fraction, split.test_fraction),
+        samples_per_epoch=spec.train.samples_per_epoch,
+        num_workers=_num_workers(spec, cuda),
+        seed=spec.train.seed,
+        augment=spec.train.augment,
+    )
+    datamodule.setup()
+    return datamodule
+
+
+def build_task(spec: TrainSpec, ctx: JobContext, datamodule: SegmentationDataModule, resolution: int, resuming: bool):
+    """The LightningModule with its model card (bands, classes, normalisation of this training data)."""
+    from torchbearer.ml.checkpoint import ModelCard
+    from torchbearer.ml.tasks import SegmentationTask
+
+    card = ModelCard(
+        arch=spec.model.arch,
+        backbone=spec.backbone,
+        in_channels=datamodule.in_channels,
+        num_classes=len(spec.class_names),
+        classes=spec.class_names,
+        task=spec.task,
+        bands=list(datamodule.bands or []),
+        resolution=float(resolution),
+        norm={"mean": datamodule.mean, "std": datamodule.std},
+    )
+    weights = spec.model.weights
+    if weights not in (None, "imagenet"):
+        weights = str(ctx.resolve(weights))
+    return SegmentationTask(
+        card.to_dict(),
+        weights=None if resuming else weights,  # a resumed run takes every weight from last.ckpt
+        loss=spec.loss_name,
+        class_weights=spec.class_weights,
+        ignore_index=spec.ignore_index,
+        lr=spec.train.lr,
+        weight_decay=spec.train.weight_decay,
+        scheduler=spec.train.scheduler,
+        max_epochs=spec.train.epochs,
+    )
+
+
+def write_plots(task: SegmentationTask, datamodule: SegmentationDataModule, count: int, run_dir: Path) -> list[Path]:
+    """``plot_{i}.png`` for the first ``count`` validation patches, predicted by ``task``'s model."""
+    import torch
+
+    from torchbearer.ml.plots import save_plot
+
+    paths: list[Path] = []
+    task.eval()
+    with torch.inference_mode():
+        for batch in datamodule.val_dataloader():
+            predicted = task.predict_classes(task(batch["image"].to(task.device))).cpu().numpy()
+            for image, mask, prediction in zip(batch["image"].numpy(), batch["mask"].numpy(), predicted, strict=True):
+                if len(paths) == count:
+                    return paths
+                path = run_dir / f"plot_{len(paths)}.png"
+                paths.append(save_plot(path, image, mask, prediction, task.card.bands, task.card.classes))
+    return paths
+
+
+def run(spec: TrainSpec, ctx: JobContext) -> None:
+    """Prepare the data, train (resuming from ``last.ckpt`` when there is one), record the products."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from torchbearer.context import JobInterrupted
+    from torchbearer.ml.callbacks import ProgressReporter, StopOnRequest, TrainingStopped
+
+    ctx.progress("preparing data", force=True)
+    cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
+    stacks, resolution = scene_stacks(spec, ctx)
+    L.seed_everything(spec.train.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(spec, ctx, stacks, resolution, cuda)
+    ctx.check_stop()
+
+    checkpoints = ctx.run_dir / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    resume = last if last.is_file() else None
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    task = build_task(spec, ctx, datamodule, resolution, resuming=resume is not None)
+    stopping = spec.train.early_stopping
+    monitor, mode = (stopping.monitor, stopping.direction) if stopping else ("val/iou", "max")
+    best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                           save_last=True, auto_insert_metric_name=False)  # fmt: skip
+    callbacks: list[Any] = [
+        best,
+        LearningRateMonitor(logging_interval="epoch"),
+        ProgressReporter(ctx.progress, ctx.metrics),
+        StopOnRequest(lambda: ctx.should_stop, last),
+    ]
+    if stopping is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=stopping.patience))
+    logs, version = ctx.run_dir / "logs", f"attempt-{ctx.attempt}"  # a resumed attempt logs next to the earlier
+    trainer = L.Trainer(
+        max_epochs=spec.train.epochs,
+        accelerator="gpu" if cuda else "cpu",
+        devices=1,
+        precision=_precision(spec, cuda),
+        logger=[
+            TensorBoardLogger(logs, name="tensorboard", version=version),
+            CSVLogger(logs, name="csv", version=version),
+        ],
+        callbacks=callbacks,
+        default_root_dir=ctx.run_dir,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+    )
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
+    except (TrainingStopped, SIGTERMException) as exc:
+        raise JobInterrupted(f"training {exc or 'stopped on SIGTERM'}; resumes from {last.name}") from None
+    ctx.check_stop()
+
+    best_path = Path(best.best_model_path) if best.best_model_path else last
+    ctx.output(last, "checkpoint")
+    ctx.output(best_path, "best_checkpoint")
+    ctx.output(logs, "log")
+    if datamodule.split is not None and datamodule.split.test:
+        ctx.progress("validating", force=True)
+        results = trainer.test(task, datamodule=datamodule, ckpt_path=str(best_path), verbose=False)
+        ctx.metrics({k: float(v) for k, v in results[0].items()}, step=trainer.global_step)
+    if spec.train.plots:
+        ctx.progress("writing", force=True)
+        task.load_state_dict(torch.load(best_path, map_location=task.device, weights_only=True)["state_dict"])
+        for path in write_plots(task, datamodule, spec.train.plots, ctx.run_dir):
+            ctx.output(path, "plot")
+    log.info("best %s = %s at %s", monitor, best.best_model_score, best_path)
+
+
+register(JobKind("train", TrainSpec, run, "train a segmentation model on Sentinel-2 scenes and masks"))

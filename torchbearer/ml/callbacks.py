@@ -1,0 +1,163 @@
+"""Lightning callbacks that tie training to the outside world without knowing the queue.
+
+:class:`ProgressReporter` hands progress and metrics to two callables (a job passes ``ctx.progress`` and
+``ctx.metrics``); :class:`StopOnRequest` saves ``last.ckpt`` at the end of a training step once a callable says
+to stop (a job passes ``lambda: ctx.should_stop``), so the run resumes there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+log = logging.getLogger(__name__)
+
+Report = Callable[..., Any]
+Metrics = Callable[..., Any]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().float().cpu().item() if value.numel() == 1 else None
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+class ProgressReporter(L.Callback):
+    """Report stage, epoch, step, total steps, loss, learning rate, samples/s, data-wait share and ETA.
+
+    Step reports go out at most every ``interval_s`` seconds; validation metrics once per epoch. The data-wait
+    share is the time between the end of one training step and the start of the next (the DataLoader's wait
+    and hooks) over the whole step time, measured over the reporting interval.
+    """
+
+    def __init__(self, report: Report, metrics: Metrics, interval_s: float = 1.0) -> None:
+        self.report = report
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self._window_start = 0.0
+        self._batch_start = 0.0
+        self._last_end: float | None = None
+        self._wait = 0.0
+        self._busy = 0.0
+        self._samples = 0
+        self._step_times: list[float] = []
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def total_steps(trainer: L.Trainer) -> int | None:
+        """Optimizer steps of the whole run if it goes to ``max_epochs`` (early stopping may end it sooner)."""
+        per_epoch = trainer.num_training_batches
+        if not isinstance(per_epoch, int) or trainer.max_epochs is None or trainer.max_epochs < 0:
+            return None
+        return per_epoch * trainer.max_epochs
+
+    @staticmethod
+    def learning_rate(trainer: L.Trainer) -> float | None:
+        return trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+
+    def _eta(self, trainer: L.Trainer) -> float | None:
+        total = self.total_steps(trainer)
+        if total is None or not self._step_times:
+            return None
+        per_step = sum(self._step_times) / len(self._step_times)
+        return max(0, total - trainer.global_step) * per_step
+
+    # -- hooks ---------------------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._window_start = time.perf_counter()
+        self.report("training", done=trainer.global_step, total=self.total_steps(trainer), unit="steps",
+                    epoch=trainer.current_epoch, step=trainer.global_step, force=True)  # fmt: skip
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_end = None  # the first batch of an epoch waits for workers to start: not a data wait
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        now = time.perf_counter()
+        if self._last_end is not None:
+            self._wait += now - self._last_end
+        self._batch_start = now
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        now = time.perf_counter()
+        self._busy += now - self._batch_start
+        self._samples += len(batch["image"]) if isinstance(batch, dict) else 0
+        if self._last_end is not None:
+            self._step_times.append(now - self._last_end)
+            self._step_times = self._step_times[-200:]
+        self._last_end = now
+        elapsed = now - self._window_start
+        if elapsed < self.interval_s:
+            return
+        loss = _number(outputs.get("loss") if isinstance(outputs, dict) else outputs)
+        lr = self.learning_rate(trainer)
+        values = {
+            "train/loss": loss,
+            "lr": lr,
+            "samples_per_s": self._samples / elapsed,
+            "data_wait_share": self._wait / (self._wait + self._busy) if self._wait + self._busy > 0 else None,
+        }
+        values = {k: v for k, v in values.items() if v is not None}
+        self.metrics(values, step=trainer.global_step, epoch=trainer.current_epoch)
+        fields = {("loss" if k == "train/loss" else k): v for k, v in values.items()}
+        self.report("training", done=trainer.global_step, total=self.total_steps(trainer), unit="steps",
+                    epoch=trainer.current_epoch, step=trainer.global_step, eta_s=self._eta(trainer),
+                    max_epochs=trainer.max_epochs, **fields)  # fmt: skip
+        self._window_start, self._wait, self._busy, self._samples = now, 0.0, 0.0, 0
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.report("validating", epoch=trainer.current_epoch, step=trainer.global_step, force=True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        values = {k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+        values = {k.replace("_epoch", ""): v for k, v in values.items() if v is not None and not k.endswith("_step")}
+        self.metrics(values, step=trainer.global_step, epoch=trainer.current_epoch)
+        self.report("training", done=trainer.global_step, total=self.total_steps(trainer), unit="steps",
+                    epoch=trainer.current_epoch, step=trainer.global_step, eta_s=self._eta(trainer),
+                    max_epochs=trainer.max_epochs, force=True, **values)  # fmt: skip
+        self._window_start, self._wait, self._busy, self._samples = time.perf_counter(), 0.0, 0.0, 0
+        self._last_end = None
+
+
+class StopOnRequest(L.Callback):
+    """Save ``checkpoint`` after the current training step and stop once ``should_stop()`` is true.
+
+    Raises :class:`TrainingStopped` out of ``trainer.fit`` (Lightning's own SIGTERM exception may come first:
+    it is raised right after this hook, with the checkpoint already saved).
+    """
+
+    def __init__(self, should_stop: Callable[[], bool], checkpoint: Path) -> None:
+        self.should_stop = should_stop
+        self.checkpoint = Path(checkpoint)
+        self.saved = False
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.should_stop() and not self.saved:
+            trainer.save_checkpoint(self.checkpoint)
+            self.saved = True
+            log.warning("stop requested: saved %s at epoch %d, step %d", self.checkpoint, trainer.current_epoch,
+                        trainer.global_step)  # fmt: skip
+            raise TrainingStopped(f"stopped at epoch {trainer.current_epoch}, step {trainer.global_step}")
+
+
+class TrainingStopped(Exception):
+    """Training stopped on request after saving its checkpoint."""
