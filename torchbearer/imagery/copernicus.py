@@ -307,11 +307,13 @@ def _checker(entry: ManifestEntry) -> Callable[[Path], bool]:
 
 def _manifest_size(client: HttpClient, endpoints: CdseEndpoints, scene: Scene) -> int | None:
     """Size of manifest.safe from the product's root Nodes listing (None if it does not say)."""
-    listing = client.get_json(node_url(endpoints, scene) + "/Nodes", authorized=True)
+    listing = client.get_json(node_url(endpoints, scene) + "/Nodes", authorized=True)  # 404: no such product
     entries = listing.get("result", []) if isinstance(listing, dict) else []
-    size = next((e.get("ContentLength") for e in entries if e.get("Name") == "manifest.safe"), None)
-    if not entries:
-        raise HttpError(f"{scene.name}: the Nodes listing of the product is empty")
+    size = next(
+        (e.get("ContentLength") for e in entries if isinstance(e, dict) and e.get("Name") == "manifest.safe"), None
+    )
+    if size is None:
+        log.warning("%s: the Nodes listing gives no size for manifest.safe; fetching it unchecked", scene.name)
     return int(size) if isinstance(size, int) and size > 0 else None
 
 
