@@ -76,6 +76,7 @@ class QueueWatcher(FileSystemEventHandler):
             seen = self._seen.setdefault(path, _Seen(changed_at=time.monotonic()))
             if event.event_type in ("closed", "moved"):
                 seen.closed, seen.writing = True, False
+                seen.size = -1  # the writes before this close are not news: ready() must not undo the close
             elif event.event_type in ("created", "modified"):
                 seen.closed, seen.writing = False, True
                 seen.changed_at = time.monotonic()
