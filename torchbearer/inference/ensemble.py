@@ -13,6 +13,7 @@ resumes at that row and writes the same bytes an uninterrupted run writes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,7 +32,15 @@ import torch
 from torch import nn
 
 from torchbearer.imagery.cache import StackInfo, band_indexes, stack_info
-from torchbearer.inference.stream import ForwardFn, Grid, GroupStream, Resampler, RowCache, StreamStats
+from torchbearer.inference.stream import (
+    ForwardFn,
+    Grid,
+    GroupStream,
+    Resampler,
+    RowCache,
+    StopRequested,
+    StreamStats,
+)
 from torchbearer.inference.windows import overlap_pixels
 from torchbearer.inference.writer import (
     NODATA,
@@ -413,6 +422,7 @@ def predict_scene(
             stream = GroupStream(
                 group.dataset, group.indexes, forward, members=len(group.members), classes=classes,
                 size=options.window, overlap=options.overlap, batch_size=options.batch_size, start_row=start,
+                should_stop=should_stop,
             )  # fmt: skip
             streams.append(stream)
             caches.append(RowCache(stream.strips(), resampler, start))
@@ -444,16 +454,19 @@ def predict_scene(
                     done = sum(s.stats.windows_done for s in streams)
                     report(done, windows_total, rate, left / rate if rate > 0 else None)
                 if row < out_grid.height and should_stop is not None and should_stop():
-                    background.join()
-                    for writer in writers.values():
-                        writer.close()
-                    record.save(row, first_started)
-                    raise PredictionInterrupted(row, out_grid.height)
+                    raise StopRequested
             background.join()
-        except BaseException:
+        except StopRequested:
+            background.join()
             for writer in writers.values():
-                if not writer.dataset.closed:
-                    writer.dataset.close()
+                writer.close()
+            record.save(row, first_started)
+            raise PredictionInterrupted(row, out_grid.height) from None
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                background.join()
+            for writer in writers.values():
+                writer.close()
             raise
 
         tags = {**_tags(members, options, first_started), FINGERPRINT_TAG: record.fingerprint}

@@ -80,6 +80,10 @@ class _RowOfWindows:
     skipped: int
 
 
+class StopRequested(Exception):
+    """``should_stop`` turned True between two batches: the strip in hand is abandoned (redone on resume)."""
+
+
 ForwardFn = Callable[[torch.Tensor], list[torch.Tensor]]
 """Runs every member of a group on a batch of DN windows; returns one probability tensor per member."""
 
@@ -94,6 +98,8 @@ class GroupStream:
         members: number of members; classes: channels of their probabilities.
         size: window size (pixels); overlap: fraction of it; batch_size: most windows per forward.
         start_row: first row to yield (rows before it are not computed unless a window needs them).
+        should_stop: polled before each batch; True raises :class:`StopRequested` (a batch can take seconds
+            on a CPU, a strip minutes, and a stop request must be answered within the supervisor's grace).
         prefetch: rows of windows the reader may read ahead.
     """
 
@@ -108,6 +114,7 @@ class GroupStream:
         overlap: float,
         batch_size: int,
         start_row: int = 0,
+        should_stop: Callable[[], bool] | None = None,
         prefetch: int = 2,
     ) -> None:
         self.dataset = dataset
@@ -119,6 +126,7 @@ class GroupStream:
         self.grid = WindowGrid.over(dataset.height, dataset.width, size, overlap)
         self.weights = GridWeights(self.grid, overlap_pixels(size, overlap))
         self.start_row = start_row
+        self.should_stop = should_stop or (lambda: False)
         self.start_index = self.grid.row_index(start_row)
         self.stats = StreamStats(windows_done=self.start_index * len(self.grid.cols))
         self._queue: queue.Queue[_RowOfWindows | BaseException | None] = queue.Queue(prefetch)
@@ -205,6 +213,8 @@ class GroupStream:
         r = grid.rows[row.index]
         h = min(size, grid.height - r)
         for batch in self._batches(len(row.cols)):
+            if self.should_stop():
+                raise StopRequested
             x = torch.from_numpy(np.stack([row.data[i] for i in batch]))
             probs = self.forward(x)
             self.stats.batches.append([(r, grid.cols[row.cols[i]]) for i in batch])

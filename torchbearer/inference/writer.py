@@ -82,8 +82,9 @@ class StripWriter:
         self.dataset.write(block, window=Window(0, row, width, rows))
 
     def close(self) -> None:
-        """Flush and close the partial file."""
-        self.dataset.close()
+        """Flush and close the partial file (again is a no-op)."""
+        if not self.dataset.closed:
+            self.dataset.close()
 
     def finish(
         self,

@@ -62,6 +62,7 @@ class PredictSpec(JobSpec):
     class_map: bool = Field(False, description="also write a class map (<output>.classes.tif)")
     member_maps: bool = Field(False, description="also write each member's map (<output>.<name>.tif)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    optimize: bool = Field(True, description="trace and freeze the models for a faster CPU forward")
 
     @model_validator(mode="before")
     @classmethod
@@ -157,7 +158,7 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
     scenes = scene_inputs(spec, ctx, sorted({int(m.card.resolution) for m in members}))
     options = PredictOptions(
         window=spec.window, overlap=spec.overlap, batch_size=spec.batch_size, combine=spec.combine, tta=spec.tta,
-        class_map=spec.class_map, member_maps=spec.member_maps, device=device,
+        class_map=spec.class_map, member_maps=spec.member_maps, device=device, optimize=spec.optimize,
     )  # fmt: skip
     for i, stacks in enumerate(scenes):
         output = output_path(spec, ctx, stacks, len(scenes))
