@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,9 +62,23 @@ def test_settings_choose_the_slurm_executor_and_its_slots(tmp_path):
     settings = Settings.load(tmp_path, environ=env)
     assert settings.slots == ("slurm1", "slurm2")
     assert settings.slurm_args == ("--time=1:00:00", "--constraint=a100|h100")
+    assert Settings.load(tmp_path, environ={}).executor == "local"
+
+
+def test_executor_from_settings_needs_sbatch_on_path(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("COPERNICUS_PASSWORD=hunter2\nTORCHBEARER_SLURM_GRES=gpu\n")
+    settings = Settings.load(tmp_path, environ={"TORCHBEARER_EXECUTOR": "slurm"})
+    if shutil.which("sbatch") is None:
+        with pytest.raises(SettingsError, match="sbatch is not on PATH"):
+            SlurmExecutor.from_settings(settings)
+        return
     executor = SlurmExecutor.from_settings(settings)
     assert executor.gres == "gpu" and executor.signal_lead_s == 60
-    assert Settings.load(tmp_path, environ={}).executor == "local"
+    # the worker reads the password from the env file: it is not copied into Slurm's job records
+    assert executor.secrets_in_env_file == {"COPERNICUS_PASSWORD"}
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SettingsError, match="sbatch is not on PATH"):
+        SlurmExecutor.from_settings(settings)
 
 
 @pytest.mark.parametrize(
@@ -77,9 +92,3 @@ def test_settings_choose_the_slurm_executor_and_its_slots(tmp_path):
 def test_bad_slurm_settings_say_which_variable(tmp_path, env, message):
     with pytest.raises(SettingsError, match=message):
         Settings.load(tmp_path, environ=env)
-
-
-def test_credentials_in_the_env_file_are_not_copied_into_slurm_jobs(tmp_path):
-    (tmp_path / ".env").write_text("COPERNICUS_PASSWORD=hunter2\n")
-    settings = Settings.load(tmp_path, environ={"TORCHBEARER_EXECUTOR": "slurm"})
-    assert SlurmExecutor.from_settings(settings).secrets_in_env_file == {"COPERNICUS_PASSWORD"}

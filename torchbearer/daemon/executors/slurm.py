@@ -18,12 +18,13 @@ import contextlib
 import logging
 import math
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchbearer.settings import SECRET_NAMES, Settings
+from torchbearer.settings import SECRET_NAMES, Settings, SettingsError
 from torchbearer.worker import EXIT_INTERRUPTED
 
 log = logging.getLogger("torchbearer.slurm")
@@ -235,7 +236,12 @@ class SlurmExecutor:
     @classmethod
     def from_settings(cls, settings: Settings) -> SlurmExecutor:
         """The executor ``TORCHBEARER_SLURM_*`` describe; the worker is warned ``kill_grace_s`` (at least
-        60 s) before its time limit."""
+        60 s) before its time limit. Refuses (:class:`SettingsError`) where ``sbatch`` is not on PATH."""
+        if shutil.which("sbatch") is None:
+            raise SettingsError(
+                "TORCHBEARER_EXECUTOR=slurm, but sbatch is not on PATH: run the daemon where the Slurm client "
+                "is installed and configured, or use the local executor"
+            )
         return cls(
             partition=settings.slurm_partition,
             extra_args=settings.slurm_args,
@@ -314,7 +320,7 @@ class SlurmExecutor:
             return
         try:
             states = query_active(list(self.workers))
-            for job_id, worker in self.workers.items():
+            for job_id, worker in list(self.workers.items()):  # a signal handler's kill() may refresh too
                 state = states.get(job_id)
                 if state is None or state in ENDED_STATES:
                     worker.settle(query_ended(job_id))
