@@ -324,8 +324,9 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     task = build_task(spec, ctx, datamodule, resolution, resuming=resume is not None)
     stopping = spec.train.early_stopping
     monitor, mode = (stopping.monitor, stopping.direction) if stopping else ("val/iou", "max")
+    # Saved when validation ends, before the epoch-end hooks where a stop request is honoured.
     best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                           save_last=True, auto_insert_metric_name=False)  # fmt: skip
+                           save_last=True, auto_insert_metric_name=False, save_on_train_epoch_end=False)  # fmt: skip
     callbacks: list[Any] = [
         best,
         LearningRateMonitor(logging_interval="epoch"),
@@ -349,12 +350,12 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        log_every_n_steps=10,
+        log_every_n_steps=max(1, min(50, datamodule.train_samples // spec.train.batch_size)),
     )
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
     except (TrainingStopped, SIGTERMException) as exc:
-        raise JobInterrupted(f"training {exc or 'stopped on SIGTERM'}; resumes from {last.name}") from None
+        raise JobInterrupted(f"training {str(exc) or 'stopped on SIGTERM'}; resumes from {last.name}") from None
     ctx.check_stop()
 
     best_path = Path(best.best_model_path) if best.best_model_path else last

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,26 +139,42 @@ class ProgressReporter(L.Callback):
 
 
 class StopOnRequest(L.Callback):
-    """Save ``checkpoint`` after the current training step and stop once ``should_stop()`` is true.
+    """Stop at a safe point once ``should_stop()`` is true, with ``checkpoint`` (``last.ckpt``) saved.
 
-    Raises :class:`TrainingStopped` out of ``trainer.fit`` (Lightning's own SIGTERM exception may come first:
-    it is raised right after this hook, with the checkpoint already saved).
+    In the middle of an epoch: after the current training step, saving ``checkpoint`` (the run resumes within
+    the epoch). During an epoch's last step or its validation: at the epoch's end, once the epoch-end
+    ``last.ckpt`` is written (a checkpoint taken before validation would resume past it). Either way
+    :class:`TrainingStopped` leaves ``trainer.fit``.
+
+    Lightning installs its own SIGTERM handler for the run, which aborts validation half-way; the handler that
+    was in place when this callback was made (a job's, which only sets ``should_stop``) is put back.
     """
 
     def __init__(self, should_stop: Callable[[], bool], checkpoint: Path) -> None:
         self.should_stop = should_stop
         self.checkpoint = Path(checkpoint)
-        self.saved = False
+        self.handler = signal.getsignal(signal.SIGTERM)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if callable(self.handler) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.handler)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.should_stop() and not self.saved:
-            trainer.save_checkpoint(self.checkpoint)
-            self.saved = True
-            log.warning("stop requested: saved %s at epoch %d, step %d", self.checkpoint, trainer.current_epoch,
-                        trainer.global_step)  # fmt: skip
-            raise TrainingStopped(f"stopped at epoch {trainer.current_epoch}, step {trainer.global_step}")
+        if not self.should_stop() or batch_idx + 1 >= trainer.num_training_batches:
+            return
+        trainer.save_checkpoint(self.checkpoint)
+        self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.should_stop():  # the epoch-end checkpoint was saved when validation ended
+            self._stop(trainer)
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        log.warning("stop requested: %s saved at %s", self.checkpoint.name, where)
+        raise TrainingStopped(f"stopped at {where}")
 
 
 class TrainingStopped(Exception):

@@ -1,0 +1,62 @@
+"""A train job stopped by SIGTERM (daemon stop) or killed with kill -9 resumes from last.ckpt: epochs already
+done are not redone, the step count and the best score carry on."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import wait_for, wait_state, write_job
+from tests.daemon.conftest import job_named
+from tests.ml.conftest import train_yaml
+from torchbearer.store import pid_alive
+
+EPOCHS = 3
+
+
+def _running_in(store, name: str, epoch: int, step: int):
+    job = wait_state(store, job_named(store, name).id, "running", timeout=60)
+    wait_for(lambda: (p := store.latest_progress(job.id)) and (p["epoch"] or 0) >= epoch and (p["step"] or 0) >= step,
+             180, 0.02, what=f"{name} to reach epoch {epoch}, step {step}")  # fmt: skip
+    return store.job(job.id)
+
+
+def _check_resumed(store, job_id: int, run_dir: Path, per_epoch: int) -> None:
+    job = wait_state(store, job_id, {"succeeded", "failed"}, timeout=300)
+    assert job.state == "succeeded", (job.reason, (run_dir / "log.txt").read_text()[-3000:])
+    first, second = store.attempts(job_id)
+    assert first["outcome"] == "interrupted"
+    epochs = [m["epoch"] for m in store.metrics(job_id, "val/iou")]
+    assert sorted(epochs) == list(range(EPOCHS)), epochs  # every epoch validated exactly once
+    resumed = store.query("SELECT MIN(step) AS step FROM progress WHERE job_id = ? AND time > ? AND step > 0",
+                          [job_id, second["started_at"]])[0]["step"]  # fmt: skip
+    assert resumed > per_epoch  # the step count went on from the checkpoint
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == EPOCHS - 1 and last["global_step"] == EPOCHS * per_epoch
+    best = max(m["value"] for m in store.metrics(job_id, "val/iou"))
+    (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert float(state["best_model_score"]) == pytest.approx(best)
+    assert "resuming from" in (run_dir / "log.txt").read_text()
+
+
+def test_resume_after_sigterm(sample_project, store, daemon) -> None:
+    write_job(sample_project.queue_dir, "long.yaml", train_yaml("long", epochs=EPOCHS, samples=64))
+    job = _running_in(store, "long", 1, 9)  # early in the second epoch of 8 steps: it stops within it
+    assert daemon.stop() == 0
+    assert store.job(job.id).state == "interrupted"
+    daemon.start()
+    _check_resumed(store, job.id, Path(job.run_dir), per_epoch=8)
+
+
+def test_resume_after_kill9(sample_project, store, daemon) -> None:
+    write_job(sample_project.queue_dir, "long.yaml", train_yaml("long", epochs=EPOCHS, samples=16))
+    job = _running_in(store, "long", 2, 5)  # in the third epoch of 2 steps: last.ckpt holds the second
+    daemon.kill9()
+    os.killpg(job.pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(job.pid), 10, what="the worker to die")
+    daemon.start()
+    _check_resumed(store, job.id, Path(job.run_dir), per_epoch=2)
