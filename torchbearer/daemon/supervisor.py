@@ -122,7 +122,7 @@ class Supervisor:
         self.store = store
         self.executor = executor or executor_for(settings)
         self.running: dict[int, RunningJob] = {}
-        self.quick_failures = 0
+        self.quick_failures: set[int] = set()  # jobs whose latest attempt died within the crash window
         self._last_log_check = 0.0
 
     # -- slots ----------------------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ class Supervisor:
         now = time.time()
         common = {"finished_at": now, "exit_code": code, "pid": None, "stage": None, "eta_s": None}
         if code == 0 and outcome == "succeeded":  # first: a job that finished as a cancel or timeout hit is done
-            self.quick_failures = 0
+            self.quick_failures.clear()
             self._end(running, JobState.SUCCEEDED, None, outcome, code, {**common, "progress": 1.0})
         elif job.cancel_requested:
             self._end(running, JobState.CANCELLED, "cancelled on request", "cancelled", code, common)
@@ -275,7 +275,7 @@ class Supervisor:
             reason = (attempt.get("reason") or getattr(running.handle, "end_reason", None)
                       or describe_exit(code, killed_by_us=running.killed_by_us))  # fmt: skip
             self._fail(job, running, reason, code, common)
-            self._guard_crash_loop(elapsed)
+            self._guard_crash_loop(running.job_id, elapsed)
 
     def _end(self, running: RunningJob, state: JobState, reason: str | None, outcome: str, code: int | None,
              columns: dict) -> None:  # fmt: skip
@@ -295,19 +295,20 @@ class Supervisor:
             return
         self._end(running, JobState.FAILED, reason, "failed", code, columns)
 
-    def _guard_crash_loop(self, elapsed_s: float) -> None:
+    def _guard_crash_loop(self, job_id: int, elapsed_s: float) -> None:
+        # Distinct jobs, not attempts: one broken job retrying must not pause a whole night's queue.
         if elapsed_s > self.settings.crash_window_s:
-            self.quick_failures = 0
+            self.quick_failures.clear()
             return
-        self.quick_failures += 1
-        if self.quick_failures >= self.settings.crash_loop_count:
+        self.quick_failures.add(job_id)
+        if len(self.quick_failures) >= self.settings.crash_loop_count:
             reason = (
-                f"crash loop: {self.quick_failures} jobs in a row died within {self.settings.crash_window_s:.0f} s "
-                "of starting; fix the cause, then `torchbearer resume`"
+                f"crash loop: {len(self.quick_failures)} jobs in a row died within "
+                f"{self.settings.crash_window_s:.0f} s of starting; fix the cause, then `torchbearer resume`"
             )
             self.store.set_queue_paused(reason)
             log.error("queue paused: %s", reason)
-            self.quick_failures = 0
+            self.quick_failures.clear()
 
     # -- recovery -------------------------------------------------------------------------------------------
 
