@@ -46,3 +46,8 @@ def completions(settings: Settings) -> list[str]:
     """Lines of completions.log: one per probe job that succeeded (``<id> <name> <pid>``)."""
     path = settings.project_dir / "completions.log"
     return path.read_text().splitlines() if path.exists() else []
+
+
+def logged(process: DaemonProcess) -> str:
+    """The daemon's log with whitespace collapsed (rich wraps long lines)."""
+    return " ".join(process.log().split())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import wait_for, wait_state, write_job
-from tests.daemon.conftest import completions, job_named, probe
+from tests.daemon.conftest import completions, job_named, logged, probe
 from torchbearer import commands
 
 
@@ -31,7 +31,7 @@ def test_cancel_running_job_that_ignores_sigterm(project, store, tolerant_daemon
     commands.cancel(store, job.id)
     job = wait_state(store, job.id, "cancelled")
     assert job.exit_code == -9
-    assert "ignored SIGTERM for 1 s: SIGKILL" in tolerant_daemon.log()
+    assert "ignored SIGTERM for 1 s: SIGKILL" in logged(tolerant_daemon)
     assert completions(project) == []
 
 

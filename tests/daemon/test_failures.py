@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import wait_state, write_job
-from tests.daemon.conftest import job_named, probe
+from tests.daemon.conftest import job_named, logged, probe
 
 FAILURES = {
     "raise": ("RuntimeError: probe raise failed on purpose", "Traceback"),
@@ -43,7 +43,7 @@ def test_timeout_of_a_job_ignoring_sigterm_ends_with_sigkill(project, store, tol
     write_job(project.queue_dir, "stubborn.yaml", text)
     job = wait_state(store, job_named(store, "stubborn").id, "failed")
     assert job.reason.startswith("timed out after 1 s") and job.exit_code == -9
-    assert "ignored SIGTERM" in tolerant_daemon.log()
+    assert "ignored SIGTERM" in logged(tolerant_daemon)
 
 
 def test_retries_with_backoff(project, store, tolerant_daemon):

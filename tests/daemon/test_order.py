@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime
 
 from tests.conftest import wait_for, wait_state, write_job
-from tests.daemon.conftest import job_named
+from tests.daemon.conftest import job_named, logged
 from torchbearer import commands
 from torchbearer.daemon.scheduler import CronSchedules
 from torchbearer.ingest import submit_file
@@ -83,7 +83,7 @@ def test_cron_schedule_is_armed_and_a_firing_enqueues_a_job_the_daemon_runs(proj
     write_job(project.queue_dir, "nightly.yaml", "name: nightly\nkind: probe\nschedule: '*/5 * * * *'\n")
     (schedule,) = wait_for(store.schedules, what="the schedule in the store")
     assert schedule["cron"] == "*/5 * * * *" and store.jobs() == []
-    assert wait_for(lambda: "schedule nightly (*/5 * * * *) armed" in daemon.log(), what="armed in the daemon")
+    assert wait_for(lambda: "schedule nightly (*/5 * * * *) armed" in logged(daemon), what="armed in the daemon")
 
     fired: list[int] = []
     cron = CronSchedules(store, on_fire=lambda: fired.append(1))

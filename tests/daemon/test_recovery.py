@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from tests.conftest import DaemonProcess, wait_for, wait_state, write_job
-from tests.daemon.conftest import completions, job_named, probe
+from tests.daemon.conftest import completions, job_named, logged, probe
 from torchbearer import commands
 from torchbearer.ingest import INGESTING_PREFIX, ingest_queue_file, recover_claimed
 from torchbearer.store import NewJob, pid_alive
@@ -151,7 +151,17 @@ def test_crash_loop_guard_pauses_the_queue(project, store, daemon):
     assert paused["reason"].startswith("crash loop: 3 jobs in a row died within 10 s of starting")
     states = {j.name: j.state for j in store.jobs()}
     assert states == {"c1": "failed", "c2": "failed", "c3": "failed", "c4": "queued", "fine": "queued"}
-    assert "queue paused: crash loop" in daemon.log()
+    wait_for(lambda: "queue paused: crash loop" in logged(daemon), 10, what="the pause logged")
     commands.cancel(store, "c4")
     commands.resume(store)
     wait_state(store, job_named(store, "fine").id, "succeeded")
+
+
+def test_one_job_retrying_is_not_a_crash_loop(project, store, daemon):
+    """The guard counts jobs, not attempts: one broken job with retries must not pause the whole night."""
+    write_job(project.queue_dir, "flaky.yaml", probe("flaky", action="exit3", retries=3, retry_backoff=0, priority=1))
+    write_job(project.queue_dir, "fine.yaml", probe("fine"))
+    flaky = wait_state(store, job_named(store, "flaky").id, "failed")
+    assert flaky.attempts == 4
+    wait_state(store, job_named(store, "fine").id, "succeeded")
+    assert store.queue_paused() is None
