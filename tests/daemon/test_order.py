@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
-from tests.conftest import wait_for, wait_state, write_job
-from tests.daemon.conftest import job_named, logged
+from tests.conftest import DaemonProcess, wait_for, wait_state, write_job
+from tests.daemon.conftest import job_named, logged, stop_daemon
 from torchbearer import commands
 from torchbearer.daemon.scheduler import CronSchedules
 from torchbearer.ingest import submit_file
@@ -107,3 +108,41 @@ def test_schedule_submitted_without_daemon_is_kept(project, store, tmp_path):
     path.write_text("name: weekly\nkind: probe\nschedule: '0 3 * * 1'\n")
     assert submit_file(path, project.queue_dir, store) == []
     assert [s["name"] for s in store.schedules()] == ["weekly"]
+
+
+def _visible_devices(pid: int) -> str | None:
+    """CUDA_VISIBLE_DEVICES as a running process sees it."""
+    for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if item.startswith(b"CUDA_VISIBLE_DEVICES="):
+            return item.split(b"=", 1)[1].decode()
+    return None
+
+
+def test_one_job_per_device_slot(project, store, monkeypatch):
+    """Two GPU slots: two jobs run side by side, each seeing only its own GPU; a two-slot job waits for both;
+    a job needing more slots than the daemon has fails at once, with the reason."""
+    monkeypatch.setenv("TORCHBEARER_DEVICES", "0,1")
+    commands.pause(store)
+    write_job(project.queue_dir, "slots.yaml", (
+        "defaults: {kind: probe, steps: 20, step_s: 0.05}\njobs:\n"
+        "  - {name: one, priority: 3}\n  - {name: two, priority: 2}\n  - {name: both, devices: 2, priority: 1}\n"
+        "  - {name: greedy, devices: 3, priority: 9}\n"
+    ))  # fmt: skip
+    daemon = DaemonProcess(project).start()
+    try:
+        wait_for(lambda: len(store.jobs()) == 4, what="four jobs")
+        commands.resume(store)
+        one, two = (wait_state(store, job_named(store, name).id, "running") for name in ("one", "two"))
+        assert {(one.slot, _visible_devices(one.pid)), (two.slot, _visible_devices(two.pid))} == {
+            ("0", "0"),
+            ("1", "1"),
+        }
+        both = wait_state(store, job_named(store, "both").id, "running")
+        assert both.slot == "0,1" and _visible_devices(both.pid) == "0,1"
+        jobs = {name: wait_state(store, job_named(store, name).id, {"succeeded", "failed"}) for name in
+                ("one", "two", "both", "greedy")}  # fmt: skip
+    finally:
+        stop_daemon(daemon)
+    assert jobs["greedy"].state == "failed" and jobs["greedy"].reason == "needs 3 device slots; this daemon has 2"
+    assert jobs["two"].started_at < jobs["one"].finished_at  # side by side
+    assert jobs["both"].started_at >= max(jobs["one"].finished_at, jobs["two"].finished_at)
