@@ -118,6 +118,12 @@ def _visible_devices(pid: int) -> str | None:
     return None
 
 
+def _running(store, name):
+    """A job once running with its worker's pid recorded (the pid is written just after the claim)."""
+    job = job_named(store, name)
+    return wait_for(lambda: (j := store.job(job.id)).state == "running" and j.pid and j, what=f"{name} running")
+
+
 def test_one_job_per_device_slot(project, store, monkeypatch):
     """Two GPU slots: two jobs run side by side, each seeing only its own GPU; a two-slot job waits for both;
     a job needing more slots than the daemon has fails at once, with the reason."""
@@ -132,12 +138,12 @@ def test_one_job_per_device_slot(project, store, monkeypatch):
     try:
         wait_for(lambda: len(store.jobs()) == 4, what="four jobs")
         commands.resume(store)
-        one, two = (wait_state(store, job_named(store, name).id, "running") for name in ("one", "two"))
+        one, two = _running(store, "one"), _running(store, "two")
         assert {(one.slot, _visible_devices(one.pid)), (two.slot, _visible_devices(two.pid))} == {
             ("0", "0"),
             ("1", "1"),
         }
-        both = wait_state(store, job_named(store, "both").id, "running")
+        both = _running(store, "both")
         assert both.slot == "0,1" and _visible_devices(both.pid) == "0,1"
         jobs = {name: wait_state(store, job_named(store, name).id, {"succeeded", "failed"}) for name in
                 ("one", "two", "both", "greedy")}  # fmt: skip
