@@ -14,7 +14,6 @@ from torchbearer.store import JobState
 from torchbearer.tui.screens import JobScreen, MainScreen, SummaryScreen
 from torchbearer.tui.widgets.dialogs import ChoiceDialog, ConfirmDialog
 from torchbearer.tui.widgets.header import HeaderBar
-from torchbearer.tui.widgets.job_parts import FailurePanel, LogTail, MetricPlot, ProgressPanel
 
 pytestmark = pytest.mark.anyio  # the pilot tests run on asyncio through the anyio plugin
 
@@ -164,11 +163,11 @@ async def test_failed_job_view_shows_reason_and_traceback_tail(seeded, make_app)
         await select(pilot, seeded["unet"])
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, JobScreen) and app.screen.detail, what="the job view")
-        text = plain(app.screen.query_one(FailurePanel).content)
+        text = plain(app.screen.failure.content)
         assert "CUDA out of memory" in text and "failed: exit code 1" in text
         assert 'File "torchbearer/jobs/train.py", line 88' in text
         await pilot.press("l")
-        log = app.screen.query_one("#full-log", LogTail)
+        log = app.screen.logs[1]
         assert any("OutOfMemoryError" in line.text for line in log.lines)
         await pilot.press("escape")
         assert isinstance(app.screen, MainScreen) and app.poller.focus_job is None
@@ -181,16 +180,16 @@ async def test_running_job_view_shows_bars_curves_log_and_outputs(project, seede
         app.open_job(seeded["farseg"])
         await until(pilot, lambda: isinstance(app.screen, JobScreen) and app.screen.detail, what="the job view")
         screen = app.screen
-        progress = plain(screen.query_one(ProgressPanel).content)
+        progress = plain(screen.progress.content)
         assert "epoch 3/40  step 52/128" in progress and "ETA 1h33m" in progress
         assert "lr 8.50e-04" in progress and "samples/s 143" in progress
-        metric = screen.query_one("#metric-plot", MetricPlot)
+        metric = screen.metric_plot
         assert metric._shown[0][0] == "val/iou"
-        log = screen.query_one("#overview-log", LogTail)
+        log = screen.logs[0]
         await until(pilot, lambda: log.lines, what="log lines")
         warnings = [line for line in log.lines if "polygons outside" in line.text]
         assert warnings and any(seg.style and seg.style.color for seg in warnings[0])  # highlighted
-        assert screen.query_one("#overview-preview").pixels is not None  # the plot PNG, drawn
+        assert screen.previews[0].pixels is not None  # the plot PNG, drawn
 
 
 async def test_follows_a_live_job(project, store, daemon, make_app):
@@ -203,7 +202,7 @@ async def test_follows_a_live_job(project, store, daemon, make_app):
         job_id = next(iter(app.main_screen.table.rows))
         app.open_job(job_id)
         screen = await until(pilot, lambda: isinstance(app.screen, JobScreen) and app.screen.ready and app.screen)
-        plot = screen.query_one("#metric-plot", MetricPlot)
+        plot = screen.metric_plot
         seen_progress: set[float] = set()
 
         def moving() -> bool:
@@ -217,7 +216,7 @@ async def test_follows_a_live_job(project, store, daemon, make_app):
         await until(pilot, lambda: screen.detail.job.state == JobState.SUCCEEDED, timeout=30, what="success")
         await until(pilot, lambda: len(plot._shown[0][1]) == 30, what="every point of the curve")
         assert len(plot._shown[0][1]) > first_points
-        assert "100.0%" in plain(screen.query_one(ProgressPanel).content)
+        assert "100.0%" in plain(screen.progress.content)
         row = app.main_screen.table.rows[job_id]
         assert row.state == JobState.SUCCEEDED
 
@@ -227,7 +226,7 @@ async def test_morning_summary(seeded, make_app):
     async with app.run_test(size=(120, 40)) as pilot:
         await loaded(pilot)
         screen = await until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen, what="summary")
-        body = screen.query_one("#summary-body")
+        body = screen.body
         await until(pilot, lambda: "ended" in plain(body.content), what="the summary drawn")
         text = plain(body.content)
         assert "2 succeeded" in text and "1 failed" in text and "1 cancelled" in text

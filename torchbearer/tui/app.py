@@ -89,13 +89,19 @@ class TorchbearerApp(App):
         self.show_summary = show_summary
         self.last_opened: float | None = None
         self.loaded = False  # the first reading of the store is on screen
+        self._polling = False
 
     # -- life cycle -----------------------------------------------------------------------------------------
 
     def on_mount(self) -> None:
-        self.push_screen(MainScreen())
-        self.poll_store()
+        self.push_screen(MainScreen(clock=self.clock))
         self.set_interval(1.0, self.tick)
+
+    def start_polling(self) -> None:
+        """Start the reader, once the queue table is there to take its first reading."""
+        if not self._polling:
+            self._polling = True
+            self.poll_store()
 
     @work(thread=True, group="poller", name="poller")
     def poll_store(self) -> None:
@@ -153,8 +159,9 @@ class TorchbearerApp(App):
 
     @property
     def main_screen(self) -> MainScreen | None:
+        """The queue screen, once its table is mounted."""
         for screen in self.screen_stack:
-            if isinstance(screen, MainScreen):
+            if isinstance(screen, MainScreen) and screen.table.is_mounted:
                 return screen
         return None
 

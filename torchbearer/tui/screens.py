@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar
 
@@ -55,15 +56,16 @@ class MainScreen(Screen):
 
     app: TorchbearerApp
 
+    def __init__(self, *, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.table = QueueTable(clock=clock, id="queue")
+        self.selected_line = Static(id="selected")
+
     def compose(self) -> ComposeResult:
         yield HeaderBar()
-        yield QueueTable(clock=self.app.clock, id="queue")
-        yield Static(id="selected")
+        yield self.table
+        yield self.selected_line
         yield Footer()
-
-    @property
-    def table(self) -> QueueTable:
-        return self.query_one(QueueTable)
 
     @property
     def job_id(self) -> int | None:
@@ -72,6 +74,7 @@ class MainScreen(Screen):
 
     def on_mount(self) -> None:
         self.table.focus()
+        self.call_after_refresh(self.app.start_polling)
 
     def on_queue_table_highlighted(self, _message: QueueTable.Highlighted) -> None:
         self.describe_selected()
@@ -97,7 +100,7 @@ class MainScreen(Screen):
         shown = self.table.state_filter
         text.append(f"   [{len(self.table.order)} of {len(self.table.rows)} jobs", style="dim")
         text.append(f", filter: {', '.join(sorted(shown))}]" if shown else "]", style="dim")
-        self.query_one("#selected", Static).update(text)
+        self.selected_line.update(text)
 
     def action_filter(self) -> None:
         current = ",".join(sorted(self.table.state_filter)) if self.table.state_filter else ""
@@ -142,27 +145,38 @@ class JobScreen(Screen):
         self.initial_tab = tab
         self.detail: JobDetail | None = None
         self._pending: JobDetail | None = None
+        # The parts, kept here so drawing never looks them up (a lookup fails while the screen closes).
+        self.title_line = JobTitle(f"#{job_id} …", id="job-title")
+        self.failure = FailurePanel(id="failure")
+        self.progress = ProgressPanel(id="progress")
+        self.plots = Horizontal(id="plots")
+        self.loss_plot = MetricPlot("loss", id="loss-plot")
+        self.metric_plot = MetricPlot("key metric", id="metric-plot")
+        self.logs = (LogTail(id="overview-log"), LogTail(id="full-log"))
+        self.previews = (ImagePreview(id="overview-preview"), ImagePreview(id="outputs-preview"))
+        self.outputs = OutputsList(id="outputs-list")
+        self.spec = SpecView(id="spec-view")
 
     def compose(self) -> ComposeResult:
         yield HeaderBar()
-        yield JobTitle(f"#{self.job_id} …", id="job-title")
+        yield self.title_line
         with TabbedContent(initial=self.initial_tab):
             with TabPane("Overview", id="overview"), VerticalScroll():
-                yield FailurePanel(id="failure")
-                yield ProgressPanel(id="progress")
-                with Horizontal(id="plots"):
-                    yield MetricPlot("loss", id="loss-plot")
-                    yield MetricPlot("key metric", id="metric-plot")
+                yield self.failure
+                yield self.progress
+                with self.plots:
+                    yield self.loss_plot
+                    yield self.metric_plot
                 with Horizontal(id="overview-bottom"):
-                    yield LogTail(id="overview-log")
-                    yield ImagePreview(id="overview-preview")
+                    yield self.logs[0]
+                    yield self.previews[0]
             with TabPane("Log", id="log"):
-                yield LogTail(id="full-log")
+                yield self.logs[1]
             with TabPane("Outputs", id="outputs"), Horizontal():
-                yield OutputsList(id="outputs-list")
-                yield ImagePreview(id="outputs-preview")
+                yield self.outputs
+                yield self.previews[1]
             with TabPane("Spec", id="spec"), VerticalScroll():
-                yield SpecView(id="spec-view")
+                yield self.spec
         yield Footer()
 
     def action_tab(self, tab: str) -> None:
@@ -174,7 +188,7 @@ class JobScreen(Screen):
     @property
     def ready(self) -> bool:
         """Whether the parts are mounted (the tabs mount theirs a moment after the screen)."""
-        return self.is_mounted and bool(self.query(SpecView))
+        return self.is_mounted and self.spec.is_mounted
 
     def _show_pending(self) -> None:
         if self._pending is None:
@@ -194,30 +208,29 @@ class JobScreen(Screen):
             return
         first = self.detail is None
         self.detail = detail
-        now = self.app.clock()
-        self.query_one(JobTitle).show(detail, now)
-        self.query_one(FailurePanel).show(detail)
-        self.query_one(ProgressPanel).show(detail)
+        self.title_line.show(detail, self.app.clock())
+        self.failure.show(detail)
+        self.progress.show(detail)
         losses, key = curves_by_role(detail.curves)
-        self.query_one("#plots").display = bool(losses or key)
-        self.query_one("#loss-plot", MetricPlot).show(losses, best_of="val/loss")
-        self.query_one("#metric-plot", MetricPlot).show([key] if key else [])
-        for log in self.query(LogTail):
+        self.plots.display = bool(losses or key)
+        self.loss_plot.show(losses, best_of="val/loss")
+        self.metric_plot.show([key] if key else [])
+        for log in self.logs:
             log.show(detail)
         project = self.app.settings.project_dir
-        self.query_one(OutputsList).show(detail, project)
+        self.outputs.show(detail, project)
         caption = "no map or plot yet"
         if detail.preview_path is not None:
             caption = f"{display_path(detail.preview_path, project)} (cannot be drawn)"
-        for preview in self.query(ImagePreview):
+        for preview in self.previews:
             preview.show(detail.preview, caption)
         if first:
-            self.query_one(SpecView).show(detail)
+            self.spec.show(detail)
 
     def tick(self, now: float) -> None:
         """Once a second: the running clock in the title."""
         if self.detail is not None and self.detail.job.state == JobState.RUNNING:
-            self.query_one(JobTitle).show(self.detail, now)
+            self.title_line.show(self.detail, now)
 
 
 def merge_details(older: JobDetail, newer: JobDetail) -> JobDetail:
@@ -249,12 +262,14 @@ class SummaryScreen(Screen):
         super().__init__()
         self.since = since
         self.label = label
+        self.title_line = Static(id="summary-title")
+        self.body = Static(Text("reading …", style="dim"), id="summary-body")
 
     def compose(self) -> ComposeResult:
         yield HeaderBar()
-        yield Static(id="summary-title")
+        yield self.title_line
         with VerticalScroll():
-            yield Static(Text("reading …", style="dim"), id="summary-body")
+            yield self.body
         yield Footer()
 
     def on_mount(self) -> None:
@@ -277,7 +292,7 @@ class SummaryScreen(Screen):
         title = Text()
         title.append("Morning summary", style="bold").append(f" since {format_when(summary.since, '%m-%d %H:%M')} ")
         title.append(f"({self.label})", style="dim")
-        self.query_one("#summary-title", Static).update(title)
+        self.title_line.update(title)
         line = Text()
         line.append(f"{len(summary.rows)} ended: ")
         for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.DEPENDENCY_FAILED):
@@ -302,7 +317,7 @@ class SummaryScreen(Screen):
                           format_duration(row.duration_s), best, last)  # fmt: skip
         body: list = [line, Text("")]
         body.append(table if summary.rows else Text("nothing ended in this window", style="dim"))
-        self.query_one("#summary-body", Static).update(Group(*body))
+        self.body.update(Group(*body))
 
     def action_window(self) -> None:
         def chosen(value: str | None) -> None:

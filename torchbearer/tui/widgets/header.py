@@ -64,9 +64,14 @@ class HeaderBar(Vertical):
     HeaderBar > Static { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue_line = Static(id="header-queue")
+        self.system_line = Static(id="header-system")
+
     def compose(self) -> ComposeResult:
-        yield Static(id="header-queue")
-        yield Static(id="header-system")
+        yield self.queue_line
+        yield self.system_line
 
     def on_mount(self) -> None:
         for name in ("queue_info", "system", "store_error"):
@@ -75,12 +80,10 @@ class HeaderBar(Vertical):
 
     def _redraw(self) -> None:
         app = self.app
-        self.query_one("#header-queue", Static).update(
-            Text("torchbearer ", style="bold") + queue_line(app.queue_info, app.store_error)
-        )
-        self.query_one("#header-system", Static).update(system_line(app.system))
+        self.queue_line.update(Text("torchbearer ", style="bold") + queue_line(app.queue_info, app.store_error))
+        self.system_line.update(system_line(app.system))
 
     @property
     def text(self) -> str:
         """Both lines as plain text."""
-        return "\n".join(str(static.content) for static in self.query(Static))
+        return f"{self.queue_line.content}\n{self.system_line.content}"
