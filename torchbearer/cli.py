@@ -458,6 +458,20 @@ def resume(ctx: typer.Context) -> None:
 # -- foreground runs ---------------------------------------------------------------------------------------
 
 
+def _waits_outside(store: Store, ids: list[int]) -> str | None:
+    """Which job of a foreground run waits on a pending job the run does not include (None if none does).
+
+    Only the run's own jobs run, so such a job would wait forever.
+    """
+    own = set(ids)
+    for job in store.jobs(ids=ids):
+        outside = [d for d in store.jobs(ids=[i for i in job.after if i not in own]) if not d.is_terminal]
+        if outside:
+            names = ", ".join(f"{d.name} (#{d.id}, {d.state})" for d in outside)
+            return f"{job.name} (#{job.id}) waits for {names}, which this run does not include"
+    return None
+
+
 def run_in_foreground(settings: Settings, files: list[Path], *, kinds: set[str] | None = None) -> None:
     """Queue the files' jobs and run them here, with rich progress bars, until each has ended."""
     from torchbearer.daemon.engine import Engine, QueueLockedError
@@ -479,6 +493,9 @@ def run_in_foreground(settings: Settings, files: list[Path], *, kinds: set[str] 
             ids += submit_file(path, settings.queue_dir, store)
         except (JobFileError, DependencyError) as exc:
             raise fail(str(exc), 2) from None
+    blocked = _waits_outside(store, ids)
+    if blocked:
+        raise fail(f"{blocked}: it could never start here (the jobs stay queued for a daemon)")
     _setup_logging()
     with ForegroundProgress(store, ids, console=err) as display:
         engine = Engine(settings, watch=False, only_ids=set(ids), on_tick=lambda _e: display.refresh())
