@@ -87,3 +87,15 @@ def test_run_leaves_files_in_the_queue_alone(project, store, tmp_path):
     assert tb_process("run", only).returncode == 0
     assert [j.name for j in store.jobs()] == ["only"]
     assert (project.queue_dir / "other.yaml").exists()
+
+
+def test_run_refuses_jobs_waiting_on_jobs_outside_it(project, store, tmp_path):
+    """`run` serves only its own jobs: one waiting on a pending job elsewhere would wait forever."""
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(probe("a"))
+    second.write_text("name: b\nkind: probe\nafter: [a]\n")
+    assert tb("submit", "--held", first).returncode == 0
+    result = tb_process("run", second)
+    assert result.returncode == 1
+    assert "b (#2) waits for a (#1, held), which this run does not include" in flat(result.stderr)
+    assert tb_process("run", first, second).returncode == 0  # the held a is not this run's a: a new one runs
