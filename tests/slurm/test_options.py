@@ -48,7 +48,7 @@ def test_slurm_endings_give_the_reason_and_a_withdrawn_pending_job_runs_again():
     worker.settle(SlurmJobState("OUT_OF_MEMORY", 0))
     assert "--mem in TORCHBEARER_SLURM_ARGS" in worker.end_reason
     pending = SlurmWorker(SlurmExecutor(), "13")
-    pending.cancelled_while_pending = True
+    pending.withdrawn = True
     pending.settle(SlurmJobState("CANCELLED", 0))
     assert pending.exit_code == EXIT_INTERRUPTED and pending.end_reason is None
     gone = SlurmWorker(SlurmExecutor(), "14")

@@ -63,7 +63,8 @@ def test_cancel_running_job_stops_it_at_a_safe_point(slurm_project, store, slurm
 
 
 def test_cancel_job_waiting_in_the_slurm_queue(project, slurm_conf, store, monkeypatch):
-    """A job Slurm holds never runs: its timeout does not tick while it waits, and cancel withdraws it."""
+    """A job Slurm holds never runs: its timeout does not tick while it waits, cancel withdraws it, and a daemon
+    that stops withdraws its waiting jobs as interrupted (they run again), not failed."""
     monkeypatch.setenv("SLURM_CONF", slurm_conf)
     daemon = DaemonProcess(project, {"TORCHBEARER_EXECUTOR": "slurm", "TORCHBEARER_SLURM_ARGS": "--hold"}).start()
     try:
@@ -78,8 +79,13 @@ def test_cancel_job_waiting_in_the_slurm_queue(project, slurm_conf, store, monke
         job = wait_state(store, job.id, "cancelled")
         assert scontrol_job(job.external_id)["JobState"] == "CANCELLED"
         assert not (project.runs_dir / f"{job.id}-held" / "result.txt").exists()
+        write_job(project.queue_dir, "later.yaml", probe("later"))
+        later = wait_state(store, job_named(store, "later").id, "running")
+        wait_for(lambda: store.job(later.id).external_id, 10, what="the Slurm job id")
     finally:
         stop_daemon(daemon)
+    later = store.job(later.id)
+    assert later.state == "interrupted" and scontrol_job(later.external_id)["JobState"] == "CANCELLED"
 
 
 @pytest.mark.parametrize("ends_while_down", [False, True], ids=["runs-on", "ends-while-down"])

@@ -144,7 +144,7 @@ class SlurmWorker:
         self.exit_code: int | None = None
         #: Why Slurm ended it, when that says more than the exit code (time limit, memory, node failure).
         self.end_reason: str | None = None
-        self.cancelled_while_pending = False
+        self.withdrawn = False  # cancelled before it could run
 
     @property
     def waiting(self) -> bool:
@@ -164,21 +164,20 @@ class SlurmWorker:
             return
         self.state = ended.state
         self.exit_code = ended.exit_code
-        if ended.state == "CANCELLED" and self.cancelled_while_pending:
-            self.exit_code = EXIT_INTERRUPTED  # it never ran: nothing lost, it runs again
+        if ended.state == "CANCELLED" and self.withdrawn:
+            self.exit_code = EXIT_INTERRUPTED  # nothing lost: it runs again
         self.end_reason = SLURM_ENDINGS.get(ended.state)
 
     def terminate(self) -> None:
         """SIGTERM to the worker and its children; a job still waiting in the queue is simply withdrawn."""
-        if self.waiting:
-            self.cancelled_while_pending = True
-            self._scancel()
-            return
-        try:
-            self._scancel("--full", "--signal=TERM")
-        except SlurmError as exc:  # it was still starting ("can not be altered now"): withdraw it
-            log.info("Slurm job %s: %s; cancelling it", self.external_id, exc)
-            self._scancel()
+        if not self.waiting:
+            try:
+                self._scancel("--full", "--signal=TERM")
+                return
+            except SlurmError as exc:  # still pending or starting ("can not be altered now")
+                log.info("Slurm job %s: %s; withdrawing it", self.external_id, exc)
+        self.withdrawn = True
+        self._scancel()
 
     def kill(self) -> None:
         """SIGKILL to the worker and its children, and the job cancelled (unless it has ended meanwhile)."""
@@ -195,7 +194,8 @@ class SlurmWorker:
         except SlurmError as exc:
             if options:
                 raise
-            log.warning("could not cancel Slurm job %s: %s", self.external_id, exc)
+            if "already completing or completed" not in str(exc):
+                log.warning("could not cancel Slurm job %s: %s", self.external_id, exc)
 
 
 class SlurmExecutor:
