@@ -217,8 +217,8 @@ async def test_follows_a_live_job(project, store, daemon, make_app):
         await until(pilot, lambda: len(plot._shown[0][1]) == 30, what="every point of the curve")
         assert len(plot._shown[0][1]) > first_points
         assert "100.0%" in plain(screen.progress.content)
-        row = app.main_screen.table.rows[job_id]
-        assert row.state == JobState.SUCCEEDED
+        table = app.main_screen.table
+        await until(pilot, lambda: table.rows[job_id].state == JobState.SUCCEEDED, what="the table row")
 
 
 async def test_morning_summary(seeded, make_app):
