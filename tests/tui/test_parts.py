@@ -55,9 +55,11 @@ def test_progress_figures_of_a_training_event():
     assert dict(figures.figures) == {"lr": "8.50e-04", "samples/s": "143"}
 
 
-def test_progress_figures_without_fields_fall_back_to_the_job_row():
+def test_progress_figures_without_fields_fall_back_to_the_job_row_and_metrics():
     figures = ProgressFigures.from_event(None, job_progress=0.25)
     assert figures.job_fraction == 0.25 and figures.epoch_fraction is None and figures.figures == ()
+    figures = ProgressFigures.from_event({"fields": {"lr": 1e-3}}, latest_metrics={"lr": 5e-4, "samples_per_s": 90})
+    assert dict(figures.figures) == {"lr": "1.00e-03", "samples/s": "90"}  # the event wins over the metric
 
 
 def test_curves_per_epoch_keep_the_last_value_and_mark_the_best():

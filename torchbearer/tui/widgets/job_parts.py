@@ -57,9 +57,15 @@ class ProgressFigures:
     figures: tuple[tuple[str, str], ...]
 
     @classmethod
-    def from_event(cls, event: dict[str, Any] | None, job_progress: float | None = None) -> ProgressFigures:
+    def from_event(
+        cls,
+        event: dict[str, Any] | None,
+        job_progress: float | None = None,
+        latest_metrics: dict[str, float] | None = None,
+    ) -> ProgressFigures:
+        """``latest_metrics`` (e.g. ``lr``, ``samples_per_s`` logged as metrics) fill figures the event lacks."""
         event = event or {}
-        fields = event.get("fields") or {}
+        fields = {**(latest_metrics or {}), **(event.get("fields") or {})}
         done, total = event.get("done"), event.get("total")
         job_fraction = done / total if done is not None and total else job_progress
         job_label = f"{done:.0f}/{total:.0f} {event.get('unit') or ''}".rstrip() if done is not None and total else ""
@@ -131,7 +137,8 @@ class ProgressPanel(Static):
 
     def show(self, detail: JobDetail) -> None:
         job = detail.job
-        figures = ProgressFigures.from_event(detail.progress, job.progress)
+        latest = {key: curve.y[-1] for key, _, _ in FIGURES if (curve := detail.curves.get(key)) and curve.y}
+        figures = ProgressFigures.from_event(detail.progress, job.progress, latest)
         done = job.state == JobState.SUCCEEDED
         table = Table.grid(padding=(0, 1), expand=True)
         table.add_column(width=5, no_wrap=True)

@@ -72,6 +72,7 @@ COLUMNS: tuple[Column, ...] = (
 )
 COLUMN_KEYS = tuple(column.key for column in COLUMNS)
 MIN_NAME_WIDTH = 16
+MAX_NAME_WIDTH = 48  # past this, the columns stay together on the left of a wide terminal
 
 
 def sort_value(row: JobRow, key: str, now: float) -> Any:
@@ -133,7 +134,8 @@ def layout(width: int) -> list[tuple[Column, int]]:
             break
         columns = [c for c in columns if c.drop != drop]
     fixed = sum(c.width for c in columns) + len(columns) - 1
-    return [(c, c.width or max(MIN_NAME_WIDTH, width - fixed)) for c in columns]
+    name = max(MIN_NAME_WIDTH, min(MAX_NAME_WIDTH, width - fixed))
+    return [(c, c.width or name) for c in columns]
 
 
 class QueueTable(ScrollView, can_focus=True):
