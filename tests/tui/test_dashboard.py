@@ -197,6 +197,8 @@ async def test_follows_a_live_job(project, store, daemon, make_app):
     app = make_app(clock=time.time)
     async with app.run_test(size=(120, 36)) as pilot:
         await loaded(pilot)
+        await until(pilot, lambda: app.queue_info and app.queue_info.daemon_alive, what="header: daemon up")
+        assert "daemon up" in app.screen.query_one(HeaderBar).text
         write_job(project.queue_dir, "live.yaml", "name: live\nkind: probe\nsteps: 30\nstep_s: 0.12\n")
         await until(pilot, lambda: app.main_screen.table.rows, what="the job in the table")
         job_id = next(iter(app.main_screen.table.rows))
