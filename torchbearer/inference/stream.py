@@ -1,10 +1,10 @@
 """One resolution's members run over their stack in windows, blended into finished strips of rows.
 
 A :class:`GroupStream` owns the members that share a resolution (and so a stack): a reader thread reads each
-window once (the union of the members' bands), skips windows that are all no data, and hands rows of windows to
-the compute loop, which runs every member on them in batches, adds the normalised-weighted probabilities into a
-buffer one window high and as wide as the scene, and yields the rows no later window touches. Memory is that
-buffer plus a few windows in flight, whatever the scene's height.
+window once (the union of the members' bands), skips windows that are all no data, and hands batches of windows
+to the compute loop, which runs every member on them, adds the normalised-weighted probabilities into a buffer
+one window high and as wide as the scene, and yields the rows no later window touches, a few at a time. Memory
+is that buffer plus a few batches in flight, whatever the scene's height.
 
 Batches never span two rows of windows, so a stream restarted at a row of windows (to resume) feeds the models
 exactly the same batches and yields bit-identical values.
@@ -13,7 +13,6 @@ exactly the same batches and yields bit-identical values.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -72,12 +71,15 @@ class StreamStats:
 
 
 @dataclass
-class _RowOfWindows:
-    index: int
-    cols: list[int]  # indexes into the grid's column offsets of the windows to compute
-    data: list[np.ndarray]
-    valid: list[np.ndarray]
-    skipped: int
+class _Batch:
+    """Windows of one row of the grid read for one forward pass (at most ``batch_size``)."""
+
+    index: int  # the row of windows
+    cols: list[int]  # indexes into the grid's column offsets
+    data: list[np.ndarray]  # bands × size × size DN each
+    valid: list[np.ndarray]  # where each window (clipped to the scene) has data
+    skipped: int  # windows of the row passed over as all no data since the previous batch
+    last: bool  # the row's last batch (it may hold no window at all)
 
 
 class StopRequested(Exception):
@@ -100,7 +102,8 @@ class GroupStream:
         start_row: first row to yield (rows before it are not computed unless a window needs them).
         should_stop: polled before each batch; True raises :class:`StopRequested` (a batch can take seconds
             on a CPU, a strip minutes, and a stop request must be answered within the supervisor's grace).
-        prefetch: rows of windows the reader may read ahead.
+        strip_rows: most rows per yielded strip.
+        prefetch: batches the reader may read ahead.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class GroupStream:
         batch_size: int,
         start_row: int = 0,
         should_stop: Callable[[], bool] | None = None,
+        strip_rows: int = 64,
         prefetch: int = 2,
     ) -> None:
         self.dataset = dataset
@@ -127,52 +131,52 @@ class GroupStream:
         self.weights = GridWeights(self.grid, overlap_pixels(size, overlap))
         self.start_row = start_row
         self.should_stop = should_stop or (lambda: False)
+        self.strip_rows = strip_rows
         self.start_index = self.grid.row_index(start_row)
         self.stats = StreamStats(windows_done=self.start_index * len(self.grid.cols))
-        self._queue: queue.Queue[_RowOfWindows | BaseException | None] = queue.Queue(prefetch)
+        self._queue: queue.Queue[_Batch | BaseException | None] = queue.Queue(prefetch)
         self._stop = threading.Event()
 
     # -- reading (a thread) -----------------------------------------------------------------------------------
 
-    def _read_row(self, index: int) -> _RowOfWindows:
+    def _read_row(self, index: int) -> Iterator[_Batch]:
+        """The row's windows that have data, in batches; the queue holds a few batches whatever the width."""
         size, r = self.grid.size, self.grid.rows[index]
         h = min(size, self.grid.height - r)
-        row = _RowOfWindows(index=index, cols=[], data=[], valid=[], skipped=0)
+        batch = _Batch(index, [], [], [], 0, False)
         for j, c in enumerate(self.grid.cols):
             w = min(size, self.grid.width - c)
             # In-bounds windows only (rasterio's boundless reads go through a slow VRT); pad_to_window does the rest.
             block = self.dataset.read(self.indexes, window=Window(c, r, w, h))
             valid = valid_pixels(block)
             if not valid.any():  # all no data: nothing to predict, its pixels stay no data
-                row.skipped += 1
+                batch.skipped += 1
                 continue
-            row.cols.append(j)
-            row.data.append(pad_to_window(block, size))
-            row.valid.append(valid)
-        return row
+            batch.cols.append(j)
+            batch.data.append(pad_to_window(block, size))
+            batch.valid.append(valid)
+            if len(batch.cols) == self.batch_size:
+                yield batch
+                batch = _Batch(index, [], [], [], 0, False)
+        batch.last = True
+        yield batch
 
     def _reader(self) -> None:
         try:
             for index in range(self.start_index, len(self.grid.rows)):
-                if self._stop.is_set():
-                    return
-                self._queue.put(self._read_row(index))
+                for batch in self._read_row(index):
+                    if self._stop.is_set():
+                        return
+                    self._queue.put(batch)
             self._queue.put(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the compute loop, which re-raises it
             self._queue.put(exc)
 
     # -- computing ------------------------------------------------------------------------------------------
 
-    def _batches(self, n: int) -> list[range]:
-        """Split ``n`` windows into the fewest batches of at most ``batch_size``, evenly sized."""
-        if n == 0:
-            return []
-        count = -(-n // self.batch_size)
-        bounds = np.linspace(0, n, count + 1).round().astype(int)
-        return [range(a, b) for a, b in itertools.pairwise(bounds)]
-
     def strips(self) -> Iterator[Strip]:
-        """Yield the blended strips from ``start_row`` to the bottom of the grid, in order."""
+        """Yield the blended rows from ``start_row`` to the bottom of the grid, in order, ``strip_rows`` at most
+        at a time (the copies handed on stay small however wide the scene)."""
         grid, size = self.grid, self.grid.size
         if self.start_index >= len(grid.rows):
             return
@@ -182,17 +186,19 @@ class GroupStream:
         reader = threading.Thread(target=self._reader, name="window-reader", daemon=True)
         reader.start()
         try:
-            while (row := self._queue.get()) is not None:
-                if isinstance(row, BaseException):
-                    raise row
-                self._accumulate(row, acc, valid_acc, top)
-                end = grid.finished_until(row.index)
-                first = max(top, self.start_row)
-                if end > first:
+            while (batch := self._queue.get()) is not None:
+                if isinstance(batch, BaseException):
+                    raise batch
+                self._accumulate(batch, acc, valid_acc, top)
+                if not batch.last:
+                    continue
+                end = grid.finished_until(batch.index)
+                for first in range(max(top, self.start_row), end, self.strip_rows):
+                    last = min(first + self.strip_rows, end)
                     yield Strip(
                         row=first,
-                        probs=acc[:, :, first - top : end - top].numpy().copy(),
-                        valid=valid_acc[first - top : end - top].copy(),
+                        probs=acc[:, :, first - top : last - top].numpy().copy(),
+                        valid=valid_acc[first - top : last - top].copy(),
                     )
                 # Move the unfinished rows to the top of the buffer for the next row of windows.
                 keep = top + size - end
@@ -208,25 +214,25 @@ class GroupStream:
                 with contextlib.suppress(queue.Empty):
                     self._queue.get(timeout=0.05)
 
-    def _accumulate(self, row: _RowOfWindows, acc: torch.Tensor, valid_acc: np.ndarray, top: int) -> None:
+    def _accumulate(self, batch: _Batch, acc: torch.Tensor, valid_acc: np.ndarray, top: int) -> None:
         grid, size = self.grid, self.grid.size
-        r = grid.rows[row.index]
+        self.stats.windows_done += len(batch.cols) + batch.skipped
+        self.stats.windows_skipped += batch.skipped
+        if not batch.cols:
+            return
+        if self.should_stop():
+            raise StopRequested
+        r = grid.rows[batch.index]
         h = min(size, grid.height - r)
-        for batch in self._batches(len(row.cols)):
-            if self.should_stop():
-                raise StopRequested
-            x = torch.from_numpy(np.stack([row.data[i] for i in batch]))
-            probs = self.forward(x)
-            self.stats.batches.append([(r, grid.cols[row.cols[i]]) for i in batch])
-            for k, i in enumerate(batch):
-                c = grid.cols[row.cols[i]]
-                w = min(size, grid.width - c)
-                weights = torch.from_numpy(self.weights.window(row.index, row.cols[i])[:h, :w])
-                for m, p in enumerate(probs):
-                    acc[m, :, r - top : r - top + h, c : c + w].addcmul_(p[k, :, :h, :w], weights)
-                valid_acc[r - top : r - top + h, c : c + w] |= row.valid[i]
-        self.stats.windows_done += len(grid.cols)
-        self.stats.windows_skipped += row.skipped
+        probs = self.forward(torch.from_numpy(np.stack(batch.data)))
+        self.stats.batches.append([(r, grid.cols[j]) for j in batch.cols])
+        for k, j in enumerate(batch.cols):
+            c = grid.cols[j]
+            w = min(size, grid.width - c)
+            weights = torch.from_numpy(self.weights.window(batch.index, j)[:h, :w])
+            for m, p in enumerate(probs):
+                acc[m, :, r - top : r - top + h, c : c + w].addcmul_(p[k, :, :h, :w], weights)
+            valid_acc[r - top : r - top + h, c : c + w] |= batch.valid[k]
 
 
 class Resampler:

@@ -35,7 +35,8 @@ COG_BLOCK = 256
 
 def quantise(prob: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Probabilities (float, any shape ending in the valid mask's) → uint8 0–254, 255 where not ``valid``."""
-    out = np.rint(np.clip(prob, 0.0, 1.0) * PROBABILITY_SCALE).astype(np.uint8)
+    scaled = np.clip(prob, 0.0, 1.0) * np.float32(PROBABILITY_SCALE)
+    out = np.rint(scaled, out=scaled).astype(np.uint8)
     out[..., ~valid] = NODATA
     return out
 

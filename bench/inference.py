@@ -1,0 +1,313 @@
+"""Ensemble inference benchmark: torchbearer's pipeline vs the members' bare forward and vs plain TorchGeo.
+
+    python bench/inference.py [--scene <SAFE folder or stacked GeoTIFF>] [--window 256] [--overlap 0.25]
+
+Members: FCN, FarSeg (ResNet-50) and U-Net (ResNet-34), untrained, saved as torchbearer checkpoints and loaded
+back. Figures, all from this one run (so the machine's speed cancels out):
+
+- ``e2e_over_forward``: the members' forward passes alone, on exactly the windows the pipeline computed (already
+  in memory, normalised, the pipeline's batches and model preparation) ÷ the pipeline's wall time from the
+  scene stack to the finished COG.
+- ``vs_torchgeo``: scene Mpx/s of torchbearer (building the scene stack from the SAFE folder included) ÷ those
+  of a plain TorchGeo pipeline: ``Sentinel2`` over the band files (every band pinned to its 60 m file),
+  ``GridGeoSampler`` + ``DataLoader``, one pass per member, full-scene float accumulation.
+- ``rss_growth_big``: peak RSS above the loaded model for a 6 × 6 mosaic of the scene (a VRT) ÷ for the scene
+  itself, each in a fresh process, with a 1 × 1 convolution as the only member.
+- ``mpx_per_s``: scene Mpx/s of the three-member ensemble, stack building included.
+
+The last line is one JSON object of these figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import rasterio
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from torchbearer.imagery.cache import band_indexes, build_stack, stack_info  # noqa: E402
+from torchbearer.imagery.spec import BANDS_BY_RESOLUTION  # noqa: E402
+from torchbearer.inference.ensemble import (  # noqa: E402
+    Member,
+    PredictOptions,
+    channels_last,
+    predict_scene,
+    prepare_model,
+)
+from torchbearer.inference.windows import pad_to_window  # noqa: E402
+from torchbearer.ml.checkpoint import CARD_KEY, ModelCard, load_member  # noqa: E402
+from torchbearer.ml.models import build_model  # noqa: E402
+
+DEFAULT_SCENE = REPO / "data" / "S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"
+ARCHS = (("fcn", None), ("farseg", "resnet50"), ("unet", "resnet34"))
+NORM = {"mean": [0.1] * 11, "std": [0.05] * 11}  # plausible reflectance statistics; the weights are random
+
+
+def card(arch: str, backbone: str | None, bands: tuple[str, ...]) -> ModelCard:
+    return ModelCard(arch=arch, backbone=backbone, in_channels=len(bands), num_classes=2,
+                     classes=["background", "target"], task="binary", bands=list(bands), resolution=60.0,
+                     norm={k: v[: len(bands)] for k, v in NORM.items()})  # fmt: skip
+
+
+def make_members(folder: Path) -> list[Member]:
+    """FCN, FarSeg and U-Net at 60 m, untrained, through a checkpoint file each."""
+    members = []
+    for seed, (arch, backbone) in enumerate(ARCHS):
+        torch.manual_seed(seed)
+        c = card(arch, backbone, BANDS_BY_RESOLUTION[60])
+        model = build_model(arch, backbone, c.in_channels, c.out_channels)
+        path = folder / f"{arch}.ckpt"
+        torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, CARD_KEY: c.to_dict()},
+                   path)  # fmt: skip
+        loaded, loaded_card = load_member(path)
+        members.append(Member(arch, loaded, loaded_card, source=str(path)))
+    return members
+
+
+def stack_of(scene: Path, cache: Path) -> tuple[Path, float]:
+    """The scene's 60 m stack and the seconds it took to build (0 for a ready GeoTIFF)."""
+    if scene.is_file():
+        return scene, 0.0
+    start = time.perf_counter()
+    path = build_stack(scene, 60, cache)
+    return path, time.perf_counter() - start
+
+
+# -- the members' forward alone ----------------------------------------------------------------------------------
+
+
+def forward_alone(members: list[Member], stack: Path, batches: list, options: PredictOptions) -> float:
+    """Seconds of the members' forward passes on the pipeline's batches, normalised inputs already in memory.
+
+    The models are prepared afresh as the pipeline prepares them (preparation not timed), so the first calls
+    pay the same one-time costs (oneDNN kernel set-up) as the pipeline's did.
+    """
+    device = torch.device(options.device)
+    models = [prepare_model(m.model, device, options.optimize) for m in members]
+    info = stack_info(stack)
+    layout = torch.channels_last if channels_last(torch.device(options.device), options.optimize) else None
+    inputs = []
+    with rasterio.open(stack) as ds:
+        for batch in batches:
+            per_member = []
+            dn = np.stack([
+                pad_to_window(ds.read(window=rasterio.windows.Window(c, r, min(options.window, info.width - c),
+                                                                     min(options.window, info.height - r))),
+                              options.window)
+                for r, c in batch
+            ]).astype(np.float32)  # fmt: skip
+            for m in members:
+                idx = [i - 1 for i in band_indexes(info, m.card.bands)]
+                x = (dn[:, idx] + info.offset) / info.quantification - np.reshape(m.card.norm["mean"], (1, -1, 1, 1))
+                x = torch.from_numpy((x / np.reshape(m.card.norm["std"], (1, -1, 1, 1))).astype(np.float32))
+                per_member.append(x.contiguous(memory_format=layout) if layout else x)
+            inputs.append(per_member)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for per_member in inputs:
+            for model, x in zip(models, per_member, strict=True):
+                model(x)
+        return time.perf_counter() - start
+
+
+# -- the plain TorchGeo pipeline ---------------------------------------------------------------------------------
+
+
+def torchgeo_baseline(scene: Path, members: list[Member], window: int, stride: int, batch_size: int,
+                      out: Path) -> float:  # fmt: skip
+    """Seconds of a plain TorchGeo prediction: read per member, full-scene float sums, mean, uint8 GeoTIFF."""
+    from torch.utils.data import DataLoader
+    from torchgeo.datasets import RasterDataset, Sentinel2, stack_samples
+    from torchgeo.samplers import GridGeoSampler
+
+    class Sentinel2At60m(Sentinel2):
+        """TorchGeo 0.8.1 names each band's file by its native resolution; this product has R60m files only."""
+
+        resolutions = dict.fromkeys(Sentinel2.all_bands, "60m")
+
+    start = time.perf_counter()
+    bands = BANDS_BY_RESOLUTION[60]
+    if scene.is_dir():
+        img_dir = next(scene.glob("GRANULE/*/IMG_DATA/R60m"))
+        dataset = Sentinel2At60m(paths=img_dir, res=60, bands=bands)
+        offset = -1000.0  # baseline 04.00 products (the fixtures and the crop)
+    else:
+        dataset = RasterDataset(paths=scene)
+        offset = stack_info(scene).offset
+    left, top = dataset.bounds[0].start, dataset.bounds[1].stop
+    res = dataset.res[0]
+    height = round((dataset.bounds[1].stop - dataset.bounds[1].start) / res)
+    width = round((dataset.bounds[0].stop - dataset.bounds[0].start) / res)
+    total = np.zeros((height, width), np.float32)
+    for member in members:
+        model = member.model.eval()
+        mean = torch.tensor(member.card.norm["mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(member.card.norm["std"]).view(1, -1, 1, 1)
+        sums = np.zeros((height, width), np.float32)
+        counts = np.zeros((height, width), np.float32)
+        sampler = GridGeoSampler(dataset, size=window, stride=stride)
+        loader = DataLoader(dataset, sampler=sampler, batch_size=batch_size, collate_fn=stack_samples)
+        with torch.inference_mode():
+            for sample in loader:
+                x = ((sample["image"].float() + offset) / 10000 - mean) / std
+                probs = torch.sigmoid(model(x))[:, 0].numpy()
+                for p, bounds in zip(probs, sample["bounds"], strict=True):
+                    col = round((bounds[0].start - left) / res)
+                    row = round((top - bounds[1].stop) / res)
+                    # TorchGeo's grid starts at the bottom-left corner: chips overhang the top and right edges.
+                    r0, c0 = max(row, 0), max(col, 0)
+                    r1, c1 = min(row + window, height), min(col + window, width)
+                    sums[r0:r1, c0:c1] += p[r0 - row : r1 - row, c0 - col : c1 - col]
+                    counts[r0:r1, c0:c1] += 1
+        total += sums / np.maximum(counts, 1)
+    result = np.rint(total / len(members) * 255).astype(np.uint8)
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
+               "crs": dataset.crs, "transform": rasterio.Affine(res, 0, left, 0, -res, top)}  # fmt: skip
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(result, 1)
+    return time.perf_counter() - start
+
+
+# -- memory ------------------------------------------------------------------------------------------------------
+
+
+def mosaic_vrt(stack: Path, path: Path, n: int) -> Path:
+    """An ``n`` × ``n`` mosaic of ``stack`` as a VRT (band names and reflectance tags kept)."""
+    info = stack_info(stack)
+    w, h = info.width, info.height
+    t = info.transform
+    lines = [f'<VRTDataset rasterXSize="{w * n}" rasterYSize="{h * n}">',
+             f"<SRS>{info.crs.to_wkt()}</SRS>", f"<GeoTransform>{t.c}, {t.a}, 0, {t.f}, 0, {t.e}</GeoTransform>",
+             "<Metadata>", f'<MDI key="BOA_ADD_OFFSET">{info.offset:g}</MDI>',
+             f'<MDI key="QUANTIFICATION_VALUE">{info.quantification:g}</MDI>', "</Metadata>"]  # fmt: skip
+    for b, name in enumerate(info.bands, 1):
+        lines += [f'<VRTRasterBand dataType="UInt16" band="{b}">', f"<Description>{name}</Description>",
+                  "<NoDataValue>0</NoDataValue>"]  # fmt: skip
+        for i in range(n):
+            for j in range(n):
+                lines += [
+                    "<SimpleSource>", f'<SourceFilename relativeToVRT="0">{stack}</SourceFilename>',
+                    f"<SourceBand>{b}</SourceBand>", f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
+                    f'<DstRect xOff="{j * w}" yOff="{i * h}" xSize="{w}" ySize="{h}"/>', "</SimpleSource>",
+                ]  # fmt: skip
+        lines.append("</VRTRasterBand>")
+    lines.append("</VRTDataset>")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def peak_rss() -> int:
+    """This process's peak resident set (bytes) since the last :func:`reset_peak_rss` (Linux ``VmHWM``).
+
+    Not ``getrusage``: its ``ru_maxrss`` survives ``exec`` and would report the parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
+
+
+def rss_child(stack: Path, out: Path, window: int, overlap: float, batch_size: int) -> None:
+    """Runs in its own process: peak RSS above the loaded 1 × 1 convolution while predicting ``stack``."""
+    torch.manual_seed(0)
+    bands = stack_info(stack).bands
+    member = Member("conv1x1", nn.Conv2d(len(bands), 1, 1), card("conv1x1", None, bands))
+    base = psutil.Process().memory_info().rss
+    reset_peak_rss()
+    start = time.perf_counter()
+    predict_scene([member], [stack], out, PredictOptions(window=window, overlap=overlap, batch_size=batch_size))
+    print(json.dumps({"base": base, "peak": peak_rss(), "seconds": time.perf_counter() - start}))
+
+
+def rss_growth(stack: Path, out: Path, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--rss-child", str(stack), "--out", str(out), "--window", str(args.window),
+               "--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures["growth"] = figures["peak"] - figures["base"]
+    return figures
+
+
+# -- main --------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scene", type=Path, default=DEFAULT_SCENE, help="SAFE folder or 60 m stacked GeoTIFF")
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mosaic", type=int, default=6, help="the big scene is an N × N mosaic of the scene")
+    parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child, args.out, args.window, args.overlap, args.batch_size)
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    scene = args.scene.resolve()
+    members = make_members(tmp)
+    stride = args.window - round(args.window * args.overlap)
+    options = PredictOptions(window=args.window, overlap=args.overlap, batch_size=args.batch_size,
+                             device=args.device)  # fmt: skip
+    print(f"scene {scene.name}, members {[m.name for m in members]}, window {args.window}, overlap {args.overlap}, "
+          f"batch {args.batch_size}, {torch.get_num_threads()} torch threads", flush=True)  # fmt: skip
+
+    baseline_s = torchgeo_baseline(scene, members, args.window, stride, args.batch_size, tmp / "torchgeo.tif")
+    print(f"plain TorchGeo: {baseline_s:.1f} s", flush=True)
+
+    stack, stack_s = stack_of(scene, tmp / "cache")
+    start = time.perf_counter()
+    result = predict_scene(members, [stack], tmp / "ensemble.tif", options)
+    predict_s = time.perf_counter() - start
+    (stats,) = result.stats.values()
+    batches = stats.batches
+    print(f"torchbearer: stack {stack_s:.1f} s + predict {predict_s:.1f} s; {result.windows} windows, "
+          f"{result.windows_skipped} all no data (skipped), {len(batches)} batches", flush=True)  # fmt: skip
+
+    forward_s = forward_alone(members, stack, batches, options)
+    print(f"members' forward alone on the same batches: {forward_s:.1f} s", flush=True)
+
+    info = stack_info(stack)
+    mpx = info.width * info.height / 1e6
+    ours_s = stack_s + predict_s
+    small = rss_growth(stack, tmp / "rss-scene.tif", args)
+    big = rss_growth(mosaic_vrt(stack, tmp / "mosaic.vrt", args.mosaic), tmp / "rss-mosaic.tif", args)
+    print(f"1×1 conv: scene {info.width}² peak RSS +{small['growth'] / 2**20:.0f} MB above the model "
+          f"({small['seconds']:.1f} s); {args.mosaic}×{args.mosaic} mosaic ({info.width * args.mosaic}²) "
+          f"+{big['growth'] / 2**20:.0f} MB ({big['seconds']:.1f} s); base RSS {small['base'] / 2**20:.0f} MB",
+          flush=True)  # fmt: skip
+
+    figures = {
+        "mpx_per_s": round(mpx / ours_s, 4),
+        "e2e_over_forward": round(forward_s / predict_s, 3),
+        "vs_torchgeo": round(baseline_s / ours_s, 2),
+        "rss_growth_big": round(big["growth"] / small["growth"], 3),
+    }
+    print(f"scene {mpx:.2f} Mpx: torchbearer {mpx / ours_s:.3f} Mpx/s ({mpx / predict_s:.3f} from the stack), "
+          f"plain TorchGeo {mpx / baseline_s:.3f} Mpx/s")  # fmt: skip
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()
