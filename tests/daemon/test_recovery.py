@@ -24,7 +24,7 @@ def _running_at_step(store, name, step):
 def _drop_night(project):
     write_job(project.queue_dir, "night.yaml", (
         "defaults: {kind: probe, steps: 2}\njobs:\n"
-        "  - {name: long, steps: 30, step_s: 0.1, priority: 5}\n  - {name: next1}\n  - {name: next2}\n"
+        "  - {name: long, steps: 40, step_s: 0.05, priority: 5}\n  - {name: next1}\n  - {name: next2}\n"
     ))  # fmt: skip
 
 
@@ -84,7 +84,7 @@ def test_job_that_finished_while_the_daemon_was_down_is_not_run_again(project, s
 
 
 def test_clean_stop_interrupts_and_restart_resumes(project, store, daemon):
-    write_job(project.queue_dir, "long.yaml", probe("long", steps=30, step_s=0.1))
+    write_job(project.queue_dir, "long.yaml", probe("long", steps=40, step_s=0.05))
     long = _running_at_step(store, "long", 3)
     assert daemon.stop() == 0
     long = store.job(long.id)
