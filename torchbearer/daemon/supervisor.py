@@ -44,6 +44,7 @@ class RunningJob:
     term_sent: float | None = None  # monotonic seconds of the SIGTERM we sent
     timed_out: bool = False
     killed_by_us: bool = False
+    daemon_stopping: bool = False  # stopped because the daemon stops: a kill is not the job's fault
 
 
 def describe_exit(code: int | None, *, killed_by_us: bool = False) -> str:
@@ -237,6 +238,7 @@ class Supervisor:
         """SIGTERM every worker, wait for them (SIGKILL after the grace period), record them interrupted."""
         grace_s = self.settings.kill_grace_s if grace_s is None else grace_s
         for running in self.running.values():
+            running.daemon_stopping = True
             if running.term_sent is None:
                 self._terminate(running)
         deadline = time.monotonic() + grace_s
@@ -266,6 +268,9 @@ class Supervisor:
             self._end(running, JobState.SUCCEEDED, None, outcome, code, {**common, "progress": 1.0})
         elif job.cancel_requested:
             self._end(running, JobState.CANCELLED, "cancelled on request", "cancelled", code, common)
+        elif running.daemon_stopping and outcome is None:  # killed after the grace without a word: runs again
+            self._end(running, JobState.INTERRUPTED, "the daemon stopped while it ran; runs again", "interrupted",
+                      code, common)  # fmt: skip
         elif running.timed_out:
             self._fail(job, running, f"timed out after {running.timeout_s:.0f} s", code, common)
         elif outcome == "interrupted" or code == EXIT_INTERRUPTED:
