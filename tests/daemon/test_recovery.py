@@ -165,3 +165,14 @@ def test_one_job_retrying_is_not_a_crash_loop(project, store, daemon):
     assert flaky.attempts == 4
     wait_state(store, job_named(store, "fine").id, "succeeded")
     assert store.queue_paused() is None
+
+
+def test_clean_stop_with_a_job_ignoring_sigterm_interrupts_it(project, store, tolerant_daemon):
+    """Stopping the daemon kills a worker that ignores SIGTERM after the grace: the job was not at fault, so it
+    is interrupted and runs again, not failed."""
+    write_job(project.queue_dir, "deaf.yaml", probe("deaf", steps=40, step_s=0.05, ignore_sigterm="true"))
+    deaf = _running_at_step(store, "deaf", 2)
+    assert tolerant_daemon.stop() == 0
+    deaf = store.job(deaf.id)
+    assert deaf.state == "interrupted", deaf.reason
+    assert completions(project) == []
