@@ -47,6 +47,7 @@ def test_kill9_daemon_mid_job_then_restart(project, store, daemon):
     # the worker got SIGTERM (parent death signal), saved its step and recorded an interrupted attempt
     wait_for(lambda: not pid_alive(long.pid), 20, what="the orphaned worker to stop")
     assert store.job(long.id).state == "running"  # nobody was left to record more
+    assert store.daemon_info()["alive"] is False  # its pid is gone: status says so at once
     assert store.attempts(long.id)[0]["outcome"] == "interrupted"
     daemon.start()
     jobs = _assert_each_succeeded_once(project, store, ["long", "next1", "next2"])
