@@ -150,6 +150,9 @@ def submit_file(path: Path, queue_dir: Path, store: Store, *, held: bool = False
 
     Raises :class:`JobFileError` (or :class:`DependencyError`) with every issue when the file is refused.
     """
+    if path.resolve().parent == queue_dir.resolve():  # the daemon takes it from there: queued twice otherwise
+        message = "already in the queue folder: the daemon queues it by itself (submit files from elsewhere)"
+        raise JobFileError(str(path), [SpecIssue("", message)])
     parsed = load_job_file(path)
     ids = queue_parsed(store, parsed, f"{path.name}#submit-{int(time.time())}", held=held)
     accepted_dir = queue_dir / "accepted"
