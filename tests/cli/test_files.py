@@ -99,3 +99,13 @@ def test_run_refuses_jobs_waiting_on_jobs_outside_it(project, store, tmp_path):
     assert result.returncode == 1
     assert "b (#2) waits for a (#1, held), which this run does not include" in flat(result.stderr)
     assert tb_process("run", first, second).returncode == 0  # the held a is not this run's a: a new one runs
+
+
+def test_submit_refuses_a_file_already_in_the_queue_folder(project, store):
+    """The daemon queues such a file itself (now or at its next start): submitting it too would queue it twice."""
+    path = write_job(project.queue_dir, "dropped.yaml", probe("dropped"))
+    result = tb("submit", path)
+    assert result.returncode == 1 and "already in the queue folder: the daemon queues it by itself" in flat(
+        result.stderr
+    )
+    assert store.jobs() == [] and path.exists()
