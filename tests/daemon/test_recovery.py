@@ -62,6 +62,7 @@ def test_kill9_daemon_mid_job_then_restart(project, store, daemon):
 def test_kill9_daemon_and_worker_then_restart(project, store, daemon):
     _drop_night(project)
     long = _running_at_step(store, "long", 2)
+    os.killpg(long.pid, signal.SIGSTOP)  # frozen, it cannot act on the parent-death SIGTERM: both die unwarned
     daemon.kill9()
     os.killpg(long.pid, signal.SIGKILL)
     wait_for(lambda: not pid_alive(long.pid), 10, what="the worker to die")
