@@ -46,12 +46,13 @@ def constant_iou(settings: Settings, patch_size: int = 32, seed: int = 0) -> flo
     """Validation IoU of cloud for the best constant prediction (cloud everywhere) on the job's split."""
     import numpy as np
 
-    from torchbearer.ml.datamodules import SegmentationDataModule, SplitOptions
+    from torchbearer.ml.datamodules import SegmentationDataModule
     from torchbearer.ml.labels import IGNORE
+    from torchbearer.ml.scenes import SplitOptions, load_scenes
 
     stack = settings.data_dir / "cache" / f"{SAMPLE_NAME.removesuffix('.SAFE')}_60m.tif"
-    dm = SegmentationDataModule([stack], [MASKS / "t29unu_cloud.tif"], ["clear", "cloud"], patch_size=patch_size,
-                                split=SplitOptions(patch_size), seed=seed)  # fmt: skip
+    scenes = load_scenes([stack], [MASKS / "t29unu_cloud.tif"], ["clear", "cloud"])
+    dm = SegmentationDataModule(scenes, patch_size=patch_size, split=SplitOptions(patch_size), seed=seed)
     dm.setup()
     labels = np.concatenate([dm.scenes[s].target[r : r + patch_size, c : c + patch_size].ravel()
                              for s, r, c in dm.split.val])  # fmt: skip

@@ -34,6 +34,7 @@ from torchbearer.spec import JobSpec, StrictModel
 if TYPE_CHECKING:
     from torchbearer.context import JobContext
     from torchbearer.ml.datamodules import SegmentationDataModule
+    from torchbearer.ml.scenes import Scene
     from torchbearer.ml.tasks import SegmentationTask
 
 log = logging.getLogger(__name__)
@@ -222,19 +223,14 @@ def _precision(spec: TrainSpec, cuda: bool) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def build_datamodule(spec: TrainSpec, ctx: JobContext, stacks: list[Path], resolution: int, cuda: bool):
-    """The DataModule of ``spec`` over ``stacks``, set up (scenes read, split made, statistics checked)."""
-    from torchbearer.ml.datamodules import SegmentationDataModule, SplitOptions
+def build_datamodule(spec: TrainSpec, scenes: list[Scene], cuda: bool) -> SegmentationDataModule:
+    """The DataModule of ``spec`` over ``scenes``, set up (split made, statistics computed and checked)."""
+    from torchbearer.ml.datamodules import SegmentationDataModule
+    from torchbearer.ml.scenes import SplitOptions
 
-    masks = [ctx.resolve(m) for m in ([spec.masks] if isinstance(spec.masks, str) else spec.masks)]
     split = spec.train.split
     datamodule = SegmentationDataModule(
-        stacks,
-        masks,
-        spec.class_names,
-        resolution=resolution,
-        bands=spec.bands,
-        class_field=spec.class_field,
+        scenes,
         patch_size=spec.train.patch_size,
         batch_size=spec.train.batch_size,
         split=SplitOptions(split.block_size or 2 * spec.train.patch_size, split.val_fraction, split.test_fraction),
@@ -259,7 +255,7 @@ def build_task(spec: TrainSpec, ctx: JobContext, datamodule: SegmentationDataMod
         num_classes=len(spec.class_names),
         classes=spec.class_names,
         task=spec.task,
-        bands=list(datamodule.bands or []),
+        bands=datamodule.bands,
         resolution=float(resolution),
         norm={"mean": datamodule.mean, "std": datamodule.std},
     )
@@ -300,6 +296,16 @@ def write_plots(task: SegmentationTask, datamodule: SegmentationDataModule, coun
 
 def run(spec: TrainSpec, ctx: JobContext) -> None:
     """Prepare the data, train (resuming from ``last.ckpt`` when there is one), record the products."""
+    from torchbearer.ml.scenes import load_scenes
+
+    # Scenes and masks first, without torch: a bad input fails the job in a second, not after the imports.
+    ctx.progress("preparing data", force=True)
+    stacks, resolution = scene_stacks(spec, ctx)
+    masks = [ctx.resolve(m) for m in ([spec.masks] if isinstance(spec.masks, str) else spec.masks)]
+    scenes = load_scenes(stacks, masks, spec.class_names, bands=spec.bands, class_field=spec.class_field,
+                         resolution=resolution)  # fmt: skip
+    ctx.check_stop()
+
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
@@ -309,12 +315,9 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     from torchbearer.context import JobInterrupted
     from torchbearer.ml.callbacks import ProgressReporter, StopOnRequest, TrainingStopped
 
-    ctx.progress("preparing data", force=True)
     cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
-    stacks, resolution = scene_stacks(spec, ctx)
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(spec, ctx, stacks, resolution, cuda)
-    ctx.check_stop()
+    datamodule = build_datamodule(spec, scenes, cuda)
 
     checkpoints = ctx.run_dir / "checkpoints"
     last = checkpoints / "last.ckpt"

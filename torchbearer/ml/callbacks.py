@@ -36,7 +36,8 @@ def _number(value: Any) -> float | None:
 class ProgressReporter(L.Callback):
     """Report stage, epoch, step, total steps, loss, learning rate, samples/s, data-wait share and ETA.
 
-    Step reports go out at most every ``interval_s`` seconds; validation metrics once per epoch. The data-wait
+    Step reports go out at most every ``interval_s`` seconds and at each epoch's last step; validation metrics
+    once per epoch. The data-wait
     share is the time between the end of one training step and the start of the next (the DataLoader's wait
     and hooks) over the whole step time, measured over the reporting interval.
     """
@@ -103,7 +104,8 @@ class ProgressReporter(L.Callback):
             self._step_times = self._step_times[-200:]
         self._last_end = now
         elapsed = now - self._window_start
-        if elapsed < self.interval_s:
+        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches  # every epoch gets a point on the curves
+        if elapsed < self.interval_s and not last_of_epoch:
             return
         loss = _number(outputs.get("loss") if isinstance(outputs, dict) else outputs)
         lr = self.learning_rate(trainer)

@@ -137,10 +137,11 @@ def _read_vector(path: Path, columns: list[str]) -> tuple[dict, list, dict]:
 
     try:
         meta, _, geometries, fields = pyogrio.raw.read(path, columns=columns)
-    except FieldError:
-        raise LabelError(f"labels {path} have no attribute {columns[0]!r}") from None
-    except (DataSourceError, DataLayerError, OSError) as exc:
+    except (DataSourceError, DataLayerError, FieldError, OSError) as exc:
         raise LabelError(f"labels {path} cannot be read: {exc}") from None
+    missing = [c for c in columns if c not in meta["fields"]]
+    if missing:  # pyogrio skips unknown columns silently
+        raise LabelError(f"labels {path} have no attribute {missing[0]!r} (they have {list(meta['fields'])})")
     return meta, list(geometries), dict(zip(meta["fields"], fields, strict=True))
 
 
