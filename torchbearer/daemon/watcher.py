@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -126,6 +127,11 @@ class QueueWatcher(FileSystemEventHandler):
             try:
                 stat = path.stat()
             except FileNotFoundError:
+                with self._lock:
+                    self._seen.pop(path, None)
+                continue
+            if not S_ISREG(stat.st_mode):  # reading a FIFO (or a device) would block the daemon forever
+                log.warning("ignoring %s: not a regular file", path.name)
                 with self._lock:
                     self._seen.pop(path, None)
                 continue
