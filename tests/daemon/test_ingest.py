@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 
 from tests.conftest import wait_for, wait_state, write_job
-from tests.daemon.conftest import job_named, probe
+from tests.daemon.conftest import job_named, logged, probe
 from tests.spec.corpus import CORPUS, DEPENDENCY_EXPECTED, EXPECTED, write_huge_file
 from torchbearer import commands
 
@@ -79,3 +80,13 @@ def test_editor_temp_and_hidden_files_are_ignored(project, store, daemon):
     left = {p.name for p in project.queue_dir.iterdir() if p.is_file()}
     assert {".night.yaml.swp", ".hidden.yaml", "night.yaml~", "#night.yaml#", "notes.txt", "~lock.yaml"} <= left
     assert [j.name for j in store.jobs()] == ["real"]
+
+
+def test_fifo_in_the_queue_does_not_block_the_daemon(project, store, daemon):
+    """Opening a named pipe for reading waits for a writer forever: the daemon must not even try."""
+    os.mkfifo(project.queue_dir / ".pipe")
+    os.rename(project.queue_dir / ".pipe", project.queue_dir / "pipe.yaml")  # "moved in": complete at once
+    write_job(project.queue_dir, "after.yaml", probe("after"))
+    wait_state(store, job_named(store, "after").id, "succeeded")
+    assert (project.queue_dir / "pipe.yaml").exists()
+    assert "ignoring pipe.yaml: not a regular file" in logged(daemon)
