@@ -23,6 +23,8 @@ from torchbearer.store import DependencyError, NewJob, Store
 log = logging.getLogger("torchbearer.ingest")
 
 INGESTING_PREFIX = ".ingesting-"
+#: Longest file name kept in accepted/ and rejected/ (bytes; file systems allow 255).
+MAX_STORED_NAME_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,25 @@ def ingest_queue_file(path: Path, queue_dir: Path, store: Store) -> IngestResult
     accepted_dir.mkdir(exist_ok=True)
     rejected_dir.mkdir(exist_ok=True)
     token = uuid.uuid4().hex[:12]
-    claimed = accepted_dir / f"{INGESTING_PREFIX}{token}-{path.name}"
+    name = storable_name(path.name)
+    claimed = accepted_dir / f"{INGESTING_PREFIX}{token}-{name}"
     try:
         os.rename(path, claimed)
     except FileNotFoundError:
         return IngestResult(path.name, error="vanished before it could be read")
-    return _ingest_claimed(claimed, path.name, token, rejected_dir, store)
+    return _ingest_claimed(claimed, name, token, rejected_dir, store)
+
+
+def storable_name(name: str) -> str:
+    """A queue file's name cut to :data:`MAX_STORED_NAME_BYTES`, keeping its suffix: with the prefixes and
+    suffixes ingest adds (``.ingesting-<token>-``, ``<id>-``, ``.error.txt``) a longer one would pass the file
+    system's 255-byte limit and the rename would fail."""
+    data = name.encode()
+    if len(data) <= MAX_STORED_NAME_BYTES:
+        return name
+    suffix = Path(name).suffix
+    stem = data[: MAX_STORED_NAME_BYTES - len(suffix.encode()) - 1].decode(errors="ignore")
+    return f"{stem}_{suffix}"
 
 
 def _ingest_claimed(claimed: Path, name: str, token: str, rejected_dir: Path, store: Store) -> IngestResult:
