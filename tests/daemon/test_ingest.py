@@ -90,3 +90,19 @@ def test_fifo_in_the_queue_does_not_block_the_daemon(project, store, daemon):
     wait_state(store, job_named(store, "after").id, "succeeded")
     assert (project.queue_dir / "pipe.yaml").exists()
     assert "ignoring pipe.yaml: not a regular file" in logged(daemon)
+
+
+def test_names_too_long_to_keep_with_a_prefix_are_shortened(project, store, daemon):
+    """A 250-byte name is legal in queue/ but not once ingest prefixes it: the daemon must not die of it."""
+    good, bad = "g" * 245 + ".yaml", "b" * 193 + "é" * 25 + ".yaml"  # a 2-byte character falls on the cut
+    write_job(project.queue_dir, good, probe("long-good"))
+    write_job(project.queue_dir, bad, "name: long-bad\nkind: probe\nsteps: lots\n")
+    job = wait_state(store, job_named(store, "long-good").id, "succeeded")
+    rejected = project.queue_dir / "rejected"
+    wait_for(lambda: any(p.name.endswith(".error.txt") for p in rejected.iterdir()), what="the refusal")
+    (error,) = [p for p in rejected.iterdir() if p.name.endswith(".error.txt")]
+    assert (
+        error.name == "b" * 193 + "_.yaml.error.txt" and "steps: Input should be a valid integer" in error.read_text()
+    )
+    assert (project.queue_dir / "accepted" / f"{job.id}-{'g' * 194}_.yaml").exists()
+    assert daemon.process.poll() is None
