@@ -14,6 +14,7 @@ CORPUS = Path(__file__).resolve().parent.parent / "data" / "bad_jobs"
 EXPECTED: dict[str, tuple[str, int | None]] = {
     "alias_bomb.yaml": ("alias bomb", None),
     "bad_cron.yaml": ("is not a cron expression", 3),
+    "bad_date.yaml": ("YAML error: month must be in 1..12", None),
     "bad_cron_words.yaml": ("Wrong number of fields", 3),
     "bad_name.yaml": ("name: String should match pattern", 1),
     "batch_missing_name.yaml": ("jobs[1].name: Field required", 5),
@@ -51,6 +52,8 @@ EXPECTED: dict[str, tuple[str, int | None]] = {
     "type_priority_list.yaml": ("priority: Input should be a valid integer", 3),
     "type_steps_string.yaml": ("steps: Input should be a valid integer", 3),
     "type_timeout_bad.yaml": ("'soon' is not a duration", 3),
+    "type_mapping_for_number.yaml": ("step_s: Input should be a valid number", 3),
+    "unhashable_key.yaml": ("while constructing a mapping, found unhashable key", 3),
     "unknown_key_in_batch.yaml": ("jobs[1].retires: unknown key 'retires'; did you mean 'retries'?", 6),
     "unknown_key_in_defaults.yaml": ("defaults.stpes: unknown key 'stpes'; did you mean 'steps'?", 3),
     "unknown_key_typo.yaml": ("prority: unknown key 'prority'; did you mean 'priority'?", 3),
