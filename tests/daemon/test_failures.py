@@ -47,15 +47,15 @@ def test_timeout_of_a_job_ignoring_sigterm_ends_with_sigkill(project, store, tol
 
 
 def test_retries_with_backoff(project, store, tolerant_daemon):
-    text = probe("flaky", action="raise", at_step=0, steps=1, retries=2, retry_backoff=0.5)
+    text = probe("flaky", action="raise", at_step=0, steps=1, retries=2, retry_backoff=0.2)
     write_job(project.queue_dir, "flaky.yaml", text)
     job = wait_state(store, job_named(store, "flaky").id, "failed")
     assert job.attempts == 3 and job.reason == "RuntimeError: probe flaky failed on purpose"
     attempts = store.attempts(job.id)
     assert [a["outcome"] for a in attempts] == ["failed"] * 3
-    # the backoff doubles: 0.5 s before the second attempt, 1 s before the third
-    assert attempts[1]["started_at"] - attempts[0]["finished_at"] >= 0.5
-    assert attempts[2]["started_at"] - attempts[1]["finished_at"] >= 1.0
+    # the backoff doubles: 0.2 s before the second attempt, 0.4 s before the third
+    assert attempts[1]["started_at"] - attempts[0]["finished_at"] >= 0.2
+    assert attempts[2]["started_at"] - attempts[1]["finished_at"] >= 0.4
     states = [t["to_state"] for t in store.transitions(job.id)]
     assert states == ["queued", "running", "waiting", "queued", "running", "waiting", "queued", "running", "failed"]
     waits = [t["reason"] for t in store.transitions(job.id) if t["to_state"] == "waiting"]
