@@ -333,8 +333,9 @@ def _validate_job(
         return None, [SpecIssue(_path_text((*prefix, "kind")), message, _line_of(prefix, lines))]
     try:
         kind = get_kind(str(kind_name))
-    except (UnknownKindError, ImportError) as exc:
-        return None, [SpecIssue(_path_text((*prefix, "kind")), str(exc), _line_of((*prefix, "kind"), lines))]
+    except Exception as exc:  # noqa: BLE001 - a broken plugin refuses its jobs, it must not crash the daemon
+        message = str(exc) if isinstance(exc, UnknownKindError) else f"kind {kind_name!r} could not be loaded: {exc!r}"
+        return None, [SpecIssue(_path_text((*prefix, "kind")), message, _line_of((*prefix, "kind"), lines))]
     try:
         return kind.spec.model_validate(given), []
     except ValidationError as exc:
