@@ -14,6 +14,7 @@ resumes at that row and writes the same bytes an uninterrupted run writes.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -60,8 +61,9 @@ Report = Callable[[int, int, float, float | None], None]
 
 STRIP_ROWS = 64
 """Rows of the output combined and written at a time (and the step at which an interrupted run resumes)."""
-GDAL_CACHE_MB = 64
-"""GDAL block cache while predicting (MB): enough for a row of tiles, and flat whatever the scene's size."""
+GDAL_CACHE_BYTES = 64 * 2**20
+"""GDAL block cache while predicting: a row of input tiles, and flat whatever the scene's size (rasterio
+passes an integer ``GDAL_CACHEMAX`` to GDAL as bytes, not megabytes)."""
 
 
 class EnsembleError(ValueError):
@@ -314,6 +316,26 @@ def group_forward(
     return forward
 
 
+MMAP_THRESHOLD_BYTES = 2**20
+"""Heap blocks from this size on are mapped (and unmapped when freed) by glibc: see :func:`map_large_blocks`."""
+
+
+def map_large_blocks() -> None:
+    """Have glibc map every allocation of 1 MiB or more (``mallopt(M_MMAP_THRESHOLD)``); elsewhere nothing.
+
+    Windows, strips and their temporaries of many sizes, freed by several threads, otherwise land in glibc's
+    heap arenas (its threshold rises to 32 MiB after the first large free) and fragment them, so the resident
+    set grows with the scene's width (measured: 1.5× from a 1830² scene to a 5490² mosaic, 1.1× with this).
+    The forward's large activations were mapped already; the process runs one job, so the setting stays.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(-3, MMAP_THRESHOLD_BYTES)  # -3: M_MMAP_THRESHOLD; also stops the threshold's rise
+
+
 # -- the prediction ---------------------------------------------------------------------------------------------
 
 
@@ -386,6 +408,7 @@ def predict_scene(
         created: UNIX time recorded in the tags (default: when this prediction first started).
     """
     check_compatible(members)
+    map_large_blocks()
     started = time.perf_counter()
     device = torch.device(options.device)
     card = members[0].card
@@ -403,7 +426,7 @@ def predict_scene(
     first_started = float(previous["started"]) if previous else (created or time.time())
 
     with ExitStack() as context:
-        context.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        context.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
         groups = _group_members(members, stacks, context)
         out_grid = groups[0].grid
         models = [prepare_model(m.model, device, options.optimize) for m in members]

@@ -200,19 +200,28 @@ class GroupStream:
                         probs=acc[:, :, first - top : last - top].numpy().copy(),
                         valid=valid_acc[first - top : last - top].copy(),
                     )
-                # Move the unfinished rows to the top of the buffer for the next row of windows.
-                keep = top + size - end
-                if keep > 0 and end < grid.height:
-                    acc[:, :, :keep] = acc[:, :, end - top : end - top + keep].clone()
-                    valid_acc[:keep] = valid_acc[end - top : end - top + keep]
-                acc[:, :, max(keep, 0) :] = 0
-                valid_acc[max(keep, 0) :] = False
+                self._shift(acc, valid_acc, end - top)
                 top = end
         finally:
             self._stop.set()
             while reader.is_alive():  # unblock a reader waiting on a full queue
                 with contextlib.suppress(queue.Empty):
                     self._queue.get(timeout=0.05)
+
+    @staticmethod
+    def _shift(acc: torch.Tensor, valid_acc: np.ndarray, shift: int) -> None:
+        """Move the unfinished rows (after the first ``shift``) to the top of the buffers, zero the rest.
+
+        Copied in pieces of at most ``shift`` rows, which never overlap, so no buffer-sized temporary is
+        allocated (a fresh one per row of windows fragments the heap as the scene gets wider).
+        """
+        keep = acc.shape[2] - shift
+        for a in range(0, max(keep, 0), shift):
+            b = min(a + shift, keep)
+            acc[:, :, a:b] = acc[:, :, a + shift : b + shift]
+            valid_acc[a:b] = valid_acc[a + shift : b + shift]
+        acc[:, :, max(keep, 0) :] = 0
+        valid_acc[max(keep, 0) :] = False
 
     def _accumulate(self, batch: _Batch, acc: torch.Tensor, valid_acc: np.ndarray, top: int) -> None:
         grid, size = self.grid, self.grid.size
