@@ -25,8 +25,12 @@ log = logging.getLogger(__name__)
 # -- datasets, sampler, collate ----------------------------------------------------------------------------------
 
 
+#: A patch as the dataset gives it: scene index, DN, target, no-data mask, augmentation code.
+Item = tuple[int, np.ndarray, np.ndarray, np.ndarray, int]
+
+
 class PatchDataset(Dataset):
-    """Patches at given origins: each item is (scene index, DN patch, target patch, augmentation code)."""
+    """Patches at given origins: each item is (scene index, DN, target, no-data mask, augmentation code)."""
 
     def __init__(self, scenes: list[Scene], patch_size: int, origins: list[tuple[int, int, int]] | None = None):
         self.scenes = scenes
@@ -36,11 +40,11 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.origins)
 
-    def __getitem__(self, item: int | tuple[int, int, int, int]) -> tuple[int, np.ndarray, np.ndarray, int]:
+    def __getitem__(self, item: int | tuple[int, int, int, int]) -> Item:
         scene, r, c, aug = item if isinstance(item, tuple) else (*self.origins[item], 0)
         s = self.scenes[scene]
         window = (slice(r, r + self.size), slice(c, c + self.size))
-        return scene, s.dn[(slice(None), *window)], s.target[window], aug
+        return scene, s.dn[(slice(None), *window)], s.target[window], s.nodata[window], aug
 
 
 class RandomPatchSampler(Sampler):
@@ -72,39 +76,44 @@ class RandomPatchSampler(Sampler):
 
 
 class Collate:
-    """Batch patches into (normalised float32 B × bands × H × W, long B × H × W targets).
+    """Batch patches into ``image`` (normalised float32 B × bands × H × W) and ``mask`` (uint8 B × H × W).
 
     Per scene, reflectance = DN × scale + shift; standardised with the band statistics; no-data pixels → 0.
     Augmentation code a: bit 0 flips left-right, bit 1 flips up-down, bit 2 transposes (the 8 symmetries).
     """
 
     def __init__(self, scenes: list[Scene], mean: list[float], std: list[float]) -> None:
-        std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        # One multiply-add a pixel: ((DN × scale + shift) - mean) / std.
-        self.terms = [(scale / std_t, (shift - mean_t) / std_t) for scale, shift in (s.scale_shift for s in scenes)]
+        std_a, mean_a = np.asarray(std, np.float32), np.asarray(mean, np.float32)
+        # One multiply-add a pixel: ((DN × scale + shift) - mean) / std = DN × a + b.
+        self.terms = [(scale / std_a, (shift - mean_a) / std_a) for scale, shift in (s.scale_shift for s in scenes)]
 
-    def __call__(self, items: list[tuple[int, np.ndarray, np.ndarray, int]]) -> dict[str, torch.Tensor]:
-        dn = torch.from_numpy(np.stack([i[1] for i in items]).astype(np.int32))
-        target = torch.from_numpy(np.stack([i[2] for i in items])).long()
-        multiplier = torch.stack([self.terms[i[0]][0] for i in items])
-        offset = torch.stack([self.terms[i[0]][1] for i in items])
-        image = torch.addcmul(offset, dn.float(), multiplier)
-        image.masked_fill_((dn == 0).any(dim=1, keepdim=True), 0.0)
-        augs = [i[3] for i in items]
-        if any(augs):
-            image = torch.stack([_augment(x, a) for x, a in zip(image, augs, strict=True)])
-            target = torch.stack([_augment(y, a) for y, a in zip(target, augs, strict=True)])
-        return {"image": image, "mask": target}
+    def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
+        bands, rows, cols = items[0][1].shape
+        image = np.empty((len(items), bands, rows, cols), np.float32)
+        target = np.empty((len(items), rows, cols), np.uint8)
+        for b, (scene, patch, mask, nodata, aug) in enumerate(items):
+            multiplier, offset = self.terms[scene]
+            valid = ~_augment(nodata, aug) if nodata.any() else None
+            patch = _augment(patch, aug)  # flips and transposes are views: one copy, into the batch
+            for k in range(bands):  # band by band, so each plane is converted and scaled while in cache
+                plane = image[b, k]
+                plane[...] = patch[k]
+                plane *= multiplier[k]
+                plane += offset[k]
+                if valid is not None:
+                    plane *= valid
+            target[b] = _augment(mask, aug)
+        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(target)}
 
 
-def _augment(x: torch.Tensor, code: int) -> torch.Tensor:
+def _augment(x: np.ndarray, code: int) -> np.ndarray:
+    """One of the 8 symmetries of a square on the last two axes, as a view."""
     if code & 1:
-        x = x.flip(-1)
+        x = x[..., ::-1]
     if code & 2:
-        x = x.flip(-2)
+        x = x[..., ::-1, :]
     if code & 4:
-        x = x.transpose(-1, -2)
+        x = x.swapaxes(-1, -2)
     return x
 
 

@@ -38,12 +38,13 @@ class InputCheckError(DataError):
 
 @dataclass
 class Scene:
-    """One scene in memory: DN (bands × rows × columns, uint16), target (rows × columns, uint8) and the
-    reflectance terms of its stack."""
+    """One scene in memory: DN (bands × rows × columns, uint16), target (rows × columns, uint8), where the
+    scene has no data (rows × columns, bool: DN 0 in some band) and the reflectance terms of its stack."""
 
     info: StackInfo
     dn: np.ndarray
     target: np.ndarray
+    nodata: np.ndarray
 
     @property
     def scale_shift(self) -> tuple[float, float]:
@@ -89,10 +90,11 @@ def load_scene(stack: Path, bands: list[str] | None, masks: list[Path], classes:
     if bands is not None:
         info = StackInfo(**{**info.__dict__, "bands": tuple(bands)})
     target = scene_target(info, masks, classes, class_field)
-    target[(dn == 0).any(axis=0)] = IGNORE
+    nodata = (dn == 0).any(axis=0)
+    target[nodata] = IGNORE
     if (target == IGNORE).all():
         raise DataError(f"scene {stack.name}: its masks label only no-data pixels")
-    return Scene(info, dn, target)
+    return Scene(info, dn, target, nodata)
 
 
 # -- the spatial split -----------------------------------------------------------------------------------------

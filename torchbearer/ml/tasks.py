@@ -113,13 +113,13 @@ class SegmentationTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = self.loss(logits, batch["mask"])
+        loss = self.loss(logits, batch["mask"].long())  # masks travel as uint8: 8× fewer bytes to the device
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         logits = self(batch["image"])
-        target = batch["mask"]
+        target = batch["mask"].long()
         self.log(f"{stage}/loss", self.loss(logits, target), on_epoch=True, batch_size=len(logits))
         predicted = self.predict_classes(logits)
         for metric in self.metrics[stage].values():

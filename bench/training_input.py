@@ -1,0 +1,164 @@
+"""Training input: 256 × 256 patches with their masks per second, torchbearer's DataLoader vs TorchGeo's.
+
+Usage::
+
+    python bench/training_input.py [--scene <SAFE folder>] [--patches 320] [--patch 256] [--steps 12]
+
+The scene (figures in docs/benchmarks.md are for the full T29UNU product of the shared fixtures; the sample
+crop in ``data/``, the default, is too small for 256² patches: use ``--patch 64``) is used at 60 m (11 bands),
+with a cloud / clear mask made from its SCL band.
+
+- torchbearer: the scene stacked once into the cache (timed apart), read into memory, and the training
+  DataLoader of the train kind (random patches in training blocks, normalised, flipped/rotated, no workers).
+- TorchGeo: its ``Sentinel2`` dataset reading the same JP2 bands (every band pinned to the R60m files: 0.8.1
+  builds file names from each band's native resolution) intersected with a mask ``RasterDataset``, a
+  ``RandomGeoSampler`` and ``stack_samples``, no workers, first epoch (JPEG 2000 decoded per patch).
+- data-wait share: a few training steps of the sample model (FCN) on the torchbearer DataLoader, measured by
+  the train kind's progress callback (time between steps over step time).
+
+Prints the figures and, last, one JSON line: ``{"patches_per_s", "cache_vs_torchgeo", "data_wait_share"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from torchbearer.imagery.cache import build_stack  # noqa: E402
+from torchbearer.imagery.safe import read_safe  # noqa: E402
+
+SAMPLE = REPO / "data" / "S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"
+CLASSES = ["clear", "cloud"]
+BATCH = 16
+
+
+def cloud_mask(safe: Path, out: Path) -> Path:
+    """Cloud (SCL 8, 9, 10) = 1, clear = 0, no data (SCL 0) = 255, on the 60 m grid."""
+    with rasterio.open(read_safe(safe).band_file("SCL", 60)) as src:
+        scl, profile = src.read(1), src.profile
+    mask = np.isin(scl, (8, 9, 10)).astype("uint8")
+    mask[scl == 0] = 255
+    profile.update(driver="GTiff", dtype="uint8", nodata=255, compress="deflate", tiled=True)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(mask, 1)
+    return out
+
+
+def torchbearer_loader(stack: Path, mask: Path, patches: int, patch: int):
+    from torchbearer.ml.datamodules import SegmentationDataModule
+    from torchbearer.ml.scenes import SplitOptions, load_scenes
+
+    start = time.perf_counter()
+    scenes = load_scenes([stack], [mask], CLASSES)
+    dm = SegmentationDataModule(scenes, patch_size=patch, batch_size=BATCH, split=SplitOptions(patch),
+                                samples_per_epoch=patches)  # fmt: skip
+    dm.setup()
+    return dm, time.perf_counter() - start
+
+
+def time_torchbearer(dm, patches: int) -> float:
+    start = time.perf_counter()
+    seen = 0
+    for batch in dm.train_dataloader():
+        seen += len(batch["image"])
+    assert seen == patches and batch["image"].dtype.is_floating_point
+    return seen / (time.perf_counter() - start)
+
+
+def time_torchgeo(safe: Path, mask: Path, patches: int, patch: int) -> float:
+    from torch.utils.data import DataLoader
+    from torchgeo.datasets import RasterDataset, Sentinel2, stack_samples
+    from torchgeo.samplers import RandomGeoSampler
+
+    from torchbearer.imagery.spec import BANDS_BY_RESOLUTION
+
+    class Sentinel2At60m(Sentinel2):
+        # TorchGeo 0.8.1 names each band's file after its native resolution (R10m/…_B02_10m.jp2):
+        # pin every band to the R60m files.
+        resolutions = dict.fromkeys(Sentinel2.all_bands, "60m")
+
+    class Mask(RasterDataset):
+        filename_glob = mask.name
+        is_image = False
+
+    start = time.perf_counter()
+    images = Sentinel2At60m(paths=[str(safe)], res=60, bands=list(BANDS_BY_RESOLUTION[60]))
+    dataset = images & Mask(paths=[str(mask.parent)])
+    sampler = RandomGeoSampler(dataset, size=patch, length=patches)
+    loader = DataLoader(dataset, sampler=sampler, batch_size=BATCH, collate_fn=stack_samples)
+    seen = 0
+    first = time.perf_counter()
+    for batch in loader:
+        seen += len(batch["image"])
+    assert batch["image"].shape[1:] == (11, patch, patch) and "mask" in batch
+    print(f"torchgeo: index built in {first - start:.2f} s", file=sys.stderr)
+    return seen / (time.perf_counter() - first)
+
+
+def data_wait_share(dm, steps: int) -> float:
+    """Share of training-step time spent waiting for data, training FCN (the sample model) for ``steps``."""
+    import lightning as L
+
+    from torchbearer.ml.callbacks import ProgressReporter
+    from torchbearer.ml.checkpoint import ModelCard
+    from torchbearer.ml.tasks import SegmentationTask
+
+    card = ModelCard("fcn", None, len(dm.bands), 2, CLASSES, "binary", dm.bands, 60.0,
+                     {"mean": dm.mean, "std": dm.std})  # fmt: skip
+    shares: list[float] = []
+
+    def metrics(values: dict, **_: object) -> None:
+        if "data_wait_share" in values:
+            shares.append(values["data_wait_share"])
+
+    reporter = ProgressReporter(lambda *a, **k: None, metrics, interval_s=0.0)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[reporter], accelerator="auto", devices=1)  # fmt: skip
+    trainer.fit(SegmentationTask(card.to_dict()), datamodule=dm)
+    return float(np.mean(shares[1:])) if len(shares) > 1 else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scene", type=Path, default=SAMPLE, help="an L2A SAFE folder with R60m bands")
+    parser.add_argument("--patches", type=int, default=320, help="patches each pipeline delivers")
+    parser.add_argument("--patch", type=int, default=256, help="patch edge, pixels (64 for the small sample)")
+    parser.add_argument("--steps", type=int, default=12, help="training steps for the data-wait share")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "masks").mkdir()
+        mask = cloud_mask(args.scene, work / "masks" / "cloud.tif")
+        start = time.perf_counter()
+        stack = build_stack(args.scene, 60, work / "cache")
+        stack_s = time.perf_counter() - start
+        dm, load_s = torchbearer_loader(stack, mask, args.patches, args.patch)
+        # Both pipelines on one thread, as a DataLoader worker runs (GDAL decodes JP2 on one thread too).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        ours = time_torchbearer(dm, args.patches)
+        theirs = time_torchgeo(args.scene, mask, args.patches, args.patch)
+        torch.set_num_threads(threads)
+        wait = data_wait_share(dm, args.steps)
+    print(f"scene {args.scene.name}: stacked once in {stack_s:.2f} s, read with its mask in {load_s:.2f} s")
+    print(f"torchbearer DataLoader: {ours:.0f} patches/s ({args.patch}², {BATCH} a batch, normalised, augmented)")
+    print(f"TorchGeo Sentinel2 ∩ mask + RandomGeoSampler (JP2, first epoch): {theirs:.1f} patches/s")
+    print(f"cache vs TorchGeo: {ours / theirs:.1f}×; data-wait share of an FCN step: {wait:.3f}")
+    print(json.dumps({"patches_per_s": round(ours, 1), "cache_vs_torchgeo": round(ours / theirs, 1),
+                      "data_wait_share": round(wait, 4)}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
