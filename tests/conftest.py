@@ -43,8 +43,7 @@ def wait_state(store: Store, job_id: int, states: str | set[str], timeout: float
     except AssertionError:
         job = store.job(job_id)
         raise AssertionError(
-            f"job {job_id} is {job.state if job else 'missing'} ({job.reason if job else ''}), "
-            f"wanted {sorted(wanted)}"
+            f"job {job_id} is {job.state if job else 'missing'} ({job.reason if job else ''}), wanted {sorted(wanted)}"
         ) from None
 
 
