@@ -51,6 +51,7 @@ from torchbearer.inference.writer import (
     partial_path,
     quantise,
 )
+from torchbearer.ml.checkpoint import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ TTA = Literal["none", "flips", "d4"]
 Report = Callable[[int, int, float, float | None], None]
 """``report(windows_done, windows_total, megapixels_per_s, eta_s)``."""
 
-STRIP_ROWS = 64
+STRIP_ROWS = 32
 """Rows of the output combined and written at a time (and the step at which an interrupted run resumes)."""
 GDAL_CACHE_BYTES = 64 * 2**20
 """GDAL block cache while predicting: a row of input tiles, and flat whatever the scene's size (rasterio
@@ -92,7 +93,7 @@ class Member:
 
     name: str
     model: nn.Module
-    card: Any
+    card: ModelCard
     source: str = ""
     weight: float = 1.0
 
@@ -376,7 +377,7 @@ def class_map_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.classes{output.suffix}")
 
 
-def _map_paths(output: Path, members: Sequence[Member], options: PredictOptions) -> dict[str, Path]:
+def map_paths(output: Path, members: Sequence[Member], options: PredictOptions) -> dict[str, Path]:
     """The maps to write: ``probability``, optionally ``classes`` and ``member:<name>`` in the members' order."""
     paths = {"probability": output}
     if options.class_map:
@@ -417,7 +418,7 @@ def predict_scene(
     if options.combine in ("weighted", "vote") and not (weights > 0).all():
         raise EnsembleError(f"model weights must be positive for combine: {options.combine}, got {weights.tolist()}")
     output = Path(output)
-    paths = _map_paths(output, members, options)
+    paths = map_paths(output, members, options)
     record = ResumeRecord(output, _fingerprint(members, stacks, options))
     previous = record.load()
     if previous is not None and not all(partial_path(p).exists() for p in paths.values()):

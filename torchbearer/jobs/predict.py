@@ -14,6 +14,8 @@ heavy (torch, rasterio) is imported inside :func:`run`, so reading job files sta
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -88,7 +90,7 @@ def load_members(spec: PredictSpec, ctx: JobContext, device: str) -> list[Member
     from torchbearer.inference.ensemble import Member, check_compatible
     from torchbearer.ml.checkpoint import load_member
 
-    members = []
+    members: list[Member] = []
     for i, ref in enumerate(spec.models):
         if ref.checkpoint is not None:
             path = ctx.resolve(ref.checkpoint)
@@ -101,10 +103,12 @@ def load_members(spec: PredictSpec, ctx: JobContext, device: str) -> list[Member
             default = str(ref.job)
         model, card = load_member(path, device)
         members.append(Member(name=ref.name or default, model=model, card=card, source=str(path), weight=ref.weight))
-    names = [m.name for m in members]
+    names = Counter(m.name for m in members)
+    seen: Counter[str] = Counter()
     for m in members:
-        if names.count(m.name) > 1:  # two checkpoints with one stem: number them
-            m.name = f"{m.name}-{names[: members.index(m)].count(m.name) + 1}"
+        if names[m.name] > 1:  # two checkpoints with one stem (or one job twice): number them
+            seen[m.name] += 1
+            m.name = f"{m.name}-{seen[m.name]}"
     check_compatible(members)
     return members
 
@@ -142,7 +146,7 @@ def output_path(spec: PredictSpec, ctx: JobContext, stacks: list[Path], count: i
     output = ctx.resolve(spec.output)
     if count == 1:
         return output
-    scene = stacks[0].stem.removesuffix(".SAFE")
+    scene = re.sub(r"_\d+m$", "", stacks[0].stem)  # a cached stack is <product>_<res>m.tif
     return output.with_name(f"{output.stem}_{scene}{output.suffix}")
 
 
@@ -151,7 +155,13 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
     import torch
 
     from torchbearer.context import JobInterrupted
-    from torchbearer.inference.ensemble import PredictionInterrupted, PredictOptions, is_complete, predict_scene
+    from torchbearer.inference.ensemble import (
+        PredictionInterrupted,
+        PredictOptions,
+        is_complete,
+        map_paths,
+        predict_scene,
+    )
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     members = load_members(spec, ctx, device)
@@ -163,7 +173,8 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
     for i, stacks in enumerate(scenes):
         output = output_path(spec, ctx, stacks, len(scenes))
         if is_complete(output, members, stacks, options):  # done by an earlier attempt
-            ctx.output(output, "map")
+            for path in map_paths(output, members, options).values():
+                ctx.output(path, "map")
             continue
 
         def report(done: int, total: int, mpx_per_s: float, eta_s: float | None, i: int = i) -> None:
@@ -173,13 +184,12 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
             )  # fmt: skip
 
         try:
-            result = predict_scene(members, stacks, output, options, report=report, should_stop=lambda: ctx.should_stop)
+            predict_scene(members, stacks, output, options, report=report, should_stop=lambda: ctx.should_stop)
         except PredictionInterrupted as exc:
             raise JobInterrupted(str(exc)) from exc
         ctx.progress("writing", done=i + 1, total=len(scenes), unit="scenes", force=True)
-        for path in [result.output, result.class_map, *result.member_maps.values()]:
-            if path is not None:
-                ctx.output(path, "map")
+        for path in map_paths(output, members, options).values():
+            ctx.output(path, "map")
 
 
 register(JobKind(name="predict", spec=PredictSpec, run=run, description="ensemble of models → probability map"))
