@@ -1,9 +1,9 @@
 """The Lightning DataModule of segmentation training: patches of scenes in memory (``ml/scenes.py``).
 
-Batches leave the DataLoader normalised and augmented: the collate function turns DN into reflectance with the
-scene's offset, standardises it with the per-band statistics of the training blocks, zeroes no-data pixels and
-applies each patch's flip/rotation, all vectorised over the batch. Random training patches are drawn by a
-sampler in the main process, from the seed and the epoch.
+Batches leave the DataLoader normalised and augmented: the collate function copies each patch once into the
+batch through its flip/rotation view, turning DN into reflectance with the scene's offset and standardising it
+with the per-band statistics of the training blocks in the same pass, no-data pixels zeroed. Random training
+patches are drawn by a sampler in the main process, from the seed and the epoch.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class PatchDataset(Dataset):
 
 
 class RandomPatchSampler(Sampler):
-    """``samples`` random (scene, row, column, augmentation) picks a epoch from the training origins.
+    """``samples`` random (scene, row, column, augmentation) picks an epoch from the training origins.
 
     Drawn in the main process from ``seed`` and the epoch (Lightning calls :meth:`set_epoch`), so runs repeat
     and DataLoader workers never share a random state.
