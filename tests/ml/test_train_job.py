@@ -54,7 +54,7 @@ def test_fcn_train_job_runs_end_to_end(sample_project, store, daemon) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["{arch: farseg, backbone: resnet18}", "{arch: unet, backbone: resnet18}"])
 def test_each_architecture_beats_a_constant(sample_project, store, daemon, model: str) -> None:
-    write_job(sample_project.queue_dir, "job.yaml", train_yaml("net", model=model, epochs=3, samples=64, patch=64))
+    write_job(sample_project.queue_dir, "job.yaml", train_yaml("net", model=model, epochs=5, samples=64, patch=64))
     job = _finished(store, "net")
     assert _best_val_iou(store, job.id) > constant_iou(sample_project, patch_size=64)
     _, card = load_member(Path(job.run_dir) / "checkpoints" / "best.ckpt")
