@@ -15,8 +15,6 @@ from tests.daemon.conftest import job_named
 from tests.ml.conftest import train_yaml
 from torchbearer.store import pid_alive
 
-EPOCHS = 3
-
 
 def _running_in(store, name: str, epoch: int, step: int):
     job = wait_state(store, job_named(store, name).id, "running", timeout=60)
@@ -25,18 +23,18 @@ def _running_in(store, name: str, epoch: int, step: int):
     return store.job(job.id)
 
 
-def _check_resumed(store, job_id: int, run_dir: Path, per_epoch: int) -> None:
+def _check_resumed(store, job_id: int, run_dir: Path, epochs: int, per_epoch: int) -> None:
     job = wait_state(store, job_id, {"succeeded", "failed"}, timeout=300)
     assert job.state == "succeeded", (job.reason, (run_dir / "log.txt").read_text()[-3000:])
     first, second = store.attempts(job_id)
     assert first["outcome"] == "interrupted"
-    epochs = [m["epoch"] for m in store.metrics(job_id, "val/iou")]
-    assert sorted(epochs) == list(range(EPOCHS)), epochs  # every epoch validated exactly once
+    validated = [m["epoch"] for m in store.metrics(job_id, "val/iou")]
+    assert sorted(validated) == list(range(epochs)), validated  # every epoch validated exactly once
     resumed = store.query("SELECT MIN(step) AS step FROM progress WHERE job_id = ? AND time > ? AND step > 0",
                           [job_id, second["started_at"]])[0]["step"]  # fmt: skip
     assert resumed > per_epoch  # the step count went on from the checkpoint
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert last["epoch"] == EPOCHS - 1 and last["global_step"] == EPOCHS * per_epoch
+    assert last["epoch"] == epochs - 1 and last["global_step"] == epochs * per_epoch
     best = max(m["value"] for m in store.metrics(job_id, "val/iou"))
     (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
     assert float(state["best_model_score"]) == pytest.approx(best)
@@ -44,19 +42,20 @@ def _check_resumed(store, job_id: int, run_dir: Path, per_epoch: int) -> None:
 
 
 def test_resume_after_sigterm(sample_project, store, daemon) -> None:
-    write_job(sample_project.queue_dir, "long.yaml", train_yaml("long", epochs=EPOCHS, samples=64))
+    write_job(sample_project.queue_dir, "long.yaml", train_yaml("long", epochs=2, samples=64))
     job = _running_in(store, "long", 1, 9)  # early in the second epoch of 8 steps: it stops within it
     assert daemon.stop() == 0
     assert store.job(job.id).state == "interrupted"
     daemon.start()
-    _check_resumed(store, job.id, Path(job.run_dir), per_epoch=8)
+    _check_resumed(store, job.id, Path(job.run_dir), epochs=2, per_epoch=8)
 
 
+@pytest.mark.slow  # two more worker starts; the SIGTERM test above covers resuming in the default run
 def test_resume_after_kill9(sample_project, store, daemon) -> None:
-    write_job(sample_project.queue_dir, "long.yaml", train_yaml("long", epochs=EPOCHS, samples=16))
+    write_job(sample_project.queue_dir, "long.yaml", train_yaml("long", epochs=3, samples=16))
     job = _running_in(store, "long", 2, 5)  # in the third epoch of 2 steps: last.ckpt holds the second
     daemon.kill9()
     os.killpg(job.pid, signal.SIGKILL)
     wait_for(lambda: not pid_alive(job.pid), 10, what="the worker to die")
     daemon.start()
-    _check_resumed(store, job.id, Path(job.run_dir), per_epoch=2)
+    _check_resumed(store, job.id, Path(job.run_dir), epochs=3, per_epoch=2)
