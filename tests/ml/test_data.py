@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import shapely
+import shapely.geometry
 from affine import Affine
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from rasterio.windows import Window
@@ -125,6 +127,23 @@ def test_split_is_spatial_and_skips_unlabelled_patches(stack: Path) -> None:
         assert (target[r : r + size, c : c + size] != IGNORE).any()
     # The east of the sample is the no-data wedge: no patch there is all no data.
     assert not any(c >= 480 and (target[r : r + size, c : c + size] == IGNORE).all() for _, r, c in split.train)
+
+
+def test_split_by_given_regions(stack: Path, tmp_path: Path) -> None:
+    from torchbearer.imagery.aoi import to_crs
+
+    info = stack_info(stack)
+    t = info.transform
+    # Columns 256-448 of the sample as a polygon in longitude/latitude.
+    region = shapely.box(t.c + 256 * 60, t.f - 320 * 60, t.c + 448 * 60, t.f)
+    geometry = shapely.geometry.mapping(to_crs(region, info.crs, "EPSG:4326"))
+    (tmp_path / "val.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": geometry}]}))  # fmt: skip
+    options = SplitOptions(64, val_regions=tmp_path / "val.geojson")
+    dm = SegmentationDataModule(load_scenes([stack], [MASK], CLASSES), patch_size=32, split=options)
+    dm.setup()
+    assert dm.split.val and all(c >= 254 and c + 32 <= 450 for _, _, c in dm.split.val)
+    assert all(c + 32 <= 258 or c >= 446 for _, _, c in dm.split.train)  # training stays outside the region
 
 
 def test_batches_are_normalised_like_a_prediction(stack: Path) -> None:

@@ -34,7 +34,7 @@ def _check_resumed(store, job_id: int, run_dir: Path, epochs: int, per_epoch: in
                           [job_id, second["started_at"]])[0]["step"]  # fmt: skip
     assert resumed > per_epoch  # the step count went on from the checkpoint
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert last["epoch"] == epochs - 1 and last["global_step"] == epochs * per_epoch
+    assert last["global_step"] == epochs * per_epoch  # no step lost or done twice
     best = max(m["value"] for m in store.metrics(job_id, "val/iou"))
     (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
     assert float(state["best_model_score"]) == pytest.approx(best)

@@ -42,6 +42,8 @@ def test_defaults_of_a_train_job() -> None:
         ("train: {early_stopping: {monitor: train/loss}}", "use one of val/loss"),
         ("imagery: {source: local, paths: [data]}", "either scenes (paths) or an imagery block"),
         ("train: {epoch: 3}", "did you mean 'epochs'"),
+        ("train: {split: {test_regions: masks/t.geojson}}", "test_regions needs val_regions"),
+        ("train: {split: {val_regions: masks/v.geojson, block_size: 64}}", "either regions or blocks"),
     ],
 )
 def test_mistakes_are_refused(extra: str, message: str) -> None:

@@ -78,11 +78,22 @@ class EarlyStoppingSpec(StrictModel):
 
 
 class SplitSpec(StrictModel):
-    """Spatial split of the labelled area into square blocks dealt to train / validation / test."""
+    """Spatial split: square blocks of the labelled area dealt to train / validation / test, or validation
+    (and test) regions given as vector files, training outside them."""
 
     block_size: int | None = Field(None, ge=32, description="pixels; default twice the patch size")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share of labelled blocks for validation")
     test_fraction: float = Field(0.0, ge=0, lt=1, description="share of labelled blocks for the test")
+    val_regions: str | None = Field(None, description="vector file (any CRS): validation inside its polygons")
+    test_regions: str | None = Field(None, description="vector file: test inside its polygons (with val_regions)")
+
+    @model_validator(mode="after")
+    def _regions(self) -> SplitSpec:
+        if self.test_regions is not None and self.val_regions is None:
+            raise ValueError("test_regions needs val_regions")
+        if self.val_regions is not None and (self.block_size is not None or self.test_fraction > 0):
+            raise ValueError("give either regions or blocks (block_size, test_fraction), not both")
+        return self
 
 
 class TrainOptions(StrictModel):
@@ -223,7 +234,7 @@ def _precision(spec: TrainSpec, cuda: bool) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def build_datamodule(spec: TrainSpec, scenes: list[Scene], cuda: bool) -> SegmentationDataModule:
+def build_datamodule(spec: TrainSpec, ctx: JobContext, scenes: list[Scene], cuda: bool) -> SegmentationDataModule:
     """The DataModule of ``spec`` over ``scenes``, set up (split made, statistics computed and checked)."""
     from torchbearer.ml.datamodules import SegmentationDataModule
     from torchbearer.ml.scenes import SplitOptions
@@ -233,7 +244,13 @@ def build_datamodule(spec: TrainSpec, scenes: list[Scene], cuda: bool) -> Segmen
         scenes,
         patch_size=spec.train.patch_size,
         batch_size=spec.train.batch_size,
-        split=SplitOptions(split.block_size or 2 * spec.train.patch_size, split.val_fraction, split.test_fraction),
+        split=SplitOptions(
+            split.block_size or 2 * spec.train.patch_size,
+            split.val_fraction,
+            split.test_fraction,
+            val_regions=ctx.resolve(split.val_regions) if split.val_regions else None,
+            test_regions=ctx.resolve(split.test_regions) if split.test_regions else None,
+        ),
         samples_per_epoch=spec.train.samples_per_epoch,
         num_workers=_num_workers(spec, cuda),
         seed=spec.train.seed,
@@ -317,7 +334,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
 
     cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(spec, scenes, cuda)
+    datamodule = build_datamodule(spec, ctx, scenes, cuda)
 
     checkpoints = ctx.run_dir / "checkpoints"
     last = checkpoints / "last.ckpt"

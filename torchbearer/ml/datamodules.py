@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from torchbearer.ml.scenes import Scene, Split, SplitOptions, band_stats, check_inputs, make_split
+from torchbearer.ml.scenes import TRAIN, Scene, Split, SplitOptions, band_stats, check_inputs, make_split
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class SegmentationDataModule(L.LightningDataModule):
         assert self.split is not None, "call setup() first"
         if self.samples_per_epoch:
             return self.samples_per_epoch
-        area = sum(int((b == 1).sum()) for b in self.split.blocks) * self.split_options.block_size**2
+        area = sum(int((part == TRAIN).sum()) for part in self.split.parts)
         return max(self.batch_size, area // self.patch_size**2)
 
     def _loader(self, origins: list[tuple[int, int, int]], sampler: Sampler | None = None) -> DataLoader:

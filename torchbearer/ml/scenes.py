@@ -2,9 +2,10 @@
 
 Each scene's stack (``imagery/cache.py`` format) is read into memory once, as uint16 DN, with its target on the
 same grid (``ml/labels.py``). The split is spatial: the scene is cut into square blocks of ``block_size``
-pixels, and the blocks that hold labels are dealt to train / validation / test with the seed. Training patches
-lie wholly in training blocks; validation and test use a grid of non-overlapping patches lying wholly in their
-blocks, so no validation pixel is ever seen in training. Patches without a labelled pixel (all no data, say)
+pixels and the blocks that hold labels are dealt to train / validation / test with the seed, or validation and
+test are given regions (vector files) and training takes the rest. Training patches lie wholly in training
+pixels; validation and test use a grid of non-overlapping patches lying wholly in theirs, so no validation
+pixel is ever seen in training. Patches without a labelled pixel (all no data, say)
 are never used. Nothing here imports torch: a job checks its inputs before paying for it.
 """
 
@@ -54,28 +55,29 @@ class Scene:
 
 @dataclass(frozen=True)
 class SplitOptions:
-    """Spatial split: ``block_size`` pixels a block, fractions of the labelled blocks for val and test."""
+    """Spatial split: ``block_size`` pixels a block, fractions of the labelled blocks for val and test; or
+    given regions (vector files in any CRS): validation / test inside them, training outside."""
 
     block_size: int
     val_fraction: float = 0.2
     test_fraction: float = 0.0
+    val_regions: Path | None = None
+    test_regions: Path | None = None
+
+
+#: Part of a pixel in :attr:`Split.parts`.
+UNUSED, TRAIN, VAL, TEST = 0, 1, 2, 3
 
 
 @dataclass
 class Split:
-    """Patch origins (scene, row, column), in pixels, of each part of the split."""
+    """Patch origins (scene, row, column), in pixels, of each part of the split, and per scene the part of
+    every pixel (rows × columns: ``UNUSED``, ``TRAIN``, ``VAL`` or ``TEST``)."""
 
-    block_size: int
+    parts: list[np.ndarray]
     train: list[tuple[int, int, int]] = field(default_factory=list)
     val: list[tuple[int, int, int]] = field(default_factory=list)
     test: list[tuple[int, int, int]] = field(default_factory=list)
-    #: Per scene, the part of each block: 0 unused, 1 train, 2 val, 3 test (block rows × block columns).
-    blocks: list[np.ndarray] = field(default_factory=list)
-
-    def parts(self, scene: int, shape: tuple[int, int]) -> np.ndarray:
-        """The part of every pixel of a scene of ``shape`` (rows, columns)."""
-        ones = np.ones((self.block_size, self.block_size), np.uint8)
-        return np.kron(self.blocks[scene], ones)[: shape[0], : shape[1]]
 
 
 def load_scene(stack: Path, bands: list[str] | None, masks: list[Path], classes: list[str],
@@ -113,15 +115,9 @@ def _window_sums(cells: np.ndarray, k: int) -> np.ndarray:
     return integral[k:, k:] - integral[:-k, k:] - integral[k:, :-k] + integral[:-k, :-k]
 
 
-def make_split(scenes: list[Scene], patch_size: int, options: SplitOptions, seed: int) -> Split:
-    """Deal labelled blocks to train/val/test and list the patches each part may use.
-
-    Raises:
-        DataError: too few labelled blocks, or a part without a single patch.
-    """
+def _block_parts(scenes: list[Scene], options: SplitOptions, seed: int) -> list[np.ndarray]:
+    """Deal the blocks that hold labels to train / val / test with ``seed``; per-pixel parts."""
     block = options.block_size
-    cell = math.gcd(patch_size // 8 or 1, block)  # patch origins lie on this grid of pixels
-    k = patch_size // cell
     labelled_blocks = []
     for index, scene in enumerate(scenes):
         counts = _cell_counts(scene.target != IGNORE, block)
@@ -134,29 +130,55 @@ def make_split(scenes: list[Scene], patch_size: int, options: SplitOptions, seed
             f"{n} labelled blocks of {block} px cannot be split {n - n_val - n_test}/{n_val}/{n_test} "
             "(train/val/test): lower block_size or the fractions"
         )
-    order = np.random.default_rng(seed).permutation(n)
-    shapes = [(-(-s.target.shape[0] // block), -(-s.target.shape[1] // block)) for s in scenes]
-    split = Split(block_size=block, blocks=[np.zeros(shape, np.uint8) for shape in shapes])
-    for rank, i in enumerate(order):
+    blocks = [np.zeros((-(-s.target.shape[0] // block), -(-s.target.shape[1] // block)), np.uint8) for s in scenes]
+    for rank, i in enumerate(np.random.default_rng(seed).permutation(n)):
         scene, r, c = labelled_blocks[i]
-        split.blocks[scene][r, c] = 2 if rank < n_val else 3 if rank < n_val + n_test else 1
+        blocks[scene][r, c] = VAL if rank < n_val else TEST if rank < n_val + n_test else TRAIN
+    ones = np.ones((block, block), np.uint8)
+    return [np.kron(b, ones)[: s.target.shape[0], : s.target.shape[1]] for b, s in zip(blocks, scenes, strict=True)]
 
+
+def _region_parts(scenes: list[Scene], options: SplitOptions) -> list[np.ndarray]:
+    """Validation inside ``val_regions``, test inside ``test_regions``, training elsewhere."""
+    from torchbearer.ml.labels import rasterize_labels
+
+    parts = []
+    for scene in scenes:
+        part = np.full(scene.target.shape, TRAIN, np.uint8)
+        for path, value in ((options.val_regions, VAL), (options.test_regions, TEST)):
+            if path is not None:
+                part[rasterize_labels(Path(path), scene.info, ["outside", "inside"]) == 1] = value
+        parts.append(part)
+    return parts
+
+
+def make_split(scenes: list[Scene], patch_size: int, options: SplitOptions, seed: int) -> Split:
+    """Split the scenes (blocks, or given regions) and list the patches each part may use.
+
+    Raises:
+        DataError: too few labelled blocks, or a part without a single patch.
+    """
+    by_regions = options.val_regions is not None
+    split = Split(parts=_region_parts(scenes, options) if by_regions else _block_parts(scenes, options, seed))
+    cell = math.gcd(patch_size // 8 or 1, patch_size if by_regions else options.block_size)  # origins' grid
+    k = patch_size // cell
     for index, scene in enumerate(scenes):
         labelled = _window_sums(_cell_counts(scene.target != IGNORE, cell), k)
-        per_pixel = split.parts(index, scene.target.shape)
-        for part, name in ((1, "train"), (2, "val"), (3, "test")):
+        for part, name in ((TRAIN, "train"), (VAL, "val"), (TEST, "test")):
             # Windows reaching past the scene's edge count as outside (padding with True).
-            outside = _window_sums(_cell_counts(per_pixel != part, cell, fill=True), k)
+            outside = _window_sums(_cell_counts(split.parts[index] != part, cell, fill=True), k)
             rows, cols = np.nonzero((outside == 0) & (labelled > 0))
             origins = [(index, int(r) * cell, int(c) * cell) for r, c in zip(rows, cols, strict=True)]
             if name != "train":
                 origins = _non_overlapping(origins, patch_size)
             getattr(split, name).extend(origins)
-    for name, wanted in (("train", True), ("val", n_val > 0), ("test", n_test > 0)):
+    wanted_test = options.test_fraction > 0 if not by_regions else options.test_regions is not None
+    where = "regions" if by_regions else f"blocks of {options.block_size} px"
+    for name, wanted in (("train", True), ("val", True), ("test", wanted_test)):
         if wanted and not getattr(split, name):
             raise DataError(
-                f"no {name} patch of {patch_size} px fits wholly in the {name} blocks of {block} px with a "
-                "label: lower patch_size or raise block_size"
+                f"no {name} patch of {patch_size} px fits wholly in the {name} {where} with a label: "
+                f"lower patch_size or {'widen the regions' if by_regions else 'raise block_size'}"
             )
     return split
 
@@ -181,9 +203,9 @@ def band_stats(scenes: list[Scene], split: Split) -> tuple[list[float], list[flo
     stride = max(1, int(math.sqrt(total / STATS_SAMPLES)))
     samples = []
     for index, scene in enumerate(scenes):
-        part = split.parts(index, scene.target.shape)[::stride, ::stride]
+        part = split.parts[index][::stride, ::stride]
         dn = scene.dn[:, ::stride, ::stride]
-        keep = (part == 1) & (dn != 0).all(axis=0)
+        keep = (part == TRAIN) & (dn != 0).all(axis=0)
         scale, shift = scene.scale_shift
         samples.append(dn[:, keep].astype(np.float64) * scale + shift)
     values = np.concatenate(samples, axis=1)
