@@ -87,9 +87,7 @@ def rewrite_tile_metadata(src: Path, dst: Path, window: Window) -> None:
             uly = int(match.group(4)) - int(window.row_off) * RESOLUTION
             return f"{match.group(1)}{ulx}{match.group(3)}{uly}{match.group(5)}"
 
-        text = re.sub(
-            rf'(<Geoposition resolution="{res}">\s*<ULX>)(\d+)(</ULX>\s*<ULY>)(\d+)(</ULY>)', shift, text
-        )
+        text = re.sub(rf'(<Geoposition resolution="{res}">\s*<ULX>)(\d+)(</ULX>\s*<ULY>)(\d+)(</ULY>)', shift, text)
     dst.write_text(text, encoding="utf-8")
 
 
