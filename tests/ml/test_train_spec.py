@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ml.conftest import REPO
+from tests.ml.conftest import REPO, SAMPLE_NAME
 from torchbearer.spec import JobFileError, load_job_file, parse_job_text
 
 BASE = "name: t\nkind: train\nscenes: [data/x.SAFE]\nmasks: masks/m.tif\n"
@@ -50,3 +50,21 @@ def test_mistakes_are_refused(extra: str, message: str) -> None:
     with pytest.raises(JobFileError) as info:
         parse_job_text(BASE + extra + "\n", "night.yaml")
     assert message in str(info.value), str(info.value)
+
+
+def test_scenes_globs_and_the_imagery_block_give_the_same_stack(sample_project, store, tmp_path) -> None:
+    from torchbearer.context import JobContext
+    from torchbearer.jobs.train import scene_stacks
+    from torchbearer.store import NewJob
+
+    (by_glob,) = parse_job_text(BASE.replace("data/x.SAFE", "data/S2A_*_T29UNU_*.SAFE") + "resolution: 60\n")
+    (job_id,) = store.add_jobs([NewJob("t", "train", by_glob.given, by_glob.resolved)])
+    ctx = JobContext(job_id=job_id, name="t", attempt=1, run_dir=tmp_path, settings=sample_project, store=store)
+    (by_block,) = parse_job_text(BASE.replace("scenes: [data/x.SAFE]\n", "")
+                                 + "imagery: {source: local, paths: [data], resolution: 60}\n")  # fmt: skip
+    stacks, resolution = scene_stacks(by_glob.spec, ctx)
+    assert resolution == 60 and [p.name for p in stacks] == [SAMPLE_NAME.replace(".SAFE", "_60m.tif")]
+    assert scene_stacks(by_block.spec, ctx) == (stacks, 60)
+    (nothing,) = parse_job_text(BASE.replace("data/x.SAFE", "data/S2B_*.SAFE"))
+    with pytest.raises(FileNotFoundError, match="matches nothing"):
+        scene_stacks(nothing.spec, ctx)
