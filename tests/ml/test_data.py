@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import shapely
 import shapely.geometry
+import torch
 from affine import Affine
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from rasterio.windows import Window
@@ -182,3 +183,14 @@ def test_double_scaled_scene_is_refused(stack: Path, tmp_path: Path) -> None:
     dm = SegmentationDataModule(scenes, patch_size=32, split=SplitOptions(64))
     with pytest.raises(InputCheckError, match="double-scaled"):
         dm.setup()
+
+
+def test_worker_processes_deliver_the_same_batches(stack: Path) -> None:
+    scenes = load_scenes([stack], [MASK], CLASSES)
+    batches = []
+    for workers in (0, 2):
+        dm = SegmentationDataModule(scenes, patch_size=32, batch_size=4, split=SplitOptions(64),
+                                    samples_per_epoch=8, num_workers=workers, seed=5)  # fmt: skip
+        dm.setup()
+        batches.append([b["image"] for b in dm.train_dataloader()])
+    assert len(batches[1]) == 2 and all(torch.equal(a, b) for a, b in zip(*batches, strict=True))
