@@ -50,11 +50,17 @@ def part60(stack60: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack20(part60: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``part60`` at 20 m: resampled 3× (nearest), the 10 bands of a 20 m stack (384 × 576 pixels)."""
-    path = tmp_path_factory.mktemp("stack20") / "part_20m.tif"
+def small60(part60: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The east 96 × 144 pixels of ``part60`` (the wedge included)."""
+    return crop_stack(part60, tmp_path_factory.mktemp("small60") / "small_60m.tif", Window(48, 0, 144, 96))
+
+
+@pytest.fixture(scope="session")
+def stack20(small60: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``small60`` at 20 m: resampled 3× (nearest), the 10 bands of a 20 m stack (288 × 432 pixels)."""
+    path = tmp_path_factory.mktemp("stack20") / "small_20m.tif"
     bands = BANDS_BY_RESOLUTION[20]
-    with rasterio.open(part60) as src:
+    with rasterio.open(small60) as src:
         indexes = [src.descriptions.index(b) + 1 for b in bands]
         data = src.read(indexes).repeat(3, axis=1).repeat(3, axis=2)
         profile = {**src.profile, "count": len(bands), "width": src.width * 3, "height": src.height * 3,

@@ -118,12 +118,12 @@ def test_mean_of_two_members_is_the_mean_of_their_maps(part60: Path, checkpoints
     assert result.windows == 3 * 4  # 128 × 192 in windows of 64 every 48 pixels
 
 
-def test_members_at_20_m_and_60_m(part60: Path, stack20: Path, checkpoints: dict, tmp_path: Path) -> None:
+def test_members_at_20_m_and_60_m(small60: Path, stack20: Path, checkpoints: dict, tmp_path: Path) -> None:
     fine = save_checkpoint(tmp_path / "unet20.ckpt", card_for(stack20, "unet", "resnet18"), seed=3)
     members = [member_from(checkpoints["b"], "unet60"), member_from(fine, "unet20")]
     out = tmp_path / "multi.tif"
     result = predict_scene(
-        members, [part60, stack20], out, PredictOptions(window=128, member_maps=True, optimize=False)
+        members, [small60, stack20], out, PredictOptions(window=128, member_maps=True, optimize=False)
     )
     ens, meta = read(out)
     with rasterio.open(stack20) as src:
@@ -134,7 +134,7 @@ def test_members_at_20_m_and_60_m(part60: Path, stack20: Path, checkpoints: dict
     assert np.abs(ens[0][valid] - (coarse[0][valid].astype(float) + fine_map[0][valid]) / 2).max() <= 1.0
     # The 60 m member's map, resampled onto the 20 m grid, agrees with its own 60 m prediction at the centre
     # pixel of each 3 × 3 block (bilinear interpolation passes through the coarse pixel centres).
-    alone, _ = read(predict_scene([member_from(checkpoints["b"], "unet60")], [part60], tmp_path / "u.tif",
+    alone, _ = read(predict_scene([member_from(checkpoints["b"], "unet60")], [small60], tmp_path / "u.tif",
                                   PredictOptions(window=128, optimize=False)).output)  # fmt: skip
     centres = coarse[0][1::3, 1::3]
     both = (centres != NODATA) & (alone[0] != NODATA)
@@ -142,13 +142,13 @@ def test_members_at_20_m_and_60_m(part60: Path, stack20: Path, checkpoints: dict
     assert (ens[0][nodata_of(stack20)] == NODATA).all(), "the wedge stays no data on the 20 m grid"
 
 
-def test_two_constant_members_at_two_resolutions_average_exactly(part60: Path, stack20: Path, tmp_path: Path) -> None:
+def test_two_constant_members_at_two_resolutions_average_exactly(small60: Path, stack20: Path, tmp_path: Path) -> None:
     members = [
-        constant_member(part60, 0.4, "c60"),
+        constant_member(small60, 0.4, "c60"),
         Member("c20", constant_member(stack20, -1.3).model, card_for(stack20)),
     ]
     out = tmp_path / "c.tif"
-    predict_scene(members, [stack20, part60], out, PredictOptions(window=128))
+    predict_scene(members, [stack20, small60], out, PredictOptions(window=128))
     data, _ = read(out)
     p = (torch.sigmoid(torch.tensor(0.4)) + torch.sigmoid(torch.tensor(-1.3))).item() / 2
     wedge = nodata_of(stack20)
@@ -194,10 +194,10 @@ def test_interrupted_prediction_resumes_to_the_same_bytes(part60: Path, checkpoi
     assert is_complete(out, [member_from(checkpoints["a"], "a")], [part60], options)
 
 
-def test_optimized_forward_matches_the_eager_one(part60: Path, checkpoints: dict, tmp_path: Path) -> None:
+def test_optimized_forward_matches_the_eager_one(small60: Path, checkpoints: dict, tmp_path: Path) -> None:
     maps = []
     for optimize in (False, True):
-        result = predict_scene([member_from(checkpoints["a"], "a")], [part60], tmp_path / f"{optimize}.tif",
+        result = predict_scene([member_from(checkpoints["a"], "a")], [small60], tmp_path / f"{optimize}.tif",
                                PredictOptions(window=64, optimize=optimize))  # fmt: skip
         maps.append(read(result.output)[0].astype(int))
         assert isinstance(result.models[0], torch.fx.GraphModule) == optimize

@@ -4,10 +4,10 @@ Members are grouped by resolution; each group reads its own stack of the scene o
 members (:class:`~torchbearer.inference.stream.GroupStream`). Each member's probabilities (after sigmoid or
 softmax) are blended over the overlapping windows, resampled onto the output grid (the finest member's stack)
 where its resolution differs, combined (``mean``, ``weighted``, ``vote``, ``max``) and written strip by strip.
-Pixels where the input has no data (every band DN 0) stay no data.
+Pixels where the input has no data (DN 0 in a band) stay no data.
 
-An interrupted prediction (``should_stop`` returning True) stops after the strip in hand, records how many rows
-are written and raises :class:`PredictionInterrupted`; the next call with the same members, inputs and options
+An interrupted prediction (``should_stop`` returning True, polled before each batch) records how many rows are
+written and raises :class:`PredictionInterrupted`; the next call with the same members, inputs and options
 resumes at that row and writes the same bytes an uninterrupted run writes.
 """
 
@@ -387,6 +387,35 @@ def map_paths(output: Path, members: Sequence[Member], options: PredictOptions) 
     return paths
 
 
+def _open_streams(
+    groups: list[_Group],
+    members: Sequence[Member],
+    models: list[nn.Module],
+    out_grid: Grid,
+    rows_done: int,
+    options: PredictOptions,
+    should_stop: Callable[[], bool] | None,
+) -> tuple[list[GroupStream], list[RowCache]]:
+    """A stream per group starting where output row ``rows_done`` needs it, and its rows on the output grid."""
+    streams, caches = [], []
+    classes = 1 if members[0].card.task == "binary" else int(members[0].card.num_classes)
+    for group in groups:
+        resampler = Resampler(group.grid, out_grid)
+        start = resampler.source_rows(rows_done, min(rows_done + 1, out_grid.height))[0]
+        forward = group_forward(
+            [members[i] for i in group.members], [models[i] for i in group.members], group, options,
+            torch.device(options.device),
+        )  # fmt: skip
+        stream = GroupStream(
+            group.dataset, group.indexes, forward, members=len(group.members), classes=classes,
+            size=options.window, overlap=options.overlap, batch_size=options.batch_size, start_row=start,
+            should_stop=should_stop, strip_rows=STRIP_ROWS,
+        )  # fmt: skip
+        streams.append(stream)
+        caches.append(RowCache(stream.strips(), resampler, start))
+    return streams, caches
+
+
 def predict_scene(
     members: Sequence[Member],
     stacks: Sequence[Path],
@@ -405,7 +434,8 @@ def predict_scene(
         output: the COG to write; the output grid is the finest member's stack's.
         options: windows, batches, combining, augmentation, device.
         report: called after each strip with progress.
-        should_stop: polled after each strip; True stops there (:class:`PredictionInterrupted`).
+        should_stop: polled before each batch and after each strip; True stops there, keeping the strips
+            written (:class:`PredictionInterrupted`).
         created: UNIX time recorded in the tags (default: when this prediction first started).
     """
     check_compatible(members)
@@ -431,20 +461,7 @@ def predict_scene(
         groups = _group_members(members, stacks, context)
         out_grid = groups[0].grid
         models = [prepare_model(m.model, device, options.optimize) for m in members]
-        streams, caches = [], []
-        for group in groups:
-            resampler = Resampler(group.grid, out_grid)
-            start = resampler.source_rows(rows_done, min(rows_done + 1, out_grid.height))[0]
-            forward = group_forward(
-                [members[i] for i in group.members], [models[i] for i in group.members], group, options, device
-            )
-            stream = GroupStream(
-                group.dataset, group.indexes, forward, members=len(group.members), classes=classes,
-                size=options.window, overlap=options.overlap, batch_size=options.batch_size, start_row=start,
-                should_stop=should_stop, strip_rows=STRIP_ROWS,
-            )  # fmt: skip
-            streams.append(stream)
-            caches.append(RowCache(stream.strips(), resampler, start))
+        streams, caches = _open_streams(groups, members, models, out_grid, rows_done, options, should_stop)
         order = np.argsort([i for g in groups for i in g.members])  # back to the members' own order
 
         profile = {"crs": out_grid.crs, "transform": out_grid.transform, "width": out_grid.width,
@@ -455,12 +472,11 @@ def predict_scene(
         }
         background = BackgroundWriter()
 
-        strip_rows = STRIP_ROWS
         windows_total = sum(s.grid.count for s in streams)
         row = rows_done
         try:
             while row < out_grid.height:
-                end = min(row + strip_rows, out_grid.height)
+                end = min(row + STRIP_ROWS, out_grid.height)
                 parts = [cache.rows(row, end) for cache in caches]
                 probs = np.concatenate([p for p, _ in parts], axis=0)[order]
                 valid = np.logical_and.reduce([v for _, v in parts])
@@ -476,6 +492,7 @@ def predict_scene(
                     raise StopRequested
             background.join()
         except StopRequested:
+            log.info("stop requested: %d of %d rows written, the rest on resume", row, out_grid.height)
             background.join()
             for writer in writers.values():
                 writer.close()
@@ -487,6 +504,9 @@ def predict_scene(
             for writer in writers.values():
                 writer.close()
             raise
+        finally:
+            for cache in caches:
+                cache.close()  # stops the reader threads of a stream left half-way
 
         tags = {**_tags(members, options, first_started), FINGERPRINT_TAG: record.fingerprint}
         names = [card.classes[-1]] if card.task == "binary" else list(card.classes)

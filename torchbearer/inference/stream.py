@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -296,12 +296,16 @@ class Resampler:
 class RowCache:
     """Serves destination rows from a stream's strips, keeping only the source rows still needed."""
 
-    def __init__(self, strips: Iterator[Strip], resampler: Resampler, first_row: int) -> None:
+    def __init__(self, strips: Generator[Strip, None, None], resampler: Resampler, first_row: int) -> None:
         self._strips = strips
         self.resampler = resampler
         self._first = first_row
         self._probs: np.ndarray | None = None
         self._valid: np.ndarray | None = None
+
+    def close(self) -> None:
+        """Close the stream's strips (ends its reader thread if it stopped half-way)."""
+        self._strips.close()
 
     def rows(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         """Destination rows ``[a, b)`` (requests must move down the grid)."""

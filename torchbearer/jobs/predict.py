@@ -180,7 +180,7 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
         def report(done: int, total: int, mpx_per_s: float, eta_s: float | None, i: int = i) -> None:
             ctx.progress(
                 "predicting", done=done, total=total, unit="windows", eta_s=eta_s,
-                mpx_per_s=round(mpx_per_s, 3), scene=f"{i + 1}/{len(scenes)}",
+                mpx_per_s=mpx_per_s, scene=f"{i + 1}/{len(scenes)}",
             )  # fmt: skip
 
         try:
