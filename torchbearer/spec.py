@@ -305,23 +305,52 @@ def parse_job_text(text: str | bytes, source: str = "<job>", *, default_name: st
 
     jobs: list[ParsedJob] = []
     issues = []
+    used_defaults: set[str] = set()
     for index, prefix, entry in items:
         if not isinstance(entry, dict):
             issues.append(SpecIssue(_path_text(prefix), "a job must be a mapping", _line_of(prefix, lines)))
             continue
-        given = _merge(defaults, entry)
+        applicable = _defaults_for(defaults, entry.get("kind", defaults.get("kind")))
+        used_defaults.update(applicable)
+        given = _merge(applicable, entry)
         if index is None and "name" not in given and default_name:
             given["name"] = default_name
         parsed, problems = _validate_job(given, prefix, ("defaults",) if defaults else None, lines)
         issues += problems
         if parsed is not None:
             jobs.append(ParsedJob(parsed, given, index))
+    for key in [k for k in defaults if k not in used_defaults]:
+        known = sorted({f for kind in _kinds_of(items, defaults) for f in kind.spec.model_fields})
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ": no job in this file takes it"
+        message = f"unknown key {key!r}{hint}"
+        issues.append(SpecIssue(_path_text(("defaults", key)), message, lines.lines.get(("defaults", key))))
     names = [job.spec.name for job in jobs]
     for name in sorted({n for n in names if names.count(n) > 1}):
         issues.append(SpecIssue("name", f"job name {name!r} is used more than once in this file"))
     if issues:  # a bad ``defaults:`` value is reported once, not once per job
         raise JobFileError(source, list(dict.fromkeys(issues)))
     return jobs
+
+
+def _defaults_for(defaults: dict[str, Any], kind_name: Any) -> dict[str, Any]:
+    """The part of ``defaults:`` a job of this kind takes: a night's train settings skip its predict job."""
+    try:
+        fields = get_kind(str(kind_name)).spec.model_fields
+    except Exception:  # noqa: BLE001 - an unknown kind is reported by _validate_job
+        return dict(defaults)
+    return {key: value for key, value in defaults.items() if key in fields}
+
+
+def _kinds_of(items: list, defaults: dict[str, Any]) -> list:
+    kinds = []
+    for _index, _prefix, entry in items:
+        name = entry.get("kind", defaults.get("kind")) if isinstance(entry, dict) else None
+        try:
+            kinds.append(get_kind(str(name)))
+        except Exception:  # noqa: BLE001 - reported elsewhere
+            continue
+    return kinds
 
 
 def _validate_job(
