@@ -120,7 +120,8 @@ class ProgressReporter(L.Callback):
         fields = {("loss" if k == "train/loss" else k): v for k, v in values.items()}
         self.report("training", done=trainer.global_step, total=self.total_steps(trainer), unit="steps",
                     epoch=trainer.current_epoch, step=trainer.global_step, eta_s=self._eta(trainer),
-                    max_epochs=trainer.max_epochs, **fields)  # fmt: skip
+                    max_epochs=trainer.max_epochs, epoch_step=batch_idx + 1,
+                    epoch_steps=_number(trainer.num_training_batches), **fields)  # fmt: skip
         self._window_start, self._wait, self._busy, self._samples = now, 0.0, 0.0, 0
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
