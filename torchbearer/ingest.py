@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchbearer.spec import JobFileError, ParsedJob, SpecIssue, load_job_file
+from torchbearer.spec import JobFileError, JobSpec, ParsedJob, SpecIssue, load_job_file
 from torchbearer.store import DependencyError, NewJob, Store
 
 log = logging.getLogger("torchbearer.ingest")
@@ -41,32 +41,35 @@ class IngestResult:
         return self.error is None
 
 
+def job_row(spec: JobSpec, given: dict, source: str, *, held: bool = False, schedule_id: int | None = None) -> NewJob:
+    """The store row of one validated job (a file's, or a fired schedule's copy)."""
+    return NewJob(
+        name=spec.name,
+        kind=spec.kind,
+        spec_given=given,
+        spec=spec.model_dump(mode="json"),
+        priority=spec.priority,
+        source=source,
+        after=list(spec.after),
+        not_before=spec.not_before_ts,
+        retries=spec.retries,
+        retry_backoff_s=spec.retry_backoff,
+        timeout_s=spec.timeout,
+        devices=spec.devices,
+        schedule_id=schedule_id,
+        held=held,
+    )
+
+
 def new_jobs(parsed: list[ParsedJob], source: str, *, held: bool = False) -> tuple[list[NewJob], list[tuple]]:
     """Store rows for a file's jobs, and the ``(spec, given)`` of those that are recurring schedules."""
     rows: list[NewJob] = []
     schedules: list[tuple] = []
     for job in parsed:
-        spec = job.spec
-        if spec.schedule:
-            schedules.append((spec, job.given))
-            continue
-        rows.append(
-            NewJob(
-                name=spec.name,
-                kind=spec.kind,
-                spec_given=job.given,
-                spec=job.resolved,
-                priority=spec.priority,
-                source=source,
-                after=list(spec.after),
-                not_before=spec.not_before_ts,
-                retries=spec.retries,
-                retry_backoff_s=spec.retry_backoff,
-                timeout_s=spec.timeout,
-                devices=spec.devices,
-                held=held,
-            )
-        )
+        if job.spec.schedule:
+            schedules.append((job.spec, job.given))
+        else:
+            rows.append(job_row(job.spec, job.given, source, held=held))
     return rows, schedules
 
 

@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from torchbearer.store import JobState, NewJob, Store
+from torchbearer.ingest import job_row
+from torchbearer.jobs import get_kind
+from torchbearer.store import JobState, Store
 
 log = logging.getLogger("torchbearer.scheduler")
 
@@ -106,13 +108,8 @@ class CronSchedules:
             row = next((r for r in store.schedules() if r["id"] == schedule_id), None)
             if row is None:
                 return
-            spec = row["spec"]
-            store.add_jobs([NewJob(
-                name=row["name"], kind=spec["kind"], spec_given=row["spec_given"], spec=spec,
-                priority=spec.get("priority", 0), source=f"schedule #{schedule_id}", retries=spec.get("retries", 0),
-                retry_backoff_s=spec.get("retry_backoff", 60.0), timeout_s=spec.get("timeout"),
-                devices=spec.get("devices", 1), schedule_id=schedule_id,
-            )])  # fmt: skip
+            spec = get_kind(row["spec"]["kind"]).spec.model_validate(row["spec"])
+            store.add_jobs([job_row(spec, row["spec_given"], f"schedule #{schedule_id}", schedule_id=schedule_id)])
             store.mark_schedule_fired(schedule_id)
             log.info("schedule %s fired", row["name"])
         finally:
