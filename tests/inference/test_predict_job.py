@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import rasterio
 
 from tests.conftest import DaemonProcess, wait_for, wait_state, write_job
 from tests.daemon.conftest import stop_daemon
@@ -129,3 +130,17 @@ def test_sigterm_mid_scene_resumes_to_the_same_bytes(project, store, patient_dae
         PredictOptions(window=64, batch_size=1, tta="flips", optimize=False), created=record["started"],
     )  # fmt: skip
     assert hashlib.sha256(output.read_bytes()).digest() == hashlib.sha256(reference.output.read_bytes()).digest()
+
+
+def test_scenes_from_an_imagery_block(project, store, small60) -> None:
+    save_checkpoint(project.project_dir / "a.ckpt", card_for(small60, "unet", "resnet18"))
+    (project.project_dir / "scenes").mkdir()
+    shutil.copy(small60, project.project_dir / "scenes" / "small_60m.tif")
+    kind = get_kind("predict")
+    spec = kind.spec.model_validate({
+        "name": "ens", "models": [{"checkpoint": "a.ckpt"}], "output": "out/ens.tif", "window": 64,
+        "optimize": False, "imagery": {"source": "local", "paths": ["scenes"], "resolution": 20},
+    })  # fmt: skip
+    kind.run(spec, _context(project, store, "ens"))  # the members' resolution (60 m) wins over the block's
+    with rasterio.open(project.project_dir / "out" / "ens.tif") as out, rasterio.open(small60) as scene:
+        assert (out.transform, out.shape) == (scene.transform, scene.shape)
