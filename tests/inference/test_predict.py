@@ -202,3 +202,21 @@ def test_optimized_forward_matches_the_eager_one(small60: Path, checkpoints: dic
         maps.append(read(result.output)[0].astype(int))
         assert isinstance(result.models[0], torch.fx.GraphModule) == optimize
     assert np.abs(maps[0] - maps[1]).max() <= 1  # batch norms folded into convolutions: float rounding only
+
+
+def test_multiclass_members_give_a_band_per_class_and_a_class_map(small60: Path, tmp_path: Path) -> None:
+    classes = ("land", "water", "cloud")
+    paths = [save_checkpoint(tmp_path / f"m{i}.ckpt", card_for(small60, "unet", "resnet18", classes), seed=i)
+             for i in range(2)]  # fmt: skip
+    members = [member_from(p, f"m{i}") for i, p in enumerate(paths)]
+    out = tmp_path / "multi.tif"
+    result = predict_scene(members, [small60], out, PredictOptions(window=64, combine="vote", class_map=True,
+                                                                   optimize=False))  # fmt: skip
+    with rasterio.open(out) as ds:
+        assert ds.count == 3 and ds.descriptions == classes
+        votes = ds.read()
+    valid = votes[0] != NODATA
+    assert set(np.unique(votes[:, valid])) <= {0, 127, 254}, "two members vote: shares 0, 1/2, 1"
+    assert (votes[:, valid].astype(int).sum(axis=0) == 254).all()
+    class_map, _ = read(result.class_map)
+    assert set(np.unique(class_map[0][valid])) <= {0, 1, 2} and (class_map[0][~valid] == NODATA).all()
