@@ -447,10 +447,10 @@ def _handler(state: FakeServices) -> type[BaseHTTPRequestHandler]:
                 size = min(step, len(body) - sent, (cut - sent) if cut is not None else step)
                 if size <= 0:
                     break
+                with state.lock:  # counted before the write: the client may return before we run again
+                    state.bytes_served[name] += size
                 self.wfile.write(body[sent : sent + size])
                 sent += size
-                with state.lock:
-                    state.bytes_served[name] += size
                 if limit and sent < len(body):  # pace the next chunk (none after the last)
                     ahead = sent / limit - (time.monotonic() - began)
                     if ahead > 0:
