@@ -48,7 +48,7 @@ from torchbearer.inference.ensemble import (  # noqa: E402
     prepare_model,
 )
 from torchbearer.inference.windows import pad_to_window  # noqa: E402
-from torchbearer.ml.checkpoint import CARD_KEY, ModelCard, load_member  # noqa: E402
+from torchbearer.ml.checkpoint import ModelCard, load_member, save_checkpoint  # noqa: E402
 from torchbearer.ml.models import build_model  # noqa: E402
 
 DEFAULT_SCENE = REPO / "data" / "S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"
@@ -70,8 +70,7 @@ def make_members(folder: Path) -> list[Member]:
         c = card(arch, backbone, BANDS_BY_RESOLUTION[60])
         model = build_model(arch, backbone, c.in_channels, c.out_channels)
         path = folder / f"{arch}.ckpt"
-        torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, CARD_KEY: c.to_dict()},
-                   path)  # fmt: skip
+        save_checkpoint(model, c, path)
         loaded, loaded_card = load_member(path)
         members.append(Member(arch, loaded, loaded_card, source=str(path)))
     return members

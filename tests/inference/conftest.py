@@ -18,7 +18,8 @@ from torch import nn
 from torchbearer.imagery.cache import build_stack, stack_info
 from torchbearer.imagery.spec import BANDS_BY_RESOLUTION
 from torchbearer.inference.ensemble import Member
-from torchbearer.ml.checkpoint import CARD_KEY, ModelCard
+from torchbearer.ml import checkpoint
+from torchbearer.ml.checkpoint import ModelCard
 from torchbearer.ml.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,9 +96,7 @@ def save_checkpoint(path: Path, card: ModelCard, seed: int = 0) -> Path:
     """An untrained model of ``card`` saved as a Lightning-style checkpoint with its card (ml/checkpoint.py)."""
     torch.manual_seed(seed)
     model = build_model(card.arch, card.backbone, card.in_channels, card.out_channels)
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, CARD_KEY: card.to_dict()}, path)
-    return path
+    return checkpoint.save_checkpoint(model, card, path)
 
 
 class Constant(nn.Module):

@@ -145,6 +145,16 @@ def read_card(path: Path) -> ModelCard:
     return ModelCard.from_dict(read_checkpoint(path).get(CARD_KEY), str(path))
 
 
+def save_checkpoint(model: nn.Module, card: ModelCard, path: Path) -> Path:
+    """Write a network and its card in the format :func:`load_member` reads (what training's ``.ckpt`` holds,
+    without the optimizer and loop state): for checkpoints made outside training, e.g. converted weights."""
+    import torch
+
+    state = {f"{MODEL_PREFIX}{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, CARD_KEY: card.to_dict()}, path)
+    return Path(path)
+
+
 def load_member(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """The network of a torchbearer checkpoint, on ``device`` in eval mode, and its card."""
     from torchbearer.ml.models import ModelError, build_model
