@@ -455,6 +455,35 @@ def resume(ctx: typer.Context) -> None:
     _run_command(commands.resume, _store(ctx))
 
 
+@app.command()
+def schedules(ctx: typer.Context) -> None:
+    """Recurring jobs (``schedule:`` in a job file): cron, next firing, last firing."""
+    from apscheduler.triggers.cron import CronTrigger
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for column in ("id", "name", "cron", "enabled", "next", "last fired", "source"):
+        table.add_column(column)
+    now = datetime.now().astimezone()
+    for row in _store(ctx).schedules(enabled_only=False):
+        upcoming = CronTrigger.from_crontab(row["cron"]).get_next_fire_time(None, now) if row["enabled"] else None
+        table.add_row(
+            str(row["id"]), row["name"], row["cron"], "yes" if row["enabled"] else "no",
+            upcoming.strftime("%m-%d %H:%M") if upcoming else "", _when(row["last_fired_at"]), row["source"] or "",
+        )  # fmt: skip
+    console.print(table if table.row_count else "no schedules")
+
+
+@app.command()
+def unschedule(
+    ctx: typer.Context,
+    schedule_id: Annotated[int, typer.Argument(metavar="ID", help="Schedule id (see `schedules`)")],
+    enable: Annotated[bool, typer.Option("--enable", help="Arm it again instead")] = False,
+) -> None:
+    """Disarm a recurring job (or arm it again with --enable)."""
+    _run_command(commands.set_schedule_enabled, _store(ctx), schedule_id, enable)
+
+
 # -- foreground runs ---------------------------------------------------------------------------------------
 
 

@@ -35,7 +35,8 @@ def _label(job: Job) -> str:
 
 def _gated_state(job: Job) -> JobState:
     """Where a job goes when it may run again: waiting if it has gates, else queued."""
-    if job.after or (job.not_before and job.not_before > time.time()):
+    now = time.time()
+    if job.after or (job.not_before and job.not_before > now) or (job.next_try_at and job.next_try_at > now):
         return JobState.WAITING
     return JobState.QUEUED
 
@@ -97,6 +98,13 @@ def set_priority(store: Store, ref: str | int, priority: int) -> CommandResult:
         raise CommandError(f"{_label(job)} is {job.state}; priority only matters before a job starts")
     store.update_job(job.id, priority=priority)
     return CommandResult(job.id, f"{_label(job)}: priority {priority}")
+
+
+def set_schedule_enabled(store: Store, schedule_id: int, enabled: bool) -> str:
+    """Arm or disarm a recurring job (``schedule:``); jobs it already queued are not touched."""
+    if not store.set_schedule_enabled(schedule_id, enabled):
+        raise CommandError(f"no schedule #{schedule_id} (`torchbearer schedules` lists them)")
+    return f"schedule #{schedule_id} {'enabled' if enabled else 'disabled'}"
 
 
 def pause(store: Store, reason: str = "paused on request") -> str:

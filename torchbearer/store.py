@@ -660,6 +660,11 @@ class Store:
             row["spec"] = json.loads(row["spec"])
         return rows
 
+    def set_schedule_enabled(self, schedule_id: int, enabled: bool) -> bool:
+        """Arm or disarm a recurring schedule (the daemon follows within a second); False if there is none."""
+        cursor = self.conn.execute("UPDATE schedules SET enabled = ? WHERE id = ?", (int(enabled), schedule_id))
+        return cursor.rowcount == 1
+
     def mark_schedule_fired(self, schedule_id: int) -> None:
         self.conn.execute("UPDATE schedules SET last_fired_at = ? WHERE id = ?", (_now(), schedule_id))
 

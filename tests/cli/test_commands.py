@@ -95,3 +95,16 @@ def test_retry_a_failed_job_with_a_daemon(project, store, daemon):
     job = wait_state(store, job_named(store, "boom").id, "failed")
     assert tb("retry", "boom").returncode == 0
     wait_for(lambda: store.job(job.id).attempts == 2 and store.job(job.id).state == "failed", 30, what="re-run")
+
+
+def test_release_during_a_retry_backoff_keeps_the_wait(project, store):
+    from torchbearer import commands
+    from torchbearer.store import NewJob
+
+    (job_id,) = store.add_jobs([NewJob("r", "probe", {}, {"name": "r", "kind": "probe"}, retries=2)])
+    store.transition(job_id, "waiting", reason="retry 1/2 in 600 s", next_try_at=time.time() + 600)
+    commands.hold(store, job_id)
+    assert commands.release(store, job_id).message == "r (#1): waiting"
+    store.update_job(job_id, next_try_at=time.time() - 1)
+    commands.hold(store, job_id)
+    assert commands.release(store, job_id).message == "r (#1): queued"

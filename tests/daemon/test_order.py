@@ -152,3 +152,23 @@ def test_one_job_per_device_slot(project, store, monkeypatch):
     assert jobs["greedy"].state == "failed" and jobs["greedy"].reason == "needs 3 device slots; this daemon has 2"
     assert jobs["two"].started_at < jobs["one"].finished_at  # side by side
     assert jobs["both"].started_at >= max(jobs["one"].finished_at, jobs["two"].finished_at)
+
+
+def test_unschedule_disarms_the_trigger_and_schedules_lists_it(project, store, daemon):
+    from typer.testing import CliRunner
+
+    from torchbearer.cli import app
+
+    write_job(project.queue_dir, "nightly.yaml", "name: nightly\nkind: probe\nschedule: '0 3 * * *'\n")
+    (schedule,) = wait_for(store.schedules, what="the schedule in the store")
+    assert wait_for(lambda: "schedule nightly (0 3 * * *) armed" in logged(daemon), what="armed in the daemon")
+    runner = CliRunner()
+    listing = runner.invoke(app, ["schedules"])
+    assert listing.exit_code == 0 and "nightly" in listing.output and "0 3 * * *" in listing.output
+    result = runner.invoke(app, ["unschedule", str(schedule["id"])])
+    assert result.exit_code == 0 and "disabled" in result.output
+    assert store.schedules() == []
+    assert wait_for(lambda: f"schedule #{schedule['id']} disarmed" in logged(daemon), what="disarmed in the daemon")
+    assert runner.invoke(app, ["unschedule", "999"]).exit_code == 1
+    assert runner.invoke(app, ["unschedule", str(schedule["id"]), "--enable"]).exit_code == 0
+    assert wait_for(lambda: logged(daemon).count("schedule nightly (0 3 * * *) armed") == 2, what="re-armed")

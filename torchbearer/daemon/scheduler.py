@@ -88,10 +88,15 @@ class CronSchedules:
         self.scheduler.shutdown(wait=False)
 
     def sync(self) -> None:
-        """Add a trigger for every schedule in the store that has none yet."""
+        """Arm a trigger for every enabled schedule that has none yet; disarm those disabled since."""
         from apscheduler.triggers.cron import CronTrigger
 
-        for row in self.store.schedules():
+        rows = self.store.schedules()
+        for schedule_id in self._known - {row["id"] for row in rows}:
+            self._known.discard(schedule_id)
+            self.scheduler.remove_job(f"schedule-{schedule_id}")
+            log.info("schedule #%d disarmed", schedule_id)
+        for row in rows:
             if row["id"] in self._known:
                 continue
             self._known.add(row["id"])
