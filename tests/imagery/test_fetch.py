@@ -131,3 +131,78 @@ def test_local_zip_extracts_only_the_needed_files(sample_safe, data_dir, tmp_pat
     damaged = _zip_product(sample_safe, tmp_path / "damaged" / "product.zip", damage="_B03_60m.jp2")
     with pytest.raises(LocalScenesError, match=r"B03_60m\.jp2 does not match its manifest checksum"):
         ensure_scenes(ImagerySpec(source="local", paths=[str(damaged)], resolution=60), data_dir / "third")
+
+
+def _load_make_sample():
+    """data/make_sample.py, the script that made the sample: its manifest updater is reused, not copied."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "data" / "make_sample.py"
+    spec = importlib.util.spec_from_file_location("make_sample", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_least_cloud_is_least_cloud_over_the_aoi(sample_safe, data_dir, tmp_path, monkeypatch):
+    """A scene cloudier over its whole tile but clear over the AOI wins; ranking costs only SCL layers."""
+    import rasterio
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,127.0.0.2")
+    clear_name = SAMPLE_NAME.replace("MSIL2A_20221005", "MSIL2A_20221006")
+    clear = Path(shutil.copytree(sample_safe, tmp_path / clear_name))
+    scl = next(clear.glob("GRANULE/*/IMG_DATA/R60m/*_SCL_60m.jp2"))
+    with rasterio.open(scl) as src:
+        data = src.read(1)
+    data[data != 0] = 4  # vegetation wherever there is data: clear over any AOI
+    tmp = tmp_path / "scl.jp2"
+    with rasterio.open(tmp, "w", driver="JP2OpenJPEG", width=src.width, height=src.height, count=1,
+                       dtype=data.dtype, crs=src.crs, transform=src.transform, QUALITY=100,
+                       REVERSIBLE="YES") as dst:  # fmt: skip
+        dst.write(data, 1)
+    shutil.move(tmp, scl)
+    metadata = clear / "MTD_MSIL2A.xml"  # the cache names a stack after the product its metadata names
+    metadata.write_text(
+        metadata.read_text().replace(SAMPLE_NAME.removesuffix(".SAFE"), clear_name.removesuffix(".SAFE"))
+    )
+    _load_make_sample().update_manifest(clear, [scl, metadata])
+
+    products = [Product(SAMPLE_ID, SAMPLE_NAME, sample_safe), Product(TWIN_ID, clear_name, clear)]
+    shape = footprint(sample_safe)
+    # The real sample is 80 % cloud over this AOI but says 20 % for its tile; the twin says 70 %.
+    catalogue = build_catalogue([(products[0], 20.0, 10**9, shape), (products[1], 70.0, 10**9, shape)])
+    spec = SPEC.model_copy(update={"max_scenes": 1})
+    with FakeServices(products, catalogue) as fake:
+        [stack] = ensure_scenes(spec, data_dir, env=fake.env.get)
+        assert stack.name == f"{clear_name.removesuffix('.SAFE')}_60m.tif"
+        cloudy_files = {p.name for p in (data_dir / "products" / SAMPLE_NAME).rglob("*") if p.is_file()}
+        assert cloudy_files == {"manifest.safe", scl.name.replace("20221006", "20221005")}
+        # "newest" needs no measuring: the twin is newer, and nothing more of the sample is fetched.
+        served = dict(fake.bytes_served)
+        newest = spec.model_copy(update={"pick": "newest"})
+        assert ensure_scenes(newest, data_dir, env=fake.env.get) == [stack]
+        assert dict(fake.bytes_served) == served
+
+
+def test_aoi_cloud_share_on_the_real_scl():
+    """Cloud + shadow share of valid SCL pixels over an AOI, checked against a count over the whole raster."""
+    import numpy as np
+    import rasterio
+    import shapely
+    from rasterio.warp import transform_bounds
+
+    from torchbearer.imagery.cloud import CLOUDY_CLASSES, aoi_cloud_share
+
+    scl = next(
+        (Path(__file__).resolve().parents[2] / "data").glob(f"{SAMPLE_NAME}/GRANULE/*/IMG_DATA/R60m/*_SCL_60m.jp2")
+    )
+    with rasterio.open(scl) as src:
+        data = src.read(1)
+        west, south, east, north = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+    valid = data[data != 0]
+    whole = aoi_cloud_share(scl, shapely.box(west - 0.1, south - 0.1, east + 0.1, north + 0.1))
+    assert whole == pytest.approx(np.isin(valid, CLOUDY_CLASSES).mean())
+    east_strip = aoi_cloud_share(scl, shapely.box(west + (east - west) * 0.5, south, east, north))
+    west_strip = aoi_cloud_share(scl, shapely.box(west, south, west + (east - west) * 0.15, north))
+    assert west_strip < 0.5 < 0.99 < east_strip  # the crop's clear west coast, its cloud bank to the east
+    assert aoi_cloud_share(scl, shapely.box(0, 0, 1, 1)) is None  # off the tile

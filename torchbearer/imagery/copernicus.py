@@ -326,8 +326,10 @@ def fetch_product(
     *,
     report: Report | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    select: Callable[[ManifestEntry], bool] | None = None,
 ) -> tuple[Path, Manifest]:
-    """Fetch the files of ``scene`` a ``spec`` stack needs into ``products_dir/<name>.SAFE``.
+    """Fetch the files of ``scene`` a ``spec`` stack needs (or those ``select`` picks from the manifest) into
+    ``products_dir/<name>.SAFE``.
 
     Files already in place were verified before they were renamed there and are kept; ``.part`` files are
     resumed. Returns the SAFE folder and its manifest.
@@ -339,7 +341,10 @@ def fetch_product(
         client.fetch_file(node_url(endpoints, scene, "manifest.safe") + "/$value", manifest_path, size=size,
                           authorized=True)  # fmt: skip
     manifest = read_manifest(safe_dir)
-    entries = list(manifest) if spec.whole_product else needed_files(manifest, spec.bands, spec.resolution)
+    if select is not None:
+        entries = [entry for entry in manifest if select(entry)]
+    else:
+        entries = list(manifest) if spec.whole_product else needed_files(manifest, spec.bands, spec.resolution)
     tasks = [
         FileTask(node_url(endpoints, scene, e.path) + "/$value", safe_dir / e.path, e.size, _checker(e))
         for e in entries

@@ -95,7 +95,9 @@ class ImagerySpec(StrictModel):
     resolution: Literal[10, 20, 60] = Field(20, description="metres")
     max_scenes: int = Field(1, ge=1, le=500, description="at most this many scenes")
     pick: Literal["least-cloud", "newest"] = Field(
-        "least-cloud", description="least-cloud: lowest scene cloud cover, ties to the newest; newest: latest"
+        "least-cloud",
+        description="least-cloud: least cloud over the AOI (Copernicus L2A: measured on the 60 m SCL of the "
+        "3 × max_scenes least cloudy tiles; otherwise the tile's cloud cover), ties to the newest; newest: latest",
     )
     paths: list[str] = Field(
         default_factory=list, description="local: SAFE folders or zips, GeoTIFFs, or folders of them"
