@@ -15,7 +15,7 @@ from rasterio.windows import Window
 
 from tests.imagery.fake_services import DATA
 from torchbearer.imagery.cache import stack_info
-from torchbearer.imagery.earthsearch import ASSETS, offset_from_data
+from torchbearer.imagery.earthsearch import ASSETS, SCL_ASSET, offset_from_data
 from torchbearer.imagery.fetch import NoScenesError, ensure_scenes
 from torchbearer.imagery.spec import ImagerySpec
 
@@ -55,7 +55,14 @@ def cogs(sample_safe, tmp_path_factory) -> tuple[Path, dict]:
             fine = np.repeat(np.repeat(dn, factor, 0), factor, 1)
             transform = transform60 @ transform60.scale(1 / factor, 1 / factor)
             _write_cog(folder / item / f"{band}.tif", fine, crs, transform)
-    return folder, {"crs": crs, "transform": transform60, "dn": source}
+    # SCL at its native 20 m: the real classes for ``shifted``, clear (vegetation) wherever there is data for
+    # ``raw``, so ``raw`` is the one to pick by cloud over the AOI whatever the items' tile-wide figures say.
+    with rasterio.open(next(sample_safe.glob("GRANULE/*/IMG_DATA/R60m/*_SCL_60m.jp2"))) as src:
+        scl = src.read(1, window=WINDOW)
+    transform20 = transform60 @ transform60.scale(1 / 3, 1 / 3)
+    for item, classes in (("raw", np.where(scl > 0, 4, 0).astype("uint8")), ("shifted", scl)):
+        _write_cog(folder / item / "SCL.tif", np.repeat(np.repeat(classes, 3, 0), 3, 1), crs, transform20)
+    return folder, {"crs": crs, "transform": transform60, "dn": source, "scl": scl}
 
 
 @pytest.fixture
@@ -77,7 +84,7 @@ def earth_search(services, cogs) -> dict:
             "grid:code": "MGRS-29UNU", "s2:processing_baseline": "04.00", "earthsearch:boa_offset_applied": True,
             "s2:product_uri": f"S2A_MSIL2A_202210{day}T115411_N0400_R023_T29UNU_202210{day}T164454.SAFE",
         }  # fmt: skip
-        for band, key in ASSETS.items():
+        for band, key in [*ASSETS.items(), ("SCL", SCL_ASSET)]:
             item["assets"][key]["href"] = f"{services.main}/cogs/{name}/{band}.tif"
         items.append(item)
     services.stac_items, services.cog_dir = items, folder
@@ -157,3 +164,20 @@ def test_search_follows_post_next_links(earth_search, services, env):
         scenes = search(client, env("EARTH_SEARCH_URL"), wanted, load_aoi(wanted), limit=1)
     assert [s.tile for s in scenes] == ["29UNU", "29UNU"] and len({s.id for s in scenes}) == 2
     assert sum(r[:3] == ("POST", "127.0.0.1", "/stac/v1/search") for r in services.requests) == 2
+
+
+def test_least_cloud_over_the_aoi_beats_the_tile_figure(earth_search, services, env, data_dir):
+    """The item whose tile figure says "cloudier" is picked when its SCL is clear over the AOI; ``newest``
+    needs no SCL read."""
+    from torchbearer.imagery.cloud import cloud_share
+
+    assert cloud_share(earth_search["grid"]["scl"]) > 0.5  # the real classes of the window: mostly cloud
+    raw, shifted = services.stac_items
+    raw["properties"]["eo:cloud_cover"], shifted["properties"]["eo:cloud_cover"] = 45.0, 5.0
+    [stack] = ensure_scenes(spec(inner_aoi(earth_search["bbox"])), data_dir, env=env)
+    assert stack.name.startswith("S2A_MSIL2A_20221005T115411")  # raw: clear over the AOI
+    assert any(path.endswith("/raw/SCL.tif") for _m, _h, path, _a in services.requests)
+    before = len(services.requests)
+    [newest] = ensure_scenes(spec(inner_aoi(earth_search["bbox"]), pick="newest"), data_dir, env=env)
+    assert newest.name.startswith("S2A_MSIL2A_20221006T115411")
+    assert not any(path.endswith("SCL.tif") for _m, _h, path, _a in services.requests[before:])

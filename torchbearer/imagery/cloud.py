@@ -7,8 +7,12 @@ A product's ``cloudCover`` is over the whole 110 km tile; an AOI in its clear co
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shapely.geometry.base import BaseGeometry
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: SCL classes that hide the ground: cloud shadow, cloud medium / high probability, thin cirrus.
 CLOUDY_CLASSES = (3, 8, 9, 10)
@@ -22,7 +26,6 @@ def aoi_cloud_share(scl_path: Path, aoi: BaseGeometry) -> float | None:
     ``aoi`` is in WGS84 longitude/latitude. None when the AOI holds no valid pixel of the product (outside the
     tile or all no data), so such a scene ranks after every scene with a figure.
     """
-    import numpy as np
     import rasterio
     import rasterio.mask
     from shapely.geometry import mapping
@@ -35,8 +38,15 @@ def aoi_cloud_share(scl_path: Path, aoi: BaseGeometry) -> float | None:
             data, _ = rasterio.mask.mask(src, [shape], crop=True, filled=False, all_touched=True)
         except ValueError:  # the AOI does not overlap the raster
             return None
-    values = data[0].compressed()
-    valid = values[values != NO_DATA_CLASS]
+    return cloud_share(data[0].compressed())
+
+
+def cloud_share(scl: np.ndarray) -> float | None:
+    """Share (0–1) of the valid pixels of an SCL array (any shape) that are cloud or cloud shadow; None if
+    every pixel is no data."""
+    import numpy as np
+
+    valid = scl[scl != NO_DATA_CLASS]
     if valid.size == 0:
         return None
     return float(np.isin(valid, CLOUDY_CLASSES).mean())

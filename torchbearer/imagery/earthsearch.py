@@ -39,6 +39,9 @@ ASSETS = {
     "B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1", "B06": "rededge2",
     "B07": "rededge3", "B08": "nir", "B8A": "nir08", "B09": "nir09", "B11": "swir16", "B12": "swir22",
 }  # fmt: skip
+#: The scene classification layer (cloud, shadow, water …), used to measure cloud over an AOI.
+SCL_ASSET = "scl"
+SCL_RESOLUTION = 20  # metres: read at its native grid, so classes are picked, never averaged
 MAX_PAGES = 20
 QUANTIFICATION = 10000
 #: GDAL settings for COG reads over HTTP: no directory listings, retries, a block cache.
@@ -171,6 +174,18 @@ def _read_band(href: str, crs: str, bounds: tuple[float, ...], resolution: int) 
             resampling=resampling,
         )
     return out
+
+
+def aoi_cloud_share(scene: Scene, aoi: BaseGeometry) -> float | None:
+    """Cloud share (0–1) over the AOI window, read from the item's SCL COG at its native 20 m; None without one."""
+    from torchbearer.imagery.cloud import cloud_share
+
+    item = scene.extra["item"]
+    asset = item.get("assets", {}).get(SCL_ASSET)
+    if asset is None:
+        return None
+    crs, bounds = _grid(item, aoi, SCL_RESOLUTION)
+    return cloud_share(_read_band(asset["href"], crs, bounds, SCL_RESOLUTION))
 
 
 def read_window(

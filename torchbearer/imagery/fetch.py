@@ -128,7 +128,8 @@ def _copernicus(
         client.token = _session_token(credentials, endpoints.token_url, env)
         found = copernicus.search(client, endpoints, spec, aoi)
         if spec.pick == "least-cloud" and spec.product == "L2A":
-            found = _rank_by_aoi_cloud(client, endpoints, spec, aoi, found, data_dir, should_stop)
+            measure = _copernicus_aoi_cloud(client, endpoints, spec, aoi, data_dir, should_stop)
+            found = _rank_by_aoi_cloud(spec, found, measure)
         scenes = _pick(spec, found)
         stacks = []
         for scene in scenes:
@@ -148,17 +149,11 @@ def _copernicus(
 AOI_CLOUD_CANDIDATES_PER_SCENE = 3
 
 
-def _rank_by_aoi_cloud(
-    client: HttpClient, endpoints: Any, spec: ImagerySpec, aoi: Any, found: list[Scene], data_dir: Path,
-    should_stop: Callable[[], bool],
-) -> list[Scene]:  # fmt: skip
-    """The best candidates with ``cloud`` replaced by their cloud over the AOI (percent, from SCL at 60 m).
+def _rank_by_aoi_cloud(spec: ImagerySpec, found: list[Scene], measure: Callable[[Scene], float | None]) -> list[Scene]:
+    """The best candidates with ``cloud`` replaced by ``measure(scene)``, their cloud over the AOI (0–1).
 
-    Only worth it when there is a choice; a candidate whose SCL cannot be fetched keeps its tile-wide figure.
+    Only worth it when there is a choice; a candidate that cannot be measured keeps its tile-wide figure.
     """
-    from torchbearer.imagery import copernicus
-    from torchbearer.imagery.cloud import aoi_cloud_share
-
     count = max(spec.max_scenes * AOI_CLOUD_CANDIDATES_PER_SCENE, spec.max_scenes)
     candidates = pick_scenes(found, max_scenes=count, pick="least-cloud", tiles=spec.tiles or None)
     if len(candidates) <= spec.max_scenes:
@@ -166,21 +161,35 @@ def _rank_by_aoi_cloud(
     ranked = []
     for scene in candidates:
         try:
-            with scene_lock(data_dir, scene.stem, should_stop):
-                safe_dir, manifest = copernicus.fetch_product(
-                    client, endpoints, scene, data_dir / "products", spec, should_stop=should_stop,
-                    select=lambda entry: entry.path.endswith("_SCL_60m.jp2"),
-                )  # fmt: skip
-            scl = next((safe_dir / e.path for e in manifest if e.path.endswith("_SCL_60m.jp2")), None)
-            share = aoi_cloud_share(scl, aoi) if scl is not None and scl.is_file() else None
-        except (OSError, HttpError, ChecksumError, ValueError) as exc:
+            share = measure(scene)
+        except (OSError, HttpError, ChecksumError, ValueError) as exc:  # RasterioIOError is an OSError
             log.warning("%s: cloud over the AOI unknown (%s); using the tile's %s %%", scene.stem, exc, scene.cloud)
             ranked.append(scene)
             continue
-        log.info("%s: %.1f %% cloud over the AOI (tile: %s %%)", scene.stem, -1 if share is None else share * 100,
-                 scene.cloud)  # fmt: skip
+        shown = "unknown (no valid pixel)" if share is None else f"{share * 100:.1f} %"
+        log.info("%s: cloud over the AOI %s (tile: %s %%)", scene.stem, shown, scene.cloud)
         ranked.append(replace(scene, cloud=None if share is None else share * 100))
     return ranked
+
+
+def _copernicus_aoi_cloud(
+    client: HttpClient, endpoints: Any, spec: ImagerySpec, aoi: Any, data_dir: Path, should_stop: Callable[[], bool]
+) -> Callable[[Scene], float | None]:
+    """Measures a Copernicus scene's cloud over the AOI from its 60 m SCL layer (about 0.2 % of its bytes)."""
+    from torchbearer.imagery import copernicus
+    from torchbearer.imagery.cloud import aoi_cloud_share
+
+    def is_scl(entry: Any) -> bool:
+        return entry.path.endswith("_SCL_60m.jp2")
+
+    def measure(scene: Scene) -> float | None:
+        with scene_lock(data_dir, scene.stem, should_stop):
+            safe_dir, manifest = copernicus.fetch_product(client, endpoints, scene, data_dir / "products", spec,
+                                                          should_stop=should_stop, select=is_scl)  # fmt: skip
+        scl = next((safe_dir / e.path for e in manifest if is_scl(e)), None)
+        return aoi_cloud_share(scl, aoi) if scl is not None and scl.is_file() else None
+
+    return measure
 
 
 #: One CDSE token per identity server and account in this process, so a job that asks for scenes several
@@ -216,7 +225,10 @@ def _earth_search(
     aoi = load_aoi(spec)
     url = env("EARTH_SEARCH_URL") or earthsearch.EARTH_SEARCH_URL
     with http_client(env) as client:
-        scenes = _pick(spec, earthsearch.search(client, url, spec, aoi))
+        found = earthsearch.search(client, url, spec, aoi)
+        if spec.pick == "least-cloud":
+            found = _rank_by_aoi_cloud(spec, found, lambda scene: earthsearch.aoi_cloud_share(scene, aoi))
+        scenes = _pick(spec, found)
         stacks = []
         for scene in scenes:
             with scene_lock(data_dir, scene.stem, should_stop):

@@ -96,8 +96,9 @@ class ImagerySpec(StrictModel):
     max_scenes: int = Field(1, ge=1, le=500, description="at most this many scenes")
     pick: Literal["least-cloud", "newest"] = Field(
         "least-cloud",
-        description="least-cloud: least cloud over the AOI (Copernicus L2A: measured on the 60 m SCL of the "
-        "3 × max_scenes least cloudy tiles; otherwise the tile's cloud cover), ties to the newest; newest: latest",
+        description="least-cloud: least cloud over the AOI, measured on the SCL layer (Copernicus: 60 m file; "
+        "Earth Search: 20 m COG window) of the 3 × max_scenes least cloudy tiles (L1C: the tile's figure), ties "
+        "to the newest; newest: latest",
     )
     paths: list[str] = Field(
         default_factory=list, description="local: SAFE folders or zips, GeoTIFFs, or folders of them"
