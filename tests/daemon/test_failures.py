@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import wait_state, write_job
+from tests.conftest import wait_for, wait_state, write_job
 from tests.daemon.conftest import job_named, logged, probe
 
 FAILURES = {
@@ -18,6 +18,8 @@ def test_failed_workers_are_recorded_and_the_daemon_goes_on(project, store, tole
     write_job(
         project.queue_dir, "bad.yaml", "defaults: {kind: probe, steps: 3, priority: 1}\njobs:\n" + "\n".join(lines)
     )
+    # The good file goes in once the bad jobs are queued, so it surely waits behind them (priority 1 > 0).
+    wait_for(lambda: len(store.jobs()) == len(FAILURES), what="the failing jobs queued")
     write_job(project.queue_dir, "good.yaml", probe("good"))
     for action, (reason, tail) in FAILURES.items():
         bad = wait_state(store, job_named(store, action).id, "failed")
