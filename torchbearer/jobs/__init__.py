@@ -43,7 +43,8 @@ class UnknownKindError(LookupError):
 
 
 _registry: dict[str, JobKind] = {}
-_plugins_loaded = False
+_entry_point_modules: list[str] | None = None
+_imported: set[str] = set()
 
 
 def register(kind: JobKind) -> JobKind:
@@ -53,15 +54,16 @@ def register(kind: JobKind) -> JobKind:
 
 
 def load_plugins() -> None:
-    """Import the modules named by entry points and ``TORCHBEARER_PLUGINS`` (once per process)."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    modules = [ep.value.split(":")[0] for ep in entry_points(group="torchbearer.kinds")]
-    modules += [m.strip() for m in os.environ.get("TORCHBEARER_PLUGINS", "").split(",") if m.strip()]
-    for module in modules:
-        importlib.import_module(module)
+    """Import the modules named by entry points (looked up once) and ``TORCHBEARER_PLUGINS`` (read on each
+    call, so a variable set after the first call still counts); each module is imported once."""
+    global _entry_point_modules
+    if _entry_point_modules is None:
+        _entry_point_modules = [ep.value.split(":")[0] for ep in entry_points(group="torchbearer.kinds")]
+    named = [m.strip() for m in os.environ.get("TORCHBEARER_PLUGINS", "").split(",") if m.strip()]
+    for module in [*_entry_point_modules, *named]:
+        if module not in _imported:
+            importlib.import_module(module)
+            _imported.add(module)
 
 
 def kind_names() -> list[str]:
