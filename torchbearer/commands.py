@@ -116,7 +116,3 @@ def pause(store: Store, reason: str = "paused on request") -> str:
 def resume(store: Store) -> str:
     store.set_queue_paused(None)
     return "queue resumed"
-
-
-#: Job actions by name, for the dashboard's key bindings and command palette.
-JOB_ACTIONS = {"cancel": cancel, "retry": retry, "hold": hold, "release": release}

@@ -49,9 +49,6 @@ class JobContext:
         """True once SIGTERM (cancel, daemon stop, timeout) arrived: save, then raise :class:`JobInterrupted`."""
         return self._stop.is_set()
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     def install_signal_handlers(self) -> None:
         """Turn SIGTERM/SIGINT into :attr:`should_stop` instead of an abrupt exit (main thread only)."""
 

@@ -194,3 +194,18 @@ def test_worker_processes_deliver_the_same_batches(stack: Path) -> None:
         dm.setup()
         batches.append([b["image"] for b in dm.train_dataloader()])
     assert len(batches[1]) == 2 and all(torch.equal(a, b) for a, b in zip(*batches, strict=True))
+
+
+def test_standardising_terms_fold_reflectance_and_statistics_into_one_multiply_add():
+    """The one multiply-add the training collate and the inference forward use equals the reference path:
+    (DN + offset) / quantification, minus the mean, over the std; DN 0 stays no data (the callers zero it)."""
+    from torchbearer.imagery.cache import to_reflectance
+    from torchbearer.ml.checkpoint import standardising_terms
+
+    rng = np.random.default_rng(0)
+    dn = rng.integers(1, 12000, size=(3, 8, 8)).astype(np.uint16)
+    mean, std = [0.1, 0.2, 0.3], [0.05, 0.1, 0.2]
+    a, b = standardising_terms((1 / 10000, -1000 / 10000), mean, std)
+    reference = normalize(to_reflectance(dn, -1000, 10000)[0], mean, std)
+    assert a.dtype == b.dtype == np.float32
+    np.testing.assert_allclose(dn * a[:, None, None] + b[:, None, None], reference, rtol=1e-5, atol=1e-5)

@@ -176,6 +176,11 @@ class StackInfo:
         """Pixel size, metres."""
         return abs(self.transform.a)
 
+    @property
+    def reflectance_terms(self) -> tuple[float, float]:
+        """``(scale, shift)`` with reflectance = DN × scale + shift, i.e. (DN + offset) / quantification."""
+        return 1.0 / self.quantification, self.offset / self.quantification
+
 
 def stack_info(path: Path, resolution: int | None = None) -> StackInfo:
     """Open a stack (a cache file, or a user's GeoTIFF of uint16 DN) and check it.

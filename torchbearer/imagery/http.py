@@ -134,10 +134,6 @@ def _describe(response: requests.Response) -> str:
     return f"HTTP {response.status_code} {response.reason or ''}".strip() + (f": {text}" if text else "")
 
 
-def _host(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
-
-
 class HttpClient:
     """One ``requests`` session with retries, token handling and a pool of ``connections`` connections.
 

@@ -55,11 +55,6 @@ class Manifest:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def find(self, path: str) -> ManifestEntry | None:
-        """The entry for a relative path (``GRANULE/…/B01_60m.jp2``), or None."""
-        wanted = _clean(path)
-        return next((e for e in self.entries if e.path == wanted), None)
-
     @property
     def total_size(self) -> int:
         """Bytes of every file listed (the product unzipped), not counting manifest.safe itself."""

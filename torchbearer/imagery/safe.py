@@ -50,11 +50,6 @@ class SafeProduct:
     offsets: dict[str, int]
     images: dict[tuple[str, int], Path]
 
-    @property
-    def baseline_number(self) -> float:
-        """The processing baseline as a number (``"04.00"`` → 4.0), for comparisons."""
-        return float(self.baseline)
-
     def bands(self, resolution: int) -> tuple[str, ...]:
         """Spectral bands stacked at ``resolution`` metres, in stack order (e.g. no B01 at 20 m before 04.00)."""
         if resolution not in BANDS_BY_RESOLUTION:

@@ -51,7 +51,7 @@ from torchbearer.inference.writer import (
     partial_path,
     quantise,
 )
-from torchbearer.ml.checkpoint import ModelCard
+from torchbearer.ml.checkpoint import ModelCard, standardising_terms
 
 log = logging.getLogger(__name__)
 
@@ -279,17 +279,15 @@ def group_forward(
     device: torch.device,
 ) -> ForwardFn:
     """The function that runs a group's members on a batch of DN windows (B × bands read × size × size)."""
-    offset, quantification = group.info.offset, group.info.quantification
     names = [group.info.bands[k - 1] for k in group.indexes]
     plans = []
     for member, model in zip(members, models, strict=True):
-        mean, std = member.card.norm["mean"], member.card.norm["std"]
         pick = torch.tensor([names.index(b) for b in member.card.bands])
-        std_t = torch.tensor(std, dtype=torch.float32)
-        # DN → reflectance → standardised in one multiply-add: (DN + offset) / q - mean) / std.
-        scale = (1.0 / (quantification * std_t)).view(1, -1, 1, 1)
-        shift = ((offset / quantification - torch.tensor(mean, dtype=torch.float32)) / std_t).view(1, -1, 1, 1)
-        plans.append((member, model, pick, scale, shift))
+        # DN → reflectance → standardised in one multiply-add, as in training.
+        a, b = standardising_terms(group.info.reflectance_terms, member.card.norm["mean"], member.card.norm["std"])
+        plans.append(
+            (member, model, pick, torch.from_numpy(a).view(1, -1, 1, 1), torch.from_numpy(b).view(1, -1, 1, 1))
+        )
     transforms = tta_transforms(options.tta)
     amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
     layout = torch.channels_last if channels_last(device, options.optimize) else torch.contiguous_format

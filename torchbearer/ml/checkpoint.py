@@ -111,6 +111,16 @@ def normalize(
     return out
 
 
+def standardising_terms(
+    reflectance_terms: tuple[float, float], mean: list[float], std: list[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band ``(a, b)`` (float32) with standardised input = DN × a + b: reflectance (DN × scale + shift) minus
+    the mean, over the std, folded into one multiply-add for the training and inference hot paths."""
+    scale, shift = reflectance_terms
+    mean_a, std_a = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return (np.float32(scale) / std_a).astype(np.float32), ((np.float32(shift) - mean_a) / std_a).astype(np.float32)
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint file on the CPU (tensors only, no arbitrary pickled objects)."""
     import torch

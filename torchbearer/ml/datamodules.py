@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from torchbearer.ml.checkpoint import standardising_terms
 from torchbearer.ml.scenes import TRAIN, Scene, Split, SplitOptions, band_stats, check_inputs, make_split
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,8 @@ class Collate:
     """
 
     def __init__(self, scenes: list[Scene], mean: list[float], std: list[float]) -> None:
-        std_a, mean_a = np.asarray(std, np.float32), np.asarray(mean, np.float32)
         # One multiply-add a pixel: ((DN × scale + shift) - mean) / std = DN × a + b.
-        self.terms = [(scale / std_a, (shift - mean_a) / std_a) for scale, shift in (s.scale_shift for s in scenes)]
+        self.terms = [standardising_terms(s.info.reflectance_terms, mean, std) for s in scenes]
 
     def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
         bands, rows, cols = items[0][1].shape

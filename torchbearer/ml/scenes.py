@@ -47,11 +47,6 @@ class Scene:
     target: np.ndarray
     nodata: np.ndarray
 
-    @property
-    def scale_shift(self) -> tuple[float, float]:
-        """Reflectance = DN × scale + shift."""
-        return 1.0 / self.info.quantification, self.info.offset / self.info.quantification
-
 
 @dataclass(frozen=True)
 class SplitOptions:
@@ -206,7 +201,7 @@ def band_stats(scenes: list[Scene], split: Split) -> tuple[list[float], list[flo
         part = split.parts[index][::stride, ::stride]
         dn = scene.dn[:, ::stride, ::stride]
         keep = (part == TRAIN) & (dn != 0).all(axis=0)
-        scale, shift = scene.scale_shift
+        scale, shift = scene.info.reflectance_terms
         samples.append(dn[:, keep].astype(np.float64) * scale + shift)
     values = np.concatenate(samples, axis=1)
     if values.shape[1] == 0:
