@@ -35,14 +35,18 @@ PASS_INTERVAL_S = 1.0
 
 
 class QueueLockedError(RuntimeError):
-    """Another daemon (or foreground run) already serves this queue."""
+    """Another daemon (or foreground run) already serves this state database or this queue."""
 
 
-class QueueLock:
-    """An exclusive ``flock`` on ``queue/.torchbearer.lock``, held for the life of the process."""
+class FileLock:
+    """An exclusive ``flock`` on ``path``, held for the life of the process; the file holds the holder's pid.
 
-    def __init__(self, queue_dir: Path) -> None:
-        self.path = queue_dir / ".torchbearer.lock"
+    ``what`` names what the lock guards in the refusal ("state database …", "queue …").
+    """
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -54,7 +58,7 @@ class QueueLock:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise QueueLockedError(
-                f"another torchbearer daemon (pid {holder}) is already serving {self.path.parent}; "
+                f"another torchbearer daemon (pid {holder}) is already serving the {self.what}; "
                 "stop it first, or use `torchbearer submit` to add jobs to it"
             ) from None
         os.ftruncate(fd, 0)
@@ -65,6 +69,23 @@ class QueueLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def state_lock_path(state_path: Path) -> Path:
+    """The daemon's lock beside the state database (``state/torchbearer.db.lock``).
+
+    One daemon per database, whatever queue folder it watches: the jobs live in the database, so a second
+    daemon on it would "recover" the first one's running jobs and start them again. Beside the database, not
+    in ``queue/``: deleting and re-creating the queue folder must not free it.
+    """
+    return state_path.with_name(state_path.name + ".lock")
+
+
+class QueueLock(FileLock):
+    """An exclusive ``flock`` on ``queue/.torchbearer.lock``: two databases must not share one queue folder."""
+
+    def __init__(self, queue_dir: Path) -> None:
+        super().__init__(queue_dir / ".torchbearer.lock", f"queue {queue_dir}")
 
 
 class Engine:
@@ -85,6 +106,7 @@ class Engine:
         self.only_ids = only_ids
         self.tick_s = tick_s
         self.on_tick = on_tick
+        self.state_lock = FileLock(state_lock_path(settings.state_path), f"state database {settings.state_path}")
         self.lock = QueueLock(settings.queue_dir)
         self.store = Store(settings.state_path)
         self.supervisor = Supervisor(settings, self.store, executor)
@@ -102,7 +124,12 @@ class Engine:
     def run(self) -> None:
         """Serve until :meth:`stop` (or SIGTERM/SIGINT); workers are stopped at a safe point on the way out."""
         self.settings.ensure_dirs()
-        self.lock.acquire()
+        self.state_lock.acquire()  # first: the jobs are in the database, whichever queue folder is watched
+        try:
+            self.lock.acquire()
+        except QueueLockedError:
+            self.state_lock.release()
+            raise
         try:
             self._install_signal_handlers()
             self.supervisor.recover()
@@ -154,6 +181,7 @@ class Engine:
                 self.store.set_meta("daemon", None)
         finally:
             self.lock.release()
+            self.state_lock.release()
 
     # -- one pass -------------------------------------------------------------------------------------------
 

@@ -106,6 +106,17 @@ def is_worker_of(pid: int, job_id: int) -> bool:
     return b"torchbearer.worker" in argv and str(job_id).encode() in argv
 
 
+def live_worker(store: Store, job: Job) -> int | None:
+    """The pid of a live worker of the job's latest attempt, if that attempt has not ended; else None."""
+    if not job.attempts:
+        return None
+    attempt = store.attempt(job.id, job.attempts) or {}
+    pid = attempt.get("pid") or job.pid
+    if attempt.get("finished_at") is not None or not pid:
+        return None
+    return int(pid) if pid_alive(int(pid)) and is_worker_of(int(pid), job.id) else None
+
+
 def executor_for(settings: Settings) -> Executor:
     """The executor the settings name: child processes here, or Slurm batch jobs."""
     if settings.executor == "slurm":
@@ -125,6 +136,7 @@ class Supervisor:
         self.running: dict[int, RunningJob] = {}
         self.quick_failures: set[int] = set()  # jobs whose latest attempt died within the crash window
         self._last_log_check = 0.0
+        self._busy_logged: set[int] = set()
 
     # -- slots ----------------------------------------------------------------------------------------------
 
@@ -139,6 +151,14 @@ class Supervisor:
         job = self.store.job(job_id)
         if job is None:
             return False
+        busy_pid = live_worker(self.store, job)
+        if busy_pid is not None:  # a worker of its last attempt still runs: never two attempts at once
+            if job_id not in self._busy_logged:
+                self._busy_logged.add(job_id)
+                log.warning("not starting %s (#%d): its attempt %d still runs as pid %d", job.name, job_id,
+                            job.attempts, busy_pid)  # fmt: skip
+            return False
+        self._busy_logged.discard(job_id)
         run_dir = Path(job.run_dir) if job.run_dir else self.settings.runs_dir / f"{job.id}-{job.name}"
         claimed = self.store.transition(
             job_id, JobState.RUNNING, expect=[JobState.QUEUED, JobState.INTERRUPTED], reason=None,
