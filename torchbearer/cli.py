@@ -165,10 +165,10 @@ def up(
     store = _store(ctx)
     if demo is not None and not store.counts_by_state():
         from torchbearer.ingest import submit_file
-        from torchbearer.spec import JobFileError
+        from torchbearer.spec import JobFileError, PathRules
 
         try:
-            ids = submit_file(demo, settings.queue_dir, store)
+            ids = submit_file(demo, settings.queue_dir, store, paths=PathRules.of(settings))
         except JobFileError as exc:
             raise fail(str(exc)) from None
         console.print(f"submitted the demo {demo}: jobs {', '.join(f'#{i}' for i in ids)}")
@@ -183,14 +183,14 @@ def up(
 
 
 @app.command()
-def validate(files: Annotated[list[Path], typer.Argument(help="Job files to check")]) -> None:
+def validate(ctx: typer.Context, files: Annotated[list[Path], typer.Argument(help="Job files to check")]) -> None:
     """Check job files without queueing them; exit 1 if any is refused."""
-    from torchbearer.spec import JobFileError, load_job_file
+    from torchbearer.spec import JobFileError, PathRules, load_job_file
 
     bad = 0
     for path in files:
         try:
-            jobs = load_job_file(path)
+            jobs = load_job_file(path, paths=PathRules.of(ctx.obj))
         except JobFileError as exc:
             bad += 1
             err.print(f"[red]✗[/] {exc}", highlight=False)
@@ -209,7 +209,7 @@ def submit(
 ) -> None:
     """Validate job files and queue them through the store (the daemon need not run)."""
     from torchbearer.ingest import submit_file
-    from torchbearer.spec import JobFileError
+    from torchbearer.spec import JobFileError, PathRules
     from torchbearer.store import DependencyError
 
     settings: Settings = ctx.obj
@@ -217,7 +217,7 @@ def submit(
     bad = 0
     for path in files:
         try:
-            ids = submit_file(path, settings.queue_dir, store, held=held)
+            ids = submit_file(path, settings.queue_dir, store, held=held, paths=PathRules.of(settings))
         except (JobFileError, DependencyError) as exc:
             bad += 1
             err.print(f"[red]✗[/] {exc}", highlight=False)
@@ -506,20 +506,21 @@ def run_in_foreground(settings: Settings, files: list[Path], *, kinds: set[str] 
     from torchbearer.daemon.engine import Engine, QueueLockedError
     from torchbearer.ingest import submit_file
     from torchbearer.progress import ForegroundProgress
-    from torchbearer.spec import JobFileError, load_job_file
+    from torchbearer.spec import JobFileError, PathRules, load_job_file
     from torchbearer.store import DependencyError
 
     store = Store(settings.state_path)
     if store.daemon_info()["alive"]:
         raise fail("a daemon is serving this queue; use `torchbearer submit` and watch with `torchbearer tui`")
     ids: list[int] = []
+    rules = PathRules.of(settings)
     for path in files:
         try:
             if kinds is not None:
-                wrong = [j.spec.name for j in load_job_file(path) if j.spec.kind not in kinds]
+                wrong = [j.spec.name for j in load_job_file(path, paths=rules) if j.spec.kind not in kinds]
                 if wrong:
                     raise fail(f"{path}: {', '.join(wrong)} not of kind {'/'.join(sorted(kinds))}", 2)
-            ids += submit_file(path, settings.queue_dir, store)
+            ids += submit_file(path, settings.queue_dir, store, paths=rules)
         except (JobFileError, DependencyError) as exc:
             raise fail(str(exc), 2) from None
     blocked = _waits_outside(store, ids)

@@ -24,7 +24,15 @@ class JobInterrupted(Exception):
     """Raised by a kind after stopping at a safe point on request; the job runs again later."""
 
 
-class PathOutsideProject(ValueError):
+class JobInputError(ValueError):
+    """The job's input is wrong (a missing file, a path it may not use): the user's mistake, not a crash.
+
+    Raise it (or let ``FileNotFoundError`` through) when a check fails before any work: such a failure does not
+    count towards the crash-loop guard.
+    """
+
+
+class PathOutsideProject(JobInputError):
     """A job file named a path outside the project folder while that is not allowed."""
 
 

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchbearer.spec import JobFileError, JobSpec, ParsedJob, SpecIssue, load_job_file
+from torchbearer.spec import JobFileError, JobSpec, ParsedJob, PathRules, SpecIssue, load_job_file
 from torchbearer.store import DependencyError, NewJob, Store
 
 log = logging.getLogger("torchbearer.ingest")
@@ -97,8 +97,11 @@ def _unique(path: Path) -> Path:
     raise FileExistsError(path)
 
 
-def ingest_queue_file(path: Path, queue_dir: Path, store: Store) -> IngestResult:
-    """Take one complete file out of the queue folder and queue its jobs, or refuse it."""
+def ingest_queue_file(path: Path, queue_dir: Path, store: Store, *, paths: PathRules | None = None) -> IngestResult:
+    """Take one complete file out of the queue folder and queue its jobs, or refuse it.
+
+    ``paths``: where its paths may point (see :class:`~torchbearer.spec.PathRules`); None skips that check.
+    """
     accepted_dir, rejected_dir = queue_dir / "accepted", queue_dir / "rejected"
     accepted_dir.mkdir(exist_ok=True)
     rejected_dir.mkdir(exist_ok=True)
@@ -109,7 +112,7 @@ def ingest_queue_file(path: Path, queue_dir: Path, store: Store) -> IngestResult
         os.rename(path, claimed)
     except FileNotFoundError:
         return IngestResult(path.name, error="vanished before it could be read")
-    return _ingest_claimed(claimed, name, token, rejected_dir, store)
+    return _ingest_claimed(claimed, name, token, rejected_dir, store, paths)
 
 
 def storable_name(name: str) -> str:
@@ -124,10 +127,12 @@ def storable_name(name: str) -> str:
     return f"{stem}_{suffix}"
 
 
-def _ingest_claimed(claimed: Path, name: str, token: str, rejected_dir: Path, store: Store) -> IngestResult:
+def _ingest_claimed(
+    claimed: Path, name: str, token: str, rejected_dir: Path, store: Store, paths: PathRules | None = None
+) -> IngestResult:
     source = f"{name}#{token}"
     try:
-        parsed = load_job_file(claimed)
+        parsed = load_job_file(claimed, paths=paths)
         ids = queue_parsed(store, parsed, source)
     except (JobFileError, DependencyError) as exc:
         error = str(exc).replace(str(claimed), name)
@@ -144,7 +149,7 @@ def _ingest_claimed(claimed: Path, name: str, token: str, rejected_dir: Path, st
     return IngestResult(name, job_ids=tuple(ids), moved_to=target)
 
 
-def recover_claimed(queue_dir: Path, store: Store) -> list[IngestResult]:
+def recover_claimed(queue_dir: Path, store: Store, *, paths: PathRules | None = None) -> list[IngestResult]:
     """Finish files a previous daemon claimed but did not file away (it died in between)."""
     results = []
     accepted_dir = queue_dir / "accepted"
@@ -159,11 +164,13 @@ def recover_claimed(queue_dir: Path, store: Store) -> list[IngestResult]:
             os.rename(claimed, target)
             results.append(IngestResult(name, job_ids=tuple(r["id"] for r in rows), moved_to=target))
         else:
-            results.append(_ingest_claimed(claimed, name, token, queue_dir / "rejected", store))
+            results.append(_ingest_claimed(claimed, name, token, queue_dir / "rejected", store, paths))
     return results
 
 
-def submit_file(path: Path, queue_dir: Path, store: Store, *, held: bool = False) -> list[int]:
+def submit_file(
+    path: Path, queue_dir: Path, store: Store, *, held: bool = False, paths: PathRules | None = None
+) -> list[int]:
     """Validate and queue a file directly through the store (no daemon needed); keeps a copy in accepted/.
 
     Raises :class:`JobFileError` (or :class:`DependencyError`) with every issue when the file is refused.
@@ -171,7 +178,7 @@ def submit_file(path: Path, queue_dir: Path, store: Store, *, held: bool = False
     if path.resolve().parent == queue_dir.resolve():  # the daemon takes it from there: queued twice otherwise
         message = "already in the queue folder: the daemon queues it by itself (submit files from elsewhere)"
         raise JobFileError(str(path), [SpecIssue("", message)])
-    parsed = load_job_file(path)
+    parsed = load_job_file(path, paths=paths)
     ids = queue_parsed(store, parsed, f"{path.name}#submit-{int(time.time())}", held=held)
     accepted_dir = queue_dir / "accepted"
     accepted_dir.mkdir(parents=True, exist_ok=True)

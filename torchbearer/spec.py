@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -28,6 +28,20 @@ MAX_YAML_NODES = 100_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$")
 _DURATION_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+#: Longest value quoted in an error (characters): a 100 000-character name must not make a 100 kB error file.
+MAX_QUOTED_CHARS = 80
+#: Longest issue message and YAML path (characters), whatever they quote.
+MAX_ISSUE_CHARS = 400
+
+
+def clip(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def quoted(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters."""
+    return clip(repr(value), limit)
 
 
 def parse_duration(value: Any) -> float:
@@ -53,7 +67,13 @@ class StrictModel(BaseModel):
 
 
 class JobSpec(StrictModel):
-    """The fields every job has, whatever its kind. Kinds subclass this with their own fields."""
+    """The fields every job has, whatever its kind. Kinds subclass this with their own fields.
+
+    ``path_fields`` names (dotted, through nested models and lists) the fields that hold paths: files, folders,
+    globs or outputs. They are checked against the project folder when the file is queued.
+    """
+
+    path_fields: ClassVar[tuple[str, ...]] = ()
 
     name: str = Field(pattern=NAME_PATTERN, description="unique within its file; letters, digits, . _ -")
     kind: str
@@ -107,7 +127,53 @@ class SpecIssue:
 
     def format(self, source: str) -> str:
         where = f"{source}:{self.line}" if self.line else source
-        return f"{where}: {self.path + ': ' if self.path else ''}{self.message}"
+        path, message = clip(self.path, MAX_ISSUE_CHARS), clip(self.message, MAX_ISSUE_CHARS)
+        return f"{where}: {path + ': ' if path else ''}{message}"
+
+
+@dataclass(frozen=True)
+class PathRules:
+    """Where job-file paths may point: inside ``project_dir`` (relative paths are resolved against it), unless
+    ``allow_outside`` (``TORCHBEARER_ALLOW_OUTSIDE_PATHS``)."""
+
+    project_dir: Path
+    allow_outside: bool = False
+
+    @classmethod
+    def of(cls, settings: Any) -> PathRules:
+        """The rules of a :class:`~torchbearer.settings.Settings`."""
+        return cls(Path(settings.project_dir), bool(settings.allow_outside_paths))
+
+    def resolve(self, path: str | Path) -> Path:
+        candidate = Path(path).expanduser()
+        return (candidate if candidate.is_absolute() else self.project_dir / candidate).resolve()
+
+    def outside(self, path: str | Path) -> bool:
+        """Whether ``path`` (symlinks followed, as when the job runs) lands outside the project folder."""
+        return not self.allow_outside and not self.resolve(path).is_relative_to(self.project_dir)
+
+
+def _path_values(value: Any, names: list[str], loc: tuple) -> list[tuple[tuple, str]]:
+    """(location, string) of every value at the dotted field path ``names`` below ``value``, lists walked."""
+    if isinstance(value, list | tuple):
+        return [found for index, item in enumerate(value) for found in _path_values(item, names, (*loc, index))]
+    if not names:
+        return [(loc, value)] if isinstance(value, str) else []
+    if isinstance(value, BaseModel):
+        return _path_values(getattr(value, names[0], None), names[1:], (*loc, names[0]))
+    return []
+
+
+def outside_path_issues(spec: JobSpec, rules: PathRules, prefix: tuple, lines: _Lines) -> list[SpecIssue]:
+    """One issue per path field of ``spec`` that points outside the project folder."""
+    issues = []
+    for dotted in type(spec).path_fields:
+        for loc, value in _path_values(spec, dotted.split("."), ()):
+            if rules.outside(value):
+                message = (f"{quoted(value)} is outside the project folder {rules.project_dir} "
+                           "(set TORCHBEARER_ALLOW_OUTSIDE_PATHS=1 to allow)")  # fmt: skip
+                issues.append(SpecIssue(_path_text((*prefix, *loc)), message, _line_of((*prefix, *loc), lines)))
+    return issues
 
 
 class JobFileError(ValueError):
@@ -150,7 +216,7 @@ def _map_lines(node: yaml.Node, path: tuple, out: _Lines) -> None:
             key_name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
             if (*path, key_name) in out.lines:  # safe_load would silently keep only the last value
                 first = out.lines[(*path, key_name)]
-                raise yaml.MarkedYAMLError(problem=f"duplicate key {key_name!r} (first at line {first})",
+                raise yaml.MarkedYAMLError(problem=f"duplicate key {quoted(key_name)} (first at line {first})",
                                            problem_mark=key.start_mark)  # fmt: skip
             out.lines[(*path, key_name)] = key.start_mark.line + 1
             _map_lines(value, (*path, key_name), out)
@@ -253,11 +319,11 @@ def _validation_issues(
         if error["type"] == "extra_forbidden":
             known = _fields_at(model, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-            message = f"unknown key {loc[-1]!r}" + (
+            message = f"unknown key {quoted(loc[-1])}" + (
                 f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(sorted(known))}"
             )
         elif "input" in error and not isinstance(error["input"], dict | list):
-            message += f" (got {error['input']!r})"
+            message += f" (got {quoted(error['input'])})"
         path = (*prefix, *loc)
         if path not in lines.lines and fallback is not None and (*fallback, *loc) in lines.lines:
             path = (*fallback, *loc)  # the value came from ``defaults:``: point there
@@ -274,8 +340,13 @@ def _line_of(path: tuple, lines: _Lines) -> int | None:
     return None
 
 
-def parse_job_text(text: str | bytes, source: str = "<job>", *, default_name: str | None = None) -> list[ParsedJob]:
-    """Validate a job file's content; returns its jobs or raises :class:`JobFileError` listing every issue."""
+def parse_job_text(
+    text: str | bytes, source: str = "<job>", *, default_name: str | None = None, paths: PathRules | None = None
+) -> list[ParsedJob]:
+    """Validate a job file's content; returns its jobs or raises :class:`JobFileError` listing every issue.
+
+    With ``paths``, path fields outside the project folder are issues too.
+    """
     if isinstance(text, bytes):
         text = _decode(text, source)
     elif not text.strip():
@@ -305,6 +376,7 @@ def parse_job_text(text: str | bytes, source: str = "<job>", *, default_name: st
 
     jobs: list[ParsedJob] = []
     issues = []
+    givens: list[tuple[tuple, dict[str, Any]]] = []
     used_defaults: set[str] = set()
     for index, prefix, entry in items:
         if not isinstance(entry, dict):
@@ -315,22 +387,69 @@ def parse_job_text(text: str | bytes, source: str = "<job>", *, default_name: st
         given = _merge(applicable, entry)
         if index is None and "name" not in given and default_name:
             given["name"] = default_name
+        givens.append((prefix, given))
         parsed, problems = _validate_job(given, prefix, ("defaults",) if defaults else None, lines)
         issues += problems
         if parsed is not None:
+            if paths is not None:
+                issues += outside_path_issues(parsed, paths, prefix, lines)
             jobs.append(ParsedJob(parsed, given, index))
     for key in [k for k in defaults if k not in used_defaults]:
         known = sorted({f for kind in _kinds_of(items, defaults) for f in kind.spec.model_fields})
         close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else ": no job in this file takes it"
-        message = f"unknown key {key!r}{hint}"
+        message = f"unknown key {quoted(key)}{hint}"
         issues.append(SpecIssue(_path_text(("defaults", key)), message, lines.lines.get(("defaults", key))))
-    names = [job.spec.name for job in jobs]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        issues.append(SpecIssue("name", f"job name {name!r} is used more than once in this file"))
+    issues += _dependency_issues(givens, lines)  # from the mappings as given: a job with other errors counts too
     if issues:  # a bad ``defaults:`` value is reported once, not once per job
         raise JobFileError(source, list(dict.fromkeys(issues)))
     return jobs
+
+
+def _dependency_issues(givens: list[tuple[tuple, dict[str, Any]]], lines: _Lines) -> list[SpecIssue]:
+    """Duplicate names, jobs waiting for themselves and ``after:`` cycles within one file."""
+    issues = []
+    named = [(prefix, given["name"]) for prefix, given in givens if isinstance(given.get("name"), str)]
+    names = [name for _prefix, name in named]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        issues.append(SpecIssue("name", f"job name {quoted(name)} is used more than once in this file"))
+    edges: dict[str, list[str]] = {}
+    for prefix, given in givens:
+        name, after = given.get("name"), given.get("after")
+        if not isinstance(name, str) or not isinstance(after, list):
+            continue
+        refs = [str(ref).strip().lstrip("#") for ref in after if isinstance(ref, str | int)]
+        if name in refs:
+            where = (*prefix, "after")
+            issues.append(SpecIssue(_path_text(where), f"job {quoted(name)} waits for itself", _line_of(where, lines)))
+        edges.setdefault(name, []).extend(ref for ref in refs if ref in names and ref != name)
+    for cycle in _cycles(edges):
+        issues.append(SpecIssue("after", f"dependency cycle: {clip(' → '.join([*cycle, cycle[0]]))}"))
+    return issues
+
+
+def _cycles(edges: dict[str, list[str]]) -> list[list[str]]:
+    """The distinct cycles found by a depth-first walk of ``edges`` (name → names it waits for)."""
+    found: list[list[str]] = []
+    seen: set[frozenset[str]] = set()
+    done: set[str] = set()
+
+    def visit(node: str, trail: list[str]) -> None:
+        if node in trail:
+            cycle = trail[trail.index(node) :]
+            if frozenset(cycle) not in seen:
+                seen.add(frozenset(cycle))
+                found.append(cycle)
+            return
+        if node in done:
+            return
+        for nxt in edges.get(node, []):
+            visit(nxt, [*trail, node])
+        done.add(node)
+
+    for node in list(edges):
+        visit(node, [])
+    return found
 
 
 def _defaults_for(defaults: dict[str, Any], kind_name: Any) -> dict[str, Any]:
@@ -371,7 +490,7 @@ def _validate_job(
         return None, _validation_issues(exc, kind.spec, prefix, fallback, lines)
 
 
-def load_job_file(path: str | Path) -> list[ParsedJob]:
+def load_job_file(path: str | Path, *, paths: PathRules | None = None) -> list[ParsedJob]:
     """Read and validate a job file (see :func:`parse_job_text`)."""
     path = Path(path)
     try:
@@ -383,7 +502,7 @@ def load_job_file(path: str | Path) -> list[ParsedJob]:
             data = file.read(MAX_JOB_FILE_BYTES + 1)  # it may have grown since fstat
     except OSError as exc:
         raise JobFileError(str(path), [SpecIssue("", f"cannot read: {exc.strerror or exc}")]) from exc
-    return parse_job_text(_decode(data, str(path)), str(path), default_name=_safe_name(path.stem))
+    return parse_job_text(_decode(data, str(path)), str(path), default_name=_safe_name(path.stem), paths=paths)
 
 
 def _safe_name(stem: str) -> str:

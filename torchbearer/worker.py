@@ -18,6 +18,7 @@ EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again later
+EXIT_INPUT = 65  # EX_DATAERR: the job's input is wrong (a user error, not a crash)
 
 log = logging.getLogger("torchbearer.worker")
 
@@ -30,7 +31,9 @@ def describe_exception(exc: BaseException) -> str:
 
 def run_job(job_id: int, attempt: int) -> int:
     """Run one attempt of a job; returns the process exit code."""
-    from torchbearer.context import JobContext, JobInterrupted
+    from pydantic import ValidationError
+
+    from torchbearer.context import JobContext, JobInputError, JobInterrupted
     from torchbearer.jobs import get_kind
     from torchbearer.settings import Settings
     from torchbearer.store import Store
@@ -60,8 +63,10 @@ def run_job(job_id: int, attempt: int) -> int:
         if ctx.should_stop and not isinstance(exc, Exception):
             store.finish_attempt(job_id, attempt, outcome="interrupted", exit_code=EXIT_INTERRUPTED)
             return EXIT_INTERRUPTED
-        store.finish_attempt(job_id, attempt, outcome="failed", exit_code=EXIT_FAILED, reason=describe_exception(exc))
-        return EXIT_FAILED
+        # a wrong input is the user's mistake: its own exit code keeps it out of the crash-loop guard
+        code = EXIT_INPUT if isinstance(exc, JobInputError | FileNotFoundError | ValidationError) else EXIT_FAILED
+        store.finish_attempt(job_id, attempt, outcome="failed", exit_code=code, reason=describe_exception(exc))
+        return code
     store.finish_attempt(job_id, attempt, outcome="succeeded", exit_code=EXIT_SUCCEEDED)
     log.info("job %s (#%d) succeeded", job.name, job.id)
     return EXIT_SUCCEEDED

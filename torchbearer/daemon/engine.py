@@ -24,7 +24,7 @@ from torchbearer.daemon.supervisor import Supervisor
 from torchbearer.daemon.watcher import QueueWatcher
 from torchbearer.ingest import ingest_queue_file, recover_claimed
 from torchbearer.settings import Settings
-from torchbearer.spec import JobFileError, load_job_file
+from torchbearer.spec import JobFileError, PathRules, load_job_file
 from torchbearer.store import TERMINAL_STATES, Store
 
 log = logging.getLogger("torchbearer.daemon")
@@ -109,6 +109,7 @@ class Engine:
         self.state_lock = FileLock(state_lock_path(settings.state_path), f"state database {settings.state_path}")
         self.lock = QueueLock(settings.queue_dir)
         self.store = Store(settings.state_path)
+        self.paths = PathRules.of(settings)
         self.supervisor = Supervisor(settings, self.store, executor)
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -134,7 +135,7 @@ class Engine:
             self._install_signal_handlers()
             self.supervisor.recover()
             if self.watcher is not None:
-                for result in recover_claimed(self.settings.queue_dir, self.store):
+                for result in recover_claimed(self.settings.queue_dir, self.store, paths=self.paths):
                     log.info("finished ingesting %s left by a previous daemon", result.source)
                 self.watcher.start()
             if self.cron is not None:
@@ -190,7 +191,7 @@ class Engine:
         changed = False  # our own commits do not move data_version: note them here
         if self.watcher is not None:
             for path in self.watcher.ready(_parses):
-                changed |= ingest_queue_file(path, self.settings.queue_dir, self.store).accepted
+                changed |= ingest_queue_file(path, self.settings.queue_dir, self.store, paths=self.paths).accepted
         changed |= bool(self.supervisor.poll())
         now = time.monotonic()
         version = self.store.data_version()

@@ -20,7 +20,7 @@ from torchbearer.daemon.executors import Executor, WorkerHandle
 from torchbearer.daemon.executors.local import LocalExecutor, signal_process_group
 from torchbearer.settings import Settings
 from torchbearer.store import Job, JobState, Store, pid_alive
-from torchbearer.worker import EXIT_INTERRUPTED
+from torchbearer.worker import EXIT_INPUT, EXIT_INTERRUPTED
 
 log = logging.getLogger("torchbearer.supervisor")
 
@@ -300,7 +300,8 @@ class Supervisor:
             reason = (attempt.get("reason") or getattr(running.handle, "end_reason", None)
                       or describe_exit(code, killed_by_us=running.killed_by_us))  # fmt: skip
             self._fail(job, running, reason, code, common)
-            self._guard_crash_loop(running.job_id, elapsed)
+            if code != EXIT_INPUT:  # a missing file or a refused path is a user error, not a crash
+                self._guard_crash_loop(running.job_id, elapsed)
 
     def _end(self, running: RunningJob, state: JobState, reason: str | None, outcome: str, code: int | None,
              columns: dict) -> None:  # fmt: skip

@@ -29,6 +29,7 @@ class DownloadSpec(JobSpec):
     """A download job: only an imagery block."""
 
     kind: Literal["download"] = "download"
+    path_fields = ("imagery.paths", "imagery.aoi")
     imagery: ImagerySpec = Field(description="which scenes, from where, at which resolution")
 
 

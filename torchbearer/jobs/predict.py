@@ -49,6 +49,7 @@ class PredictSpec(JobSpec):
     """A prediction job: which models, which scenes, how to combine, where to write."""
 
     kind: Literal["predict"] = "predict"
+    path_fields = ("scenes", "output", "models.checkpoint", "imagery.paths", "imagery.aoi")
     models: list[ModelRef] = Field(min_length=1, description="the ensemble's members")
     scenes: list[str | list[str]] = Field(
         default_factory=list,

@@ -133,6 +133,8 @@ class TrainSpec(JobSpec):
     """A training job. ``scenes`` is shorthand for ``imagery: {source: local, paths: …, resolution: …}``."""
 
     kind: Literal["train"] = "train"
+    path_fields = ("scenes", "masks", "imagery.paths", "imagery.aoi", "model.weights", "train.split.val_regions",
+                   "train.split.test_regions")  # fmt: skip
     imagery: ImagerySpec | None = Field(None, description="where the scenes come from")
     scenes: list[str] = Field(default_factory=list, description="SAFE folders or GeoTIFFs, globs allowed")
     resolution: Literal[10, 20, 60] | None = Field(None, description="metres, with scenes (default 20)")
