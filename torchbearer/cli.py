@@ -124,7 +124,7 @@ def daemon(
         raise fail(str(exc), 2) from None
     try:
         Engine(settings).run()
-    except (QueueLockedError, SettingsError) as exc:
+    except (QueueLockedError, SettingsError, StoreError) as exc:
         raise fail(str(exc)) from None
 
 

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torchbearer.settings import Settings
-from torchbearer.store import JobState, Store
+from torchbearer.store import JobState, Store, is_transient
 
 log = logging.getLogger("torchbearer.job")
+
+#: Most refused writes a job keeps for later; beyond, metrics are dropped (outputs are few).
+MAX_PENDING_WRITES = 100_000
 
 
 class JobInterrupted(Exception):
@@ -49,6 +54,8 @@ class JobContext:
     progress_interval_s: float = 0.5
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _last_progress: float = field(default=0.0, repr=False)
+    #: Writes (metrics, outputs) the store refused while read-only / full / failing, replayed in order later.
+    _pending: list[Callable[[], Any]] = field(default_factory=list, repr=False)
 
     # -- stopping -------------------------------------------------------------------------------------------
 
@@ -89,6 +96,39 @@ class JobContext:
         """A credential from the environment or env file; never log or store the value."""
         return self.settings.secret(name)
 
+    # -- writing through store faults ----------------------------------------------------------------------
+
+    def _write(self, write: Callable[[], Any], *, keep: bool = True) -> bool:
+        """Do ``write`` after the ones still pending; if the store refuses it for now (read-only, disk full,
+        I/O error), keep it for later (``keep``) or drop it (progress), log once, and go on: a store fault must
+        not cost the job. Returns whether everything was written."""
+        try:
+            while self._pending:
+                self._pending[0]()
+                self._pending.pop(0)
+            write()
+        except sqlite3.OperationalError as exc:
+            if not is_transient(exc):
+                raise
+            if not self._pending and not getattr(self, "_fault_logged", False):
+                log.warning("the state database refuses writes (%s): the job goes on, its records wait", exc)
+            self._fault_logged = True
+            if keep and len(self._pending) < MAX_PENDING_WRITES:
+                self._pending.append(write)
+            return False
+        if getattr(self, "_fault_logged", False):
+            log.info("the state database takes writes again")
+            self._fault_logged = False
+        return True
+
+    def persist(self, write: Callable[[], Any], *, retry_s: float = 1.0, max_wait_s: float = 15.0) -> None:
+        """Do ``write`` after what is pending, waiting (``retry_s`` doubling to ``max_wait_s``) while the store
+        refuses writes: for what must not be lost, such as how the attempt ended."""
+        self._write(write)
+        while not self._write(lambda: None):
+            time.sleep(retry_s)
+            retry_s = min(retry_s * 2, max_wait_s)
+
     # -- reporting ------------------------------------------------------------------------------------------
 
     def progress(
@@ -111,11 +151,13 @@ class JobContext:
         if not (force or finished) and now - self._last_progress < self.progress_interval_s:
             return False
         self._last_progress = now
-        self.store.add_progress(
-            self.job_id, stage=stage, done=done, total=total, unit=unit, epoch=epoch, step=step, eta_s=eta_s,
-            fields=fields or None,
+        return self._write(
+            lambda: self.store.add_progress(
+                self.job_id, stage=stage, done=done, total=total, unit=unit, epoch=epoch, step=step, eta_s=eta_s,
+                fields=fields or None,
+            ),
+            keep=False,  # the next event says more than a late one
         )  # fmt: skip
-        return True
 
     def metric(self, name: str, value: float, *, step: int | None = None, epoch: int | None = None) -> None:
         self.metrics({name: value}, step=step, epoch=epoch)
@@ -123,11 +165,14 @@ class JobContext:
     def metrics(self, values: dict[str, float], *, step: int | None = None, epoch: int | None = None) -> None:
         """Record several values of one moment (curves in the dashboard)."""
         if values:
-            self.store.add_metrics(self.job_id, values, attempt=self.attempt, step=step, epoch=epoch)
+            values = dict(values)
+            self._write(lambda: self.store.add_metrics(self.job_id, values, attempt=self.attempt, step=step,
+                                                       epoch=epoch))  # fmt: skip
 
     def output(self, path: str | Path, kind: str) -> None:
         """Record a product of the job: ``checkpoint``, ``best_checkpoint``, ``map``, ``plot``, ``scene`` …"""
-        self.store.add_output(self.job_id, Path(path).resolve(), kind)
+        resolved = Path(path).resolve()
+        self._write(lambda: self.store.add_output(self.job_id, resolved, kind))
 
     def job_outputs(self, ref: str | int, kind: str | None = None) -> list[dict[str, Any]]:
         """The outputs of another job (by id or name); raises if it did not succeed."""

@@ -12,6 +12,7 @@ never rewritten: an unversioned state format once wiped pueue users' queues on u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -171,6 +172,34 @@ class StoreError(RuntimeError):
     """The state database cannot be used (says which file and why)."""
 
 
+#: SQLite's words for a store that cannot take writes for now (read-only, full, failing disk, locked for
+#: too long): the daemon waits these out instead of dying.
+TRANSIENT_WORDS = ("readonly", "read-only", "disk i/o error", "disk is full", "database is locked", "unable to open")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a store fault that may pass (read-only, I/O error, full disk), not a damaged file."""
+    return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc).lower() for w in TRANSIENT_WORDS)
+
+
+def unusable(path: Path, exc: BaseException) -> StoreError:
+    """The :class:`StoreError` for a database that cannot be opened or read: read-only or damaged, and what to do."""
+    folder = path.parent
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        where = folder if not os.access(folder, os.W_OK) else path
+        return StoreError(
+            f"{where} is read-only ({exc}): the state database needs a writable folder (for its -wal and -shm "
+            "files); make it writable, or point --state / TORCHBEARER_STATE at a writable place"
+        )
+    backups = sorted(folder.glob(f"{path.name}.bak-v*"))
+    restore = f"restore the copy the last schema upgrade kept ({backups[-1]}), or " if backups else ""
+    return StoreError(
+        f"{path} is not a usable SQLite database ({exc}): the file is damaged or is not a torchbearer state "
+        f"database. Stop every torchbearer process, then {restore}move it aside "
+        f"(mv {path} {path}.broken) to start with an empty queue"
+    )
+
+
 class DependencyError(ValueError):
     """A job's ``after`` names a job that does not exist, or the jobs of a batch wait on each other."""
 
@@ -269,7 +298,10 @@ class Store:
 
     def __init__(self, path: str | Path, *, timeout_s: float = 30.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise unusable(self.path, exc) from None
         try:
             conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
@@ -279,13 +311,32 @@ class Store:
                 raise _too_new(self.path, version)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a usable SQLite database ({exc})") from exc
+            raise unusable(self.path, exc) from None
         if mode.lower() != "wal":
             raise StoreError(f"{self.path}: could not switch to WAL mode (got {mode!r})")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         self.conn = conn
-        self._migrate()
+        try:
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and not is_transient(exc):
+                raise  # a migration's own error (rolled back), not a damaged file
+            raise unusable(self.path, exc) from None
+
+    def check(self) -> None:
+        """Raise :class:`StoreError` (saying what to do) unless SQLite's ``quick_check`` finds the file sound.
+
+        Run by the daemon at start: a damaged page would otherwise surface as a traceback mid-night.
+        """
+        try:
+            found = [row[0] for row in self.conn.execute("PRAGMA quick_check(5)").fetchall()]
+            self.conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise unusable(self.path, exc) from None
+        if found != ["ok"]:
+            raise unusable(self.path, sqlite3.DatabaseError("; ".join(found)))
 
     @cached_property
     def db(self) -> sqlite_utils.Database:
@@ -331,10 +382,12 @@ class Store:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # a COMMIT that failed (disk full, read-only) leaves it open
+                with contextlib.suppress(sqlite3.Error):  # the original error says more
+                    self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
 
     def data_version(self) -> int:
         """A number that changes whenever another connection commits: a cheap "anything new?" check."""

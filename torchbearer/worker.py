@@ -49,25 +49,30 @@ def run_job(job_id: int, attempt: int) -> int:
     ctx = JobContext(job_id=job.id, name=job.name, attempt=attempt, run_dir=run_dir, settings=settings, store=store)
     ctx.install_signal_handlers()
     log.info("job %s (#%d) attempt %d: kind %s", job.name, job.id, attempt, job.kind)
+
+    def finish(job_id: int, attempt: int, **outcome: object) -> None:
+        # waits out a store that refuses writes: how the attempt ended must be recorded
+        ctx.persist(lambda: store.finish_attempt(job_id, attempt, **outcome))
+
     try:
         kind = get_kind(job.kind)
         spec = kind.spec.model_validate(job.spec)
         kind.run(spec, ctx)
     except JobInterrupted as exc:
         log.warning("interrupted: %s", exc)
-        store.finish_attempt(job_id, attempt, outcome="interrupted", exit_code=EXIT_INTERRUPTED, reason=str(exc))
+        finish(job_id, attempt, outcome="interrupted", exit_code=EXIT_INTERRUPTED, reason=str(exc))
         return EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - every failure must be recorded, SystemExit included
         traceback.print_exc()
         sys.stderr.flush()
         if ctx.should_stop and not isinstance(exc, Exception):
-            store.finish_attempt(job_id, attempt, outcome="interrupted", exit_code=EXIT_INTERRUPTED)
+            finish(job_id, attempt, outcome="interrupted", exit_code=EXIT_INTERRUPTED)
             return EXIT_INTERRUPTED
         # a wrong input is the user's mistake: its own exit code keeps it out of the crash-loop guard
         code = EXIT_INPUT if isinstance(exc, JobInputError | FileNotFoundError | ValidationError) else EXIT_FAILED
-        store.finish_attempt(job_id, attempt, outcome="failed", exit_code=code, reason=describe_exception(exc))
+        finish(job_id, attempt, outcome="failed", exit_code=code, reason=describe_exception(exc))
         return code
-    store.finish_attempt(job_id, attempt, outcome="succeeded", exit_code=EXIT_SUCCEEDED)
+    finish(job_id, attempt, outcome="succeeded", exit_code=EXIT_SUCCEEDED)
     log.info("job %s (#%d) succeeded", job.name, job.id)
     return EXIT_SUCCEEDED
 

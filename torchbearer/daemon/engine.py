@@ -25,11 +25,14 @@ from torchbearer.daemon.watcher import QueueWatcher
 from torchbearer.ingest import ingest_queue_file, recover_claimed
 from torchbearer.settings import Settings
 from torchbearer.spec import JobFileError, PathRules, load_job_file
-from torchbearer.store import TERMINAL_STATES, Store
+from torchbearer.store import TERMINAL_STATES, Store, is_transient
 
 log = logging.getLogger("torchbearer.daemon")
 
 HEARTBEAT_INTERVAL_S = 5.0
+#: Seconds between tries while the state database refuses writes (read-only, disk full, I/O error): doubles
+#: from the first value up to the second.
+STORE_RETRY_S = (1.0, 15.0)
 #: Full scheduling pass at least this often even when nothing in the store changed (time gates).
 PASS_INTERVAL_S = 1.0
 
@@ -50,8 +53,11 @@ class FileLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise QueueLockedError(f"cannot open the lock {self.path} ({exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -119,6 +125,8 @@ class Engine:
         self._last_pass = 0.0
         self._last_heartbeat = 0.0
         self._started_at = time.time()
+        self.store_fault: str | None = None  # why the store refuses writes; nothing new starts meanwhile
+        self._store_retry_s = STORE_RETRY_S[0]
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -133,6 +141,7 @@ class Engine:
             raise
         try:
             self._install_signal_handlers()
+            self.store.check()
             self.supervisor.recover()
             if self.watcher is not None:
                 for result in recover_claimed(self.settings.queue_dir, self.store, paths=self.paths):
@@ -143,7 +152,8 @@ class Engine:
             log.info("serving %s (state %s, %d slot%s)", self.settings.queue_dir, self.settings.state_path,
                      len(self.settings.slots), "s" if len(self.settings.slots) > 1 else "")  # fmt: skip
             while not self.stopping.is_set():
-                self.step()
+                if not self._step_or_wait():
+                    continue
                 if self.only_ids is not None and self._all_done():
                     break
                 self.wake.wait(self.tick_s)
@@ -186,6 +196,31 @@ class Engine:
 
     # -- one pass -------------------------------------------------------------------------------------------
 
+    def _step_or_wait(self) -> bool:
+        """One :meth:`step`; while the store refuses writes, log, start nothing, keep the workers, retry later.
+
+        Returns False after a store fault (having waited before the next try).
+        """
+        try:
+            self.step()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if self.store_fault is None:
+                log.error("the state database %s refuses writes (%s): starting no jobs, running ones go on; "
+                          "retrying until it is writable", self.settings.state_path, exc)  # fmt: skip
+            self.store_fault = str(exc)
+            self.wake.wait(self._store_retry_s)
+            self.wake.clear()
+            self._store_retry_s = min(self._store_retry_s * 2, STORE_RETRY_S[1])
+            self._last_heartbeat = 0.0  # the heartbeat is the write that tells when it works again
+            return False
+        if self.store_fault is not None:
+            log.warning("the state database %s is writable again: resuming", self.settings.state_path)
+            self.store_fault = None
+            self._store_retry_s = STORE_RETRY_S[0]
+        return True
+
     def step(self) -> None:
         """One turn of the loop; cheap when nothing changed."""
         changed = False  # our own commits do not move data_version: note them here
@@ -210,7 +245,7 @@ class Engine:
         if self.cron is not None:
             self.cron.sync()
         promote_waiting(self.store, only_ids=self.only_ids)
-        if self.store.queue_paused() is not None or self.stopping.is_set():
+        if self.store.queue_paused() is not None or self.stopping.is_set() or self.store_fault is not None:
             return
         free = self.supervisor.free_slots()
         if not free:

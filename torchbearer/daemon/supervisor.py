@@ -221,8 +221,8 @@ class Supervisor:
             if getattr(running.handle, "waiting", False):  # queued on a cluster: its clock starts when it runs
                 running.started = now
             if code is not None:
+                self._finalize(running, code)  # a store fault raises here: the job stays ours, tried again
                 del self.running[job_id]
-                self._finalize(running, code)
                 ended.append(job_id)
                 continue
             if running.timeout_s and not running.timed_out and now - running.started > running.timeout_s:
