@@ -32,7 +32,7 @@ log = logging.getLogger("torchbearer.daemon")
 HEARTBEAT_INTERVAL_S = 5.0
 #: Seconds between tries while the state database refuses writes (read-only, disk full, I/O error): doubles
 #: from the first value up to the second.
-STORE_RETRY_S = (1.0, 15.0)
+STORE_RETRY_S = (1.0, 5.0)
 #: Full scheduling pass at least this often even when nothing in the store changed (time gates).
 PASS_INTERVAL_S = 1.0
 
@@ -115,6 +115,7 @@ class Engine:
         self.state_lock = FileLock(state_lock_path(settings.state_path), f"state database {settings.state_path}")
         self.lock = QueueLock(settings.queue_dir)
         self.store = Store(settings.state_path)
+        self.store.check()  # a damaged file is refused here, with what to do, not mid-night as a traceback
         self.paths = PathRules.of(settings)
         self.supervisor = Supervisor(settings, self.store, executor)
         self.wake = threading.Event()
@@ -141,7 +142,6 @@ class Engine:
             raise
         try:
             self._install_signal_handlers()
-            self.store.check()
             self.supervisor.recover()
             if self.watcher is not None:
                 for result in recover_claimed(self.settings.queue_dir, self.store, paths=self.paths):
