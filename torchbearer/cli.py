@@ -23,6 +23,7 @@ from rich.console import Console
 from torchbearer import commands
 from torchbearer.formatting import STATE_STYLES, format_duration
 from torchbearer.imagery import cli as imagery_cli
+from torchbearer.redact import register_settings, scrub_logging
 from torchbearer.settings import Settings, SettingsError
 from torchbearer.store import TERMINAL_STATES, JobState, Store, StoreError
 
@@ -64,6 +65,7 @@ def main(
                                 devices=devices)  # fmt: skip
     except SettingsError as exc:
         raise fail(str(exc), 2) from None
+    register_settings(ctx.obj)  # every message this process prints or stores is scrubbed of them
 
 
 def _store(ctx: typer.Context) -> Store:
@@ -92,6 +94,7 @@ def _setup_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=True)],
     )
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    scrub_logging()
 
 
 # -- the daemon --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchbearer.redact import register
 from torchbearer.settings import Settings
 from torchbearer.store import JobState, Store, is_transient
 
@@ -93,8 +94,11 @@ class JobContext:
         return resolved
 
     def secret(self, name: str) -> str | None:
-        """A credential from the environment or env file; never log or store the value."""
-        return self.settings.secret(name)
+        """A credential from the environment or env file; never log or store the value (it is scrubbed from
+        every text the project stores or prints, see :mod:`torchbearer.redact`)."""
+        value = self.settings.secret(name)
+        register(value)
+        return value
 
     # -- writing through store faults ----------------------------------------------------------------------
 

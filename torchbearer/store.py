@@ -27,6 +27,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchbearer.redact import scrub, scrub_value
+
 if TYPE_CHECKING:
     import sqlite_utils
 
@@ -555,6 +557,8 @@ class Store:
         Returns whether the job moved. Every move is recorded in ``transitions`` with its time and reason.
         """
         now = _now()
+        reason = scrub(reason) if reason else reason  # a server's answer may echo a credential
+        columns = {key: scrub(value) if isinstance(value, str) else value for key, value in columns.items()}
         with self.transaction() as conn:
             row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or (expect is not None and row[0] not in {str(s) for s in expect}):
@@ -571,6 +575,9 @@ class Store:
     def update_job(self, job_id: int, **columns: Any) -> None:
         """Set columns of a job without a state change (priority, cancel_requested, progress …)."""
         columns = {**columns, "updated_at": _now()}
+        for key in ("reason", "error_tail", "stage"):
+            if isinstance(columns.get(key), str):
+                columns[key] = scrub(columns[key])
         for key in ("spec", "spec_given"):
             if key in columns and not isinstance(columns[key], str):
                 columns[key] = json.dumps(columns[key], default=str)
@@ -606,7 +613,7 @@ class Store:
         self.conn.execute(
             """UPDATE attempts SET finished_at = ?, outcome = ?, exit_code = COALESCE(?, exit_code),
                reason = COALESCE(?, reason) WHERE job_id = ? AND number = ?""",
-            (_now(), outcome, exit_code, reason, job_id, number),
+            (_now(), outcome, exit_code, scrub(reason) if reason else reason, job_id, number),
         )
 
     def set_attempt_pid(self, job_id: int, number: int, pid: int) -> None:
@@ -636,13 +643,14 @@ class Store:
     ) -> None:
         """Record a progress event and mirror stage / fraction / ETA onto the job row for the queue table."""
         now = _now()
+        stage = scrub(stage) if stage else stage
         fraction = (done / total) if (done is not None and total) else None
         with self.transaction() as conn:
             conn.execute(
                 """INSERT INTO progress (job_id, time, stage, done, total, unit, epoch, step, eta_s, fields)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (job_id, now, stage, done, total, unit, epoch, step, eta_s,
-                 json.dumps(fields, default=str) if fields else None),
+                 json.dumps(scrub_value(fields), default=str) if fields else None),
             )  # fmt: skip
             conn.execute(
                 """UPDATE jobs SET stage = COALESCE(?, stage), progress = COALESCE(?, progress), eta_s = ?,
@@ -730,7 +738,7 @@ class Store:
     def set_meta(self, key: str, value: Any) -> None:
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, json.dumps(value, default=str)),
+            (key, json.dumps(scrub_value(value), default=str)),
         )
 
     def queue_paused(self) -> dict[str, Any] | None:

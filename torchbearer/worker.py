@@ -35,10 +35,12 @@ def run_job(job_id: int, attempt: int) -> int:
 
     from torchbearer.context import JobContext, JobInputError, JobInterrupted
     from torchbearer.jobs import get_kind
+    from torchbearer.redact import register_settings
     from torchbearer.settings import Settings
     from torchbearer.store import Store
 
     settings = Settings.load()
+    register_settings(settings)
     store = Store(settings.state_path)
     job = store.job(job_id)
     if job is None:
@@ -83,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m torchbearer.worker <job-id> <attempt>", file=sys.stderr)
         return EXIT_USAGE
     faulthandler.enable()  # a segfault leaves its Python traceback in log.txt
+    from torchbearer.redact import ScrubbingStream
+
+    # everything printed goes to the run folder's log.txt: scrub known secrets on the way (register_settings)
+    sys.stdout, sys.stderr = ScrubbingStream(sys.stdout), ScrubbingStream(sys.stderr)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_job(int(args[0]), int(args[1]))
 
