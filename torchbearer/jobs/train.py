@@ -330,7 +330,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from torchbearer.context import JobInterrupted
-    from torchbearer.ml.callbacks import ProgressReporter, StopOnRequest, TrainingStopped
+    from torchbearer.ml.callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressReporter, TrainingStopped
 
     cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
@@ -340,18 +340,21 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     last = checkpoints / "last.ckpt"
     resume = last if last.is_file() else None
     if resume is not None:
-        log.info("resuming from %s", resume)
+        held = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
+        log.info("resuming from %s (epoch %s, step %s)", resume, held.get("epoch"), held.get("global_step"))
+        del held
     task = build_task(spec, ctx, datamodule, resolution, resuming=resume is not None)
     stopping = spec.train.early_stopping
     monitor, mode = (stopping.monitor, stopping.direction) if stopping else ("val/iou", "max")
-    # Saved when validation ends, before the epoch-end hooks where a stop request is honoured.
+    # Saved when validation ends, before the epoch-end hooks where a stop request is honoured; last.ckpt is
+    # LastCheckpoint's, written after it at every epoch's end whether or not the metric improved.
     best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                           save_last=True, auto_insert_metric_name=False, save_on_train_epoch_end=False)  # fmt: skip
+                           auto_insert_metric_name=False, save_on_train_epoch_end=False)  # fmt: skip
     callbacks: list[Any] = [
         best,
         LearningRateMonitor(logging_interval="epoch"),
         ProgressReporter(ctx.progress, ctx.metrics),
-        StopOnRequest(lambda: ctx.should_stop, last),
+        LastCheckpoint(last, lambda: ctx.should_stop),
     ]
     if stopping is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=stopping.patience))
@@ -366,6 +369,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
             CSVLogger(logs, name="csv", version=version),
         ],
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=ctx.run_dir,
         enable_progress_bar=False,
         enable_model_summary=False,
