@@ -12,8 +12,8 @@ train: {epochs: 20, batch_size: 16, patch_size: 64, lr: 1.0e-3, early_stopping: 
 ```
 The run folder gets ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt`` (each with the model card),
 TensorBoard and CSV logs under ``logs/``, and ``plot_{i}.png``. ``last.ckpt`` is rewritten atomically at the end
-of every epoch; a job stopped by SIGTERM saves it after its current step; its next attempt (or one after a ``kill -9``) resumes from ``last.ckpt``. Heavy imports
-happen inside :func:`run`: reading job files stays light.
+of every epoch; a job stopped by SIGTERM saves it after its current step; its next attempt (or one after a
+``kill -9``) resumes from ``last.ckpt``. Heavy imports happen inside :func:`run`: reading job files stays light.
 """
 
 from __future__ import annotations
