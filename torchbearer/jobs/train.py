@@ -214,7 +214,27 @@ def scene_stacks(spec: TrainSpec, ctx: JobContext) -> tuple[list[Path], int]:
             else:
                 paths.append(str(resolved))
         imagery = ImagerySpec(source="local", paths=paths, resolution=spec.resolution or 20)
-    return fetch_for_job(imagery, ctx), imagery.resolution
+    stacks = fetch_for_job(imagery, ctx)
+    if spec.imagery is None and spec.resolution is None:
+        return stacks, stacks_resolution(stacks, imagery.resolution)
+    return stacks, imagery.resolution
+
+
+def stacks_resolution(stacks: list[Path], default: int) -> int:
+    """The resolution of scenes given without ``resolution:``: SAFE folders were stacked at ``default``;
+    GeoTIFFs are at their own pixel size, which must be one for all (a 60 m file is never read as 20 m)."""
+    from torchbearer.imagery.cache import stack_info
+
+    sizes = {path: round(stack_info(path).resolution) for path in stacks}
+    found = sorted(set(sizes.values()))
+    if len(found) > 1:
+        listed = ", ".join(f"{path.name}: {size} m" for path, size in sizes.items())
+        raise ValueError(f"scenes at different resolutions ({listed}): train on one, set resolution:")
+    if found and found[0] != default:
+        log.warning("resolution: not given; the scenes are %d m stacks, so the model is trained at %d m",
+                    found[0], found[0])  # fmt: skip
+        return found[0]
+    return default
 
 
 def _num_workers(spec: TrainSpec, cuda: bool) -> int:
@@ -262,7 +282,7 @@ def build_datamodule(spec: TrainSpec, ctx: JobContext, scenes: list[Scene], cuda
 
 def build_task(spec: TrainSpec, ctx: JobContext, datamodule: SegmentationDataModule, resolution: int, resuming: bool):
     """The LightningModule with its model card (bands, classes, normalisation of this training data)."""
-    from torchbearer.ml.checkpoint import ModelCard
+    from torchbearer.ml.checkpoint import ModelCard, input_description
     from torchbearer.ml.tasks import SegmentationTask
 
     card = ModelCard(
@@ -275,6 +295,9 @@ def build_task(spec: TrainSpec, ctx: JobContext, datamodule: SegmentationDataMod
         bands=datamodule.bands,
         resolution=float(resolution),
         norm={"mean": datamodule.mean, "std": datamodule.std},
+        extra=input_description(
+            [s.info.product_level for s in datamodule.scenes], [s.info.offset for s in datamodule.scenes]
+        ),
     )
     weights = spec.model.weights
     if weights not in (None, "imagenet"):
