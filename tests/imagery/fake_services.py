@@ -7,9 +7,10 @@
 - ``127.0.0.2``: the "zipper" host: Nodes listings and ``$value`` with ``Range``; needs the same token, so a
   client that drops ``Authorization`` on the cross-host redirect fails.
 
-Faults (:class:`Faults`) are switched on per test: a connection cut mid-file, 429 with Retry-After, tokens
-revoked mid-job, corrupted bytes, a 500 storm, inflated manifest sizes (disk-space refusal), no Range support,
-and a per-connection bandwidth limit (for the benchmark).
+Faults (:class:`Faults`) are switched on per test: a connection cut mid-file, 429 with Retry-After (for every
+file or one), tokens revoked mid-job (once, or at each of several requests), files missing, corrupted bytes, a
+500 storm, inflated manifest sizes (disk-space refusal), no Range support, and a per-connection bandwidth limit
+(for the benchmark).
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ class Faults:
     no_range: bool = False
     #: bytes per second per connection (None: unlimited).
     bandwidth: float | None = None
+    #: file name → how many of its ``$value`` requests get 429 with ``Retry-After: retry_after``.
+    throttle: dict[str, int] = field(default_factory=dict)
+    #: file names whose ``$value`` answers 404.
+    missing: set[str] = field(default_factory=set)
+    #: the next this-many ``$value`` requests on the zipper host revoke every access token and answer 401.
+    revoke_each: int = 0
 
 
 class _Server(ThreadingHTTPServer):
@@ -365,6 +372,12 @@ def _handler(state: FakeServices) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"detail": {"ErrorMessage": "loadFromStore - Not Found", "ErrorCode": 404}})
                 return
             target = product.safe_dir.joinpath(*names[1:])
+            if match.group(3) == "/$value" and state.faults.revoke_each > 0:
+                with state.lock:
+                    state.faults.revoke_each -= 1
+                    state.access = dict.fromkeys(state.access, 0.0)
+                self._json(401, {"detail": "Expired signature!"})
+                return
             if match.group(3) == "/$value":
                 state.count_value_request()
                 with state.lock:
@@ -394,6 +407,14 @@ def _handler(state: FakeServices) -> type[BaseHTTPRequestHandler]:
         def _value(self, names: list[str], target: Path) -> None:
             if state.faults.storm:
                 self._json(500, {"detail": "Internal Server Error"})
+            elif target.name in state.faults.missing:
+                self._json(404, {"detail": {"ErrorMessage": "loadFromStore - Not Found", "ErrorCode": 404}})
+            elif state.faults.throttle.get(target.name, 0) > 0:
+                with state.lock:
+                    state.faults.throttle[target.name] -= 1
+                self._json(
+                    429, {"detail": "Too many concurrent connections"}, {"Retry-After": state.faults.retry_after}
+                )
             elif state.faults.rate_limit > 0:
                 with state.lock:
                     state.faults.rate_limit -= 1

@@ -30,12 +30,17 @@ SPEC = ImagerySpec(aoi=SAMPLE_AOI, dates="2022-10-01/2022-10-10", max_cloud=80, 
 class Session:
     """A client + token + endpoints as ensure_scenes makes them; ``sleeps`` records backoff waits (s)."""
 
-    def __init__(self, env, *, auth_hosts=None, attempts: int = 4) -> None:
+    def __init__(
+        self, env, *, auth_hosts=None, attempts: int = 4, backoff_s: float = 0.001, record: bool = True
+    ) -> None:
+        """``record``: waits are recorded in ``sleeps`` and return at once; else they really wait."""
         self.sleeps: list[float] = []
         self.endpoints = copernicus.CdseEndpoints.from_env(env)
         hosts = self.endpoints.auth_hosts if auth_hosts is None else auth_hosts
         self.client = HttpClient(
-            auth_hosts=hosts, retry=RetryPolicy(attempts=attempts, backoff_s=0.001), sleep=self.sleeps.append
+            auth_hosts=hosts,
+            retry=RetryPolicy(attempts=attempts, backoff_s=backoff_s),
+            sleep=self.sleeps.append if record else None,
         )
         self.token = copernicus.CdseToken(self.client, copernicus.Credentials.from_env(env), self.endpoints.token_url)
         self.client.token = self.token
@@ -161,8 +166,11 @@ def test_disk_space_refusal_before_any_band(services, env, data_dir):
 
 
 def test_token_not_sent_to_unlisted_hosts(services, env, data_dir):
-    with pytest.raises(HttpError, match="401"):
+    with pytest.raises(HttpError, match="401") as error:
         Session(env, auth_hosts=()).fetch(data_dir)
+    # The refusal says why: the hop went to a host that may not get the token, and where to list it.
+    assert "to 127.0.0.2, which may not receive the token" in str(error.value)
+    assert "add it to COPERNICUS_AUTH_HOSTS" in str(error.value)
     zipper = [r for r in services.requests if r[1] == "127.0.0.2"]
     assert zipper and not any(had_auth for *_, had_auth in zipper)
 
@@ -231,3 +239,90 @@ def test_range_past_the_end_of_a_file_of_unknown_size(services, env, sample_safe
         session.client.fetch_file(url, dest, authorized=True)
         assert dest.read_bytes() == original
         assert services.bytes_served["MTD_MSIL2A.xml"] - before == fetched
+
+
+def test_corrupt_manifest_on_disk_is_fetched_again(services, env, sample_safe, data_dir):
+    safe, _ = Session(env).fetch(data_dir)
+    original = (sample_safe / "manifest.safe").read_bytes()
+    (safe / "manifest.safe").write_bytes(original[: len(original) // 3])  # cut: not valid XML
+    safe, manifest = Session(env).fetch(data_dir)
+    assert (safe / "manifest.safe").read_bytes() == original
+    assert len(manifest) == len(read_manifest(sample_safe))
+
+
+def test_corrupted_manifest_download_is_fetched_again(services, env, sample_safe, data_dir):
+    services.faults.corrupt = {"manifest.safe": 1}  # a flipped byte: right size, does not parse
+    safe, _ = Session(env).fetch(data_dir)
+    assert (safe / "manifest.safe").read_bytes() == (sample_safe / "manifest.safe").read_bytes()
+    assert services.bytes_served["manifest.safe"] == 2 * len((sample_safe / "manifest.safe").read_bytes())
+
+
+def test_concurrency_429s_are_waited_out(services, env, sample_safe, data_dir):
+    """Another client holds the account's connections: 429 "too many concurrent connections" with
+    Retry-After 1 s, far more often than the tries allowed. The waits grow and the fetch goes through."""
+    services.faults.throttle = {"manifest.safe": 12}
+    services.faults.retry_after = "1"
+    session = Session(env, attempts=4, backoff_s=0.5)
+    safe, _ = session.fetch(data_dir)
+    assert (safe / "manifest.safe").read_bytes() == (sample_safe / "manifest.safe").read_bytes()
+    assert len(session.sleeps) == 12 and min(session.sleeps) >= 1.0
+    assert session.sleeps[:6] == sorted(session.sleeps[:6]) and session.sleeps[5] >= 16  # doubling
+    assert max(session.sleeps) <= RetryPolicy().max_backoff_s * 1.25
+
+
+def _fetch_in_thread(session: Session, data_dir: Path, **kwargs) -> list[BaseException]:
+    """Runs a fetch; returns its exception once it ends (the test fails if it is still waiting after 120 s)."""
+    errors: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            session.fetch(data_dir, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=fetch, daemon=True)
+    thread.start()
+    thread.join(120)  # the wait it must cut short is 900 s
+    assert not thread.is_alive(), "the fetch kept waiting after the cancel"
+    return errors
+
+
+def test_a_failure_interrupts_retry_waits_and_starts_no_new_file(services, env, sample_safe, data_dir):
+    by_size = sorted(needed_sizes(sample_safe).items(), key=lambda item: item[1], reverse=True)
+    (waiting, _), (failing, _) = by_size[0], by_size[1]  # the two files the first two connections start
+    services.faults.throttle = {waiting: 100}
+    services.faults.retry_after = "900"
+    services.faults.missing = {failing}
+    session = Session(env, record=False)
+    session.client.connections = 2
+    errors = _fetch_in_thread(session, data_dir)
+    assert len(errors) == 1 and isinstance(errors[0], HttpError) and "404" in str(errors[0])
+    asked = {r[2].split("Nodes(")[-1].removesuffix(")/$value") for r in services.requests if r[2].endswith("$value")}
+    assert asked == {"manifest.safe", waiting, failing}  # no file started after the failure
+
+
+def test_a_stop_interrupts_a_retry_wait(services, env, sample_safe, data_dir):
+    largest = max(needed_sizes(sample_safe).items(), key=lambda item: item[1])[0]
+    services.faults.throttle = {largest: 100}
+    services.faults.retry_after = "900"
+    errors = _fetch_in_thread(
+        Session(env, record=False), data_dir, should_stop=lambda: services.faults.throttle[largest] < 100
+    )
+    assert len(errors) == 1 and isinstance(errors[0], TransferCancelled)
+
+
+def test_token_refreshed_as_often_as_a_request_needs(services, env, data_dir):
+    services.faults.revoke_each = 3  # three 401s in a row on the first file, each after a fresh token
+    session = Session(env)
+    session.fetch(data_dir)
+    assert services.refreshes >= 3 and services.logins == 1
+
+
+def test_cut_before_the_first_chunk_resumes_with_range(services, env, sample_safe, data_dir):
+    sizes = needed_sizes(sample_safe)
+    band = next(n for n in sizes if "_B07_" in n)
+    assert sizes[band] > CHUNK_BYTES
+    services.faults.drop_after = {band: 5000}
+    safe, _ = Session(env).fetch(data_dir)
+    assert next(safe.rglob(band)).read_bytes() == next(sample_safe.rglob(band)).read_bytes()
+    assert services.bytes_served[band] == sizes[band]  # the 5000 bytes received were kept, not fetched again

@@ -32,12 +32,13 @@ def train_yaml(
     patch: int = 32,
     extra: str = "",
     train: str = "",
+    lr: float = 0.003,
 ) -> str:
     """A train job on the sample: 60 m, cloud vs clear, ``samples`` patches of ``patch`` pixels an epoch."""
     return (
         f"name: {name}\nkind: train\nscenes: [data/{SAMPLE_NAME}]\nresolution: 60\n"
         f"masks: masks/t29unu_cloud.tif\nclasses: [clear, cloud]\nmodel: {model}\n"
-        f"train: {{epochs: {epochs}, batch_size: 8, patch_size: {patch}, lr: 0.003, samples_per_epoch: {samples},"
+        f"train: {{epochs: {epochs}, batch_size: 8, patch_size: {patch}, lr: {lr:.3e}, samples_per_epoch: {samples},"
         f" plots: 2, early_stopping: null, split: {{block_size: {patch}}}{', ' + train if train else ''}}}\n{extra}"
     )
 

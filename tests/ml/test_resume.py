@@ -1,10 +1,14 @@
 """A train job stopped by SIGTERM (daemon stop) or killed with kill -9 resumes from last.ckpt: epochs already
-done are not redone, the step count and the best score carry on."""
+done are not redone, the step count and the best score carry on; last.ckpt is written at every epoch's end,
+atomically, whether or not the monitored metric improved."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,8 +50,13 @@ def test_resume_after_sigterm(sample_project, store, daemon) -> None:
     job = _running_in(store, "long", 1, 9)  # early in the second epoch of 8 steps: it stops within it
     assert daemon.stop() == 0
     assert store.job(job.id).state == "interrupted"
+    stopped = (Path(job.run_dir) / "log.txt").read_text()
     daemon.start()
     _check_resumed(store, job.id, Path(job.run_dir), epochs=2, per_epoch=8)
+    # The stop message claims only what the file held: the resumed attempt read that epoch and step back.
+    claimed = re.search(r"last\.ckpt saved at epoch (\d+), step (\d+)", stopped)
+    assert claimed, stopped[-2000:]
+    assert f"(epoch {claimed[1]}, step {claimed[2]})" in (Path(job.run_dir) / "log.txt").read_text()
 
 
 @pytest.mark.slow  # two more worker starts; the SIGTERM test above covers resuming in the default run
@@ -59,3 +68,42 @@ def test_resume_after_kill9(sample_project, store, daemon) -> None:
     wait_for(lambda: not pid_alive(job.pid), 10, what="the worker to die")
     daemon.start()
     _check_resumed(store, job.id, Path(job.run_dir), epochs=3, per_epoch=2)
+
+
+@pytest.mark.slow  # two worker starts and three epochs: about a minute on a loaded 2-core machine
+def test_kill9_after_an_epoch_that_did_not_improve(sample_project, store, daemon) -> None:
+    """With a learning rate too small to change a prediction, val/iou is flat: no epoch after the first improves
+    it, yet a kill -9 in the third epoch resumes from the end of the second, not from the first."""
+    write_job(sample_project.queue_dir, "flat.yaml",
+              train_yaml("flat", epochs=3, samples=16, lr=1e-12, train="scheduler: none"))  # fmt: skip
+    job = _running_in(store, "flat", 2, 0)  # in the third epoch: the second one ended with its checkpoint
+    os.killpg(job.pid, signal.SIGSTOP)  # frozen: the SIGTERM the daemon's death sends is never handled
+    daemon.kill9()
+    os.killpg(job.pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(job.pid), 10, what="the worker to die")
+    ious = [m["value"] for m in sorted(store.metrics(job.id, "val/iou"), key=lambda m: m["epoch"])]
+    assert len(ious) >= 2 and len(set(ious)) == 1, ious  # the second epoch did not improve the first
+    daemon.start()
+    _check_resumed(store, job.id, Path(job.run_dir), epochs=3, per_epoch=2)
+
+
+_SAVE_THEN_DIE = """
+import os, signal, sys, torch
+from torchbearer.ml.callbacks import AtomicCheckpointIO
+
+class DieWhileWriting:
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGKILL)  # a kill -9 in the middle of torch.save
+
+io = AtomicCheckpointIO()
+io.save_checkpoint({"global_step": 1, "weights": torch.arange(1000.0)}, sys.argv[1])
+io.save_checkpoint({"global_step": 2, "weights": torch.zeros(1000), "then": DieWhileWriting()}, sys.argv[1])
+"""
+
+
+def test_a_kill_during_a_checkpoint_save_leaves_the_previous_file(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    done = subprocess.run([sys.executable, "-c", _SAVE_THEN_DIE, str(path)], capture_output=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    held = torch.load(path, map_location="cpu", weights_only=True)
+    assert held["global_step"] == 1 and torch.equal(held["weights"], torch.arange(1000.0))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from torchbearer.daemon.executors import Executor, WorkerHandle
 from torchbearer.daemon.executors.local import LocalExecutor, signal_process_group
+from torchbearer.daemon.oom import oom_evidence, oom_kill_count
 from torchbearer.settings import Settings
 from torchbearer.store import Job, JobState, Store, pid_alive
 from torchbearer.worker import EXIT_INPUT, EXIT_INTERRUPTED
@@ -45,10 +46,15 @@ class RunningJob:
     timed_out: bool = False
     killed_by_us: bool = False
     daemon_stopping: bool = False  # stopped because the daemon stops: a kill is not the job's fault
+    oom_kills: int | None = None  # the memory cgroup's OOM-kill count when it started (daemon/oom.py)
 
 
-def describe_exit(code: int | None, *, killed_by_us: bool = False) -> str:
-    """Human words for a worker's exit code (negative: the signal that ended it)."""
+def describe_exit(code: int | None, *, killed_by_us: bool = False, oom: str | None = None) -> str:
+    """Human words for a worker's exit code (negative: the signal that ended it).
+
+    ``oom``: what shows the kernel's out-of-memory killer ended it (:func:`torchbearer.daemon.oom.oom_evidence`);
+    without it a SIGKILL is not blamed on memory.
+    """
     if code is None:
         return "the worker vanished"
     if code >= 0:
@@ -57,7 +63,10 @@ def describe_exit(code: int | None, *, killed_by_us: bool = False) -> str:
     if -code == signal.SIGSEGV:
         return "the worker crashed: segmentation fault (SIGSEGV)"
     if -code == signal.SIGKILL and not killed_by_us:
-        return "the worker was killed by SIGKILL (likely the kernel's out-of-memory killer)"
+        if oom:
+            return f"the worker was killed by the kernel's out-of-memory killer (SIGKILL; {oom})"
+        return ("the worker was killed by SIGKILL, not by torchbearer (neither the kernel log nor the memory "
+                "cgroup's OOM counter, where readable, shows the out-of-memory killer: a kill -9?)")  # fmt: skip
     return f"the worker was killed by {name}"
 
 
@@ -189,8 +198,9 @@ class Supervisor:
         if handle.pid is not None:
             self.store.set_attempt_pid(job_id, attempt, handle.pid)
         self.running[job_id] = RunningJob(
-            job_id, job.name, attempt, handle, slots, time.monotonic(), job.timeout_s, log_path
-        )
+            job_id, job.name, attempt, handle, slots, time.monotonic(), job.timeout_s, log_path,
+            oom_kills=oom_kill_count(),
+        )  # fmt: skip
         log.info("started %s (#%d) attempt %d on slot %s", job.name, job_id, attempt, ",".join(slots) or "cpu")
         return True
 
@@ -297,8 +307,11 @@ class Supervisor:
             self._end(running, JobState.INTERRUPTED, "stopped at a safe point; runs again", "interrupted", code,
                       common)  # fmt: skip
         else:
+            oom = None
+            if code == -signal.SIGKILL and not running.killed_by_us:
+                oom = oom_evidence(running.handle.pid, running.oom_kills)
             reason = (attempt.get("reason") or getattr(running.handle, "end_reason", None)
-                      or describe_exit(code, killed_by_us=running.killed_by_us))  # fmt: skip
+                      or describe_exit(code, killed_by_us=running.killed_by_us, oom=oom))  # fmt: skip
             self._fail(job, running, reason, code, common)
             if code != EXIT_INPUT:  # a missing file or a refused path is a user error, not a crash
                 self._guard_crash_loop(running.job_id, elapsed)

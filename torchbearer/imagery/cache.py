@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,6 +171,8 @@ class StackInfo:
     transform: Any
     width: int
     height: int
+    #: ``L1C`` (top of atmosphere) or ``L2A`` (bottom of atmosphere), from the tags; None when they do not say.
+    product_level: str | None = None
 
     @property
     def resolution(self) -> float:
@@ -182,14 +185,50 @@ class StackInfo:
         return 1.0 / self.quantification, self.offset / self.quantification
 
 
+#: Pixel sizes within this share of the asked resolution count as equal (rounding in a user's GeoTIFF).
+RESOLUTION_TOLERANCE = 0.01
+_LEVEL = re.compile(r"MSI(L1C|L2A)")
+
+
+def product_level(tags: dict[str, str]) -> str | None:
+    """``L1C`` / ``L2A`` from a stack's ``PROCESSING_LEVEL`` tag or its ``PRODUCT`` name; None if neither says."""
+    level = tags.get("PROCESSING_LEVEL", "").upper().replace("LEVEL-", "L")
+    if level in ("L1C", "L2A"):
+        return level
+    match = _LEVEL.search(tags.get("PRODUCT", ""))
+    return match.group(1) if match else None
+
+
+def pixel_size(path: Path, crs: Any, transform: Any) -> float:
+    """The pixel size of a stack in metres; refuses a CRS not in metres (degrees give no usable size).
+
+    Training and prediction refuse such a scene alike, with the same message naming its CRS.
+    """
+    name = crs.to_string() if crs is not None else "none"
+    if crs.is_geographic:
+        raise StackError(
+            f"scene {path} is in {name}, a geographic CRS (pixel size {abs(transform.a):g} degrees): torchbearer "
+            "needs a projected CRS in metres, as Sentinel-2 products come (UTM): reproject it, e.g. "
+            f"gdalwarp -t_srs EPSG:326<zone> -tr 20 20 {path.name} out.tif"
+        )
+    units, factor = crs.linear_units_factor
+    if abs(factor - 1.0) > 1e-9:
+        raise StackError(f"scene {path} is in {name}, whose units are {units}, not metres: reproject it (UTM)")
+    if abs(transform.a) != abs(transform.e) or transform.b or transform.d:
+        raise StackError(f"scene {path} has non-square or rotated pixels ({transform.a:g} × {transform.e:g})")
+    return abs(transform.a)
+
+
 def stack_info(path: Path, resolution: int | None = None) -> StackInfo:
     """Open a stack (a cache file, or a user's GeoTIFF of uint16 DN) and check it.
 
-    A GeoTIFF without band descriptions is taken to hold the bands of ``resolution`` in stack order; one
-    without the offset tag gets offset 0 and quantification 10000.
+    A GeoTIFF without band descriptions is taken to hold the bands of its resolution in stack order; one
+    without the offset tag gets offset 0 and quantification 10000. ``resolution`` (metres, what the job says)
+    must be the stack's pixel size: a 60 m file read as 20 m would get the 20 m band names.
 
     Raises:
-        StackError: missing or unreadable file, values that are not uint16 DN, or the wrong band count.
+        StackError: missing or unreadable file, a CRS not in metres, a pixel size other than ``resolution``
+            (or than its ``RESOLUTION`` tag), values that are not uint16 DN, or the wrong band count.
     """
     path = Path(path)
     if not path.is_file():
@@ -203,12 +242,22 @@ def stack_info(path: Path, resolution: int | None = None) -> StackInfo:
         raise StackError(f"scene {path} is not a readable GeoTIFF (corrupt or truncated?): {exc}") from None
     if crs is None:
         raise StackError(f"scene {path} has no CRS: it cannot be matched with its masks")
+    size = pixel_size(path, crs, transform)
+    tagged = tags.get("RESOLUTION")
+    if tagged is not None and not _same_size(float(tagged), size):
+        raise StackError(f"scene {path} has {size:g} m pixels but its RESOLUTION tag says {tagged} m")
+    if resolution is not None and not _same_size(resolution, size):
+        raise StackError(
+            f"scene {path} has {size:g} m pixels, but the job asks for resolution: {resolution}: set resolution: "
+            f"{round(size)} (or leave it out to use the scene's own) — its bands would be named as {resolution} m "
+            "bands otherwise"
+        )
     if dtype != "uint16":
         raise StackError(
             f"scene {path} holds {dtype} values; scenes must be uint16 DN as Sentinel-2 delivers them "
             "(reflectance scaled again would be double-scaled)"
         )
-    resolution = resolution or int(tags.get("RESOLUTION", round(abs(transform.a))))
+    resolution = resolution or round(size)
     bands = tuple(descriptions) if all(descriptions) else BANDS_BY_RESOLUTION.get(resolution, ())
     if len(bands) != count or not bands:
         expected = BANDS_BY_RESOLUTION.get(resolution, ())
@@ -225,7 +274,12 @@ def stack_info(path: Path, resolution: int | None = None) -> StackInfo:
         transform=transform,
         width=width,
         height=height,
+        product_level=product_level(tags),
     )
+
+
+def _same_size(resolution: float, size: float) -> bool:
+    return abs(size - resolution) <= RESOLUTION_TOLERANCE * resolution
 
 
 def band_indexes(info: StackInfo, bands: list[str] | tuple[str, ...]) -> list[int]:

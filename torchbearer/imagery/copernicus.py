@@ -30,7 +30,15 @@ from shapely.geometry.base import BaseGeometry
 
 from torchbearer.imagery.aoi import search_polygon
 from torchbearer.imagery.http import FileTask, HttpClient, HttpError, Report, fetch_files
-from torchbearer.imagery.manifest import Manifest, ManifestEntry, file_digest, needed_files, read_manifest
+from torchbearer.imagery.manifest import (
+    Manifest,
+    ManifestEntry,
+    ManifestError,
+    file_digest,
+    needed_files,
+    parse_manifest,
+    read_manifest,
+)
 from torchbearer.imagery.scenes import Scene
 from torchbearer.imagery.spec import ImagerySpec
 
@@ -317,6 +325,31 @@ def _manifest_size(client: HttpClient, endpoints: CdseEndpoints, scene: Scene) -
     return int(size) if isinstance(size, int) and size > 0 else None
 
 
+def _parses(path: Path) -> bool:
+    """Whether a fetched manifest.safe parses (a corrupted one is fetched again, never kept)."""
+    try:
+        parse_manifest(path.read_bytes(), "manifest.safe")
+    except ManifestError as exc:
+        log.warning("%s; fetching it again", exc)
+        return False
+    return True
+
+
+def fetch_manifest(client: HttpClient, endpoints: CdseEndpoints, scene: Scene, safe_dir: Path) -> Manifest:
+    """The product's manifest: the copy in ``safe_dir`` if it parses, else fetched (again) and checked."""
+    path = safe_dir / "manifest.safe"
+    if path.is_file():
+        try:
+            return read_manifest(safe_dir)
+        except ManifestError as exc:  # e.g. cut or damaged on disk after it was checked: not worth keeping
+            log.warning("%s; fetching it again", exc)
+            path.unlink()
+    size = _manifest_size(client, endpoints, scene)
+    client.fetch_file(node_url(endpoints, scene, "manifest.safe") + "/$value", path, size=size, check=_parses,
+                      authorized=True)  # fmt: skip
+    return read_manifest(safe_dir)
+
+
 def fetch_product(
     client: HttpClient,
     endpoints: CdseEndpoints,
@@ -335,12 +368,7 @@ def fetch_product(
     resumed. Returns the SAFE folder and its manifest.
     """
     safe_dir = products_dir / scene.name
-    manifest_path = safe_dir / "manifest.safe"
-    if not manifest_path.is_file():
-        size = _manifest_size(client, endpoints, scene)
-        client.fetch_file(node_url(endpoints, scene, "manifest.safe") + "/$value", manifest_path, size=size,
-                          authorized=True)  # fmt: skip
-    manifest = read_manifest(safe_dir)
+    manifest = fetch_manifest(client, endpoints, scene, safe_dir)
     if select is not None:
         entries = [entry for entry in manifest if select(entry)]
     else:

@@ -1,11 +1,17 @@
 """The HTTP layer imagery sources share: one session, retries, redirects with the token kept, resumable files.
 
-- Retries with exponential backoff on HTTP 429 (``Retry-After`` honoured), 5xx, dropped or timed-out
-  connections; a download that made progress before the connection dropped does not use up an attempt.
+- Retries with exponential backoff on 5xx, dropped or timed-out connections; a download that made progress
+  before the connection dropped does not use up an attempt. HTTP 429 (CDSE: "too many concurrent
+  connections", when another client uses the account's slots) is waited out with growing waits (``Retry-After``
+  honoured as a floor) for up to ``RetryPolicy.max_rate_limited_s``, not counted as a failed try.
+- Waits between tries end at once when the transfer is cancelled (a stop request, or another file failed).
+- A 401 with a token renews the token and tries again, once per token value (threads share the token).
 - Redirects are followed by hand so that the ``Authorization`` header survives a hop to another host of the
-  same service (CDSE sends downloads from ``download.`` to ``zipper.``), and only to such hosts.
-- Files are written to ``<name>.part``, resumed with an HTTP ``Range`` request when the server allows it,
-  checked (size, checksum), re-fetched on a mismatch, then renamed into place.
+  same service (CDSE sends downloads from ``download.`` to ``zipper.``), and only to such hosts; a refusal after
+  a hop that did not get the token says so and names the setting that lists the hosts.
+- Files are written to ``<name>.part`` as the bytes arrive (a cut keeps every byte received), resumed with an
+  HTTP ``Range`` request when the server allows it, checked (size, checksum), re-fetched on a mismatch, then
+  renamed into place.
 - :func:`fetch_files` runs up to ``connections`` transfers at once and reports progress from the calling
   thread only (the job context's store connection is not shared across threads).
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import email.utils
 import fcntl
+import logging
 import os
 import random
 import shutil
@@ -28,6 +35,9 @@ from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
+
+log = logging.getLogger(__name__)
 
 #: Bytes read per chunk: small enough that a dropped connection loses little, large enough to be cheap.
 CHUNK_BYTES = 64 * 1024
@@ -106,6 +116,8 @@ class RetryPolicy:
     backoff_s: float = 2.0
     max_backoff_s: float = 60.0
     max_retry_after_s: float = 900.0
+    #: Total wait on HTTP 429 answers for one request before giving up, seconds.
+    max_rate_limited_s: float = 3600.0
     #: Re-fetches of a file whose checksum does not match before giving up.
     refetches: int = 2
 
@@ -128,18 +140,43 @@ class RetryPolicy:
             return min(max(seconds, 0.0), self.max_retry_after_s)
         return self.delay(failures)
 
+    def rate_limited(self, response: requests.Response, count: int) -> float:
+        """Wait after the ``count``-th 429 in a row: growing backoff, never less than the ``Retry-After``.
+
+        CDSE answers 429 with ``Retry-After: 1`` while the account's connections are taken; retrying every
+        second would use up the tries in seconds, so the wait doubles up to ``max_backoff_s``.
+        """
+        return max(self.retry_after(response, count), self.delay(count))
+
 
 def _describe(response: requests.Response) -> str:
     text = response.text[:200].strip()
-    return f"HTTP {response.status_code} {response.reason or ''}".strip() + (f": {text}" if text else "")
+    described = f"HTTP {response.status_code} {response.reason or ''}".strip() + (f": {text}" if text else "")
+    return described + getattr(response, "withheld_note", "")
+
+
+def _pause(seconds: float, cancel: threading.Event | None, sleep: Callable[[float], None] | None) -> None:
+    """Wait ``seconds`` between tries; :class:`TransferCancelled` as soon as ``cancel`` is set."""
+    if cancel is not None and cancel.is_set():
+        raise TransferCancelled("cancelled while waiting to try again")
+    if sleep is not None:
+        sleep(seconds)
+    elif cancel is not None:
+        cancel.wait(seconds)
+    else:
+        time.sleep(seconds)
+    if cancel is not None and cancel.is_set():
+        raise TransferCancelled("cancelled while waiting to try again")
 
 
 class HttpClient:
     """One ``requests`` session with retries, token handling and a pool of ``connections`` connections.
 
     ``auth_hosts``: host names (or domain suffixes such as ``dataspace.copernicus.eu``) the token may be sent
-    to after a redirect; the host a request starts at always gets it. ``slots``: a cap on file transfers shared
-    with other processes (held for each transfer, on top of this client's own ``connections``).
+    to after a redirect; the host a request starts at always gets it; ``auth_hosts_setting`` names where a user
+    sets that list (in the error of a refusal after a hop without the token). ``slots``: a cap on file transfers
+    shared with other processes (held for each transfer, on top of this client's own ``connections``).
+    ``sleep``: called for the waits between tries instead of an interruptible wait (tests record them).
     """
 
     def __init__(
@@ -150,8 +187,9 @@ class HttpClient:
         connections: int = 4,
         retry: RetryPolicy | None = None,
         timeout: tuple[float, float] = (15.0, 60.0),
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         slots: ConnectionSlots | None = None,
+        auth_hosts_setting: str = "COPERNICUS_AUTH_HOSTS",
     ) -> None:
         if not 1 <= connections <= 16:
             raise ValueError(f"connections must be 1..16, got {connections}")
@@ -162,6 +200,7 @@ class HttpClient:
         self.timeout = timeout
         self.sleep = sleep
         self.slots = slots
+        self.auth_hosts_setting = auth_hosts_setting
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=connections, max_retries=0)
         self.session.mount("http://", adapter)
@@ -194,15 +233,20 @@ class HttpClient:
         """One try: the request and its redirects. Returns the response and the token value sent (if any)."""
         start, sent = url, None
         for _ in range(_MAX_REDIRECTS + 1):
-            hop_headers = dict(headers)
-            if authorized and self.token is not None and self._may_authorize(start, url):
-                sent = self.token.authorization()
-                hop_headers["Authorization"] = sent
+            hop_headers, withheld = dict(headers), False
+            if authorized and self.token is not None:
+                if self._may_authorize(start, url):
+                    sent = self.token.authorization()
+                    hop_headers["Authorization"] = sent
+                else:
+                    withheld, sent = True, None
             response = self.session.request(
                 method, url, headers=hop_headers, stream=stream, allow_redirects=False, timeout=self.timeout,
                 **kwargs,
             )  # fmt: skip
             if response.status_code not in _REDIRECTS or "Location" not in response.headers:
+                if withheld and response.status_code in (401, 403):
+                    response.withheld_note = self._withheld_note(start, url)  # type: ignore[attr-defined]
                 return response, sent
             response.close()
             url = urljoin(url, response.headers["Location"])
@@ -210,6 +254,13 @@ class HttpClient:
             if response.status_code == 303:
                 method, kwargs = "GET", {k: v for k, v in kwargs.items() if k not in ("data", "json")}
         raise HttpError(f"{method} {start}: more than {_MAX_REDIRECTS} redirects")
+
+    def _withheld_note(self, start: str, url: str) -> str:
+        here, there = urlsplit(start).hostname, urlsplit(url).hostname
+        return (
+            f" (redirected from {here} to {there}, which may not receive the token, so it was sent without: "
+            f"if {there} belongs to the service, add it to {self.auth_hosts_setting})"
+        )
 
     def request(
         self,
@@ -219,14 +270,16 @@ class HttpClient:
         headers: dict[str, str] | None = None,
         authorized: bool = False,
         stream: bool = False,
+        cancel: threading.Event | None = None,
         **kwargs: Any,
     ) -> requests.Response:
-        """A request retried on 429/5xx/connection errors; a 401 with a token gets one fresh token.
+        """A request retried on 429/5xx/connection errors; a 401 renews the token (once per token value).
 
         Returns the final response whatever its status (callers check it); raises :class:`HttpError` when
-        the retries are used up.
+        the retries are used up, :class:`TransferCancelled` when ``cancel`` is set during a wait.
         """
-        failures, refreshed, last = 0, False, ""
+        failures, limited, limited_s, last = 0, 0, 0.0, ""
+        refused: set[str] = set()  # token values the server refused in this request
         while True:
             try:
                 response, sent = self._send(
@@ -237,12 +290,27 @@ class HttpClient:
                 last = f"{type(exc).__name__}: {exc}"
                 if failures >= self.retry.attempts:
                     break
-                self.sleep(self.retry.delay(failures))
+                _pause(self.retry.delay(failures), cancel, self.sleep)
                 continue
-            if response.status_code == 401 and sent is not None and not refreshed:
+            if response.status_code == 401 and sent is not None and sent not in refused:
+                # Another thread may have renewed it already: invalidate is a no-op then, and the next
+                # authorization() hands out the new token. The same value refused twice is a real refusal.
                 response.close()
+                refused.add(sent)
                 self.token.invalidate(sent)  # type: ignore[union-attr]
-                refreshed = True
+                continue
+            if response.status_code == 429:
+                limited += 1
+                last = _describe(response)
+                response.close()
+                wait = self.retry.rate_limited(response, limited)
+                if limited_s + wait > self.retry.max_rate_limited_s:
+                    failures = limited
+                    break
+                if limited == 1 or limited % 10 == 0:
+                    log.info("%s %s: %s; waiting %.0f s for a free slot", method, url, last, wait)
+                limited_s += wait
+                _pause(wait, cancel, self.sleep)
                 continue
             if response.status_code not in RETRY_STATUSES:
                 return response
@@ -251,7 +319,7 @@ class HttpClient:
             response.close()
             if failures >= self.retry.attempts:
                 break
-            self.sleep(self.retry.retry_after(response, failures))
+            _pause(self.retry.retry_after(response, failures), cancel, self.sleep)
         raise HttpError(f"{method} {url}: gave up after {failures} attempts; last answer: {last}")
 
     def get_json(self, url: str, *, params: dict[str, Any] | None = None, authorized: bool = False) -> Any:
@@ -287,7 +355,7 @@ class HttpClient:
         dest.parent.mkdir(parents=True, exist_ok=True)
         failures = refetches = 0
         while True:
-            if cancel is not None and cancel.is_set():
+            if cancel is not None and cancel.is_set():  # also keeps a queued file from starting after a cancel
                 raise TransferCancelled(f"{dest.name}: cancelled")
             offset = part.stat().st_size if part.exists() else 0
             if size is not None and offset > size:
@@ -305,7 +373,7 @@ class HttpClient:
                             f"GET {url}: gave up after {failures} dropped connections ({type(exc).__name__})"
                         ) from None
                     if not progressed:
-                        self.sleep(self.retry.delay(failures))
+                        _pause(self.retry.delay(failures), cancel, self.sleep)
                     continue
             if not part.exists():  # the server refused our partial file's range: start again from 0
                 failures += 1
@@ -353,7 +421,7 @@ class HttpClient:
         authorized: bool,
         cancel: threading.Event | None,
     ) -> None:
-        response = self.request("GET", url, headers=headers, authorized=authorized, stream=True)
+        response = self.request("GET", url, headers=headers, authorized=authorized, stream=True, cancel=cancel)
         with response:
             if response.status_code == 416 and offset:
                 if response.headers.get("Content-Range", "").endswith(f"/{offset}"):
@@ -367,11 +435,29 @@ class HttpClient:
             if offset and not resumed:
                 on_bytes(-offset)  # the server ignored the Range: what we had is replaced
             with part.open("ab" if resumed else "wb") as handle:
-                for chunk in response.iter_content(CHUNK_BYTES):
+                for chunk in _arriving(response):
                     handle.write(chunk)  # kept even when cancelled: a resume starts after it
                     on_bytes(len(chunk))
                     if cancel is not None and cancel.is_set():
                         raise TransferCancelled(f"{part.name}: cancelled")
+
+
+def _arriving(response: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives: each read returns what the connection has, up to :data:`CHUNK_BYTES`.
+
+    ``iter_content`` waits for whole chunks and drops a partial one when the connection breaks, so a cut
+    before the first 64 KiB left nothing to resume from. urllib3's errors become requests' as in
+    ``iter_content``.
+    """
+    try:
+        while chunk := response.raw.read1(CHUNK_BYTES, decode_content=True):
+            yield chunk
+    except urllib3.exceptions.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.exceptions.ConnectionError(exc) from exc
+    except urllib3.exceptions.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
 
 
 def _range_start(response: requests.Response) -> int | None:
@@ -475,7 +561,9 @@ def fetch_files(
             _, pending = wait(pending, timeout=interval_s, return_when=FIRST_EXCEPTION)
             failed = next((f for f in futures if f.done() and f.exception() is not None), None)
             if failed is not None or should_stop():
-                cancel.set()
+                cancel.set()  # ends the waits between tries; files not started yet do not start
+                for future in pending:
+                    future.cancel()
                 wait(pending)
                 if failed is not None:
                     raise failed.exception()  # type: ignore[misc]

@@ -233,6 +233,9 @@ def _group_members(members: Sequence[Member], stacks: Sequence[Path], context: E
             have = ", ".join(f"{r:g} m" for r in sorted(infos)) or "none"
             raise EnsembleError(f"model {member.name!r} needs the scene at {res:g} m; the inputs are at {have}")
         band_indexes(infos[res], member.card.bands)  # raises naming the bands the stack lacks
+        differences = getattr(member.card, "input_differences", lambda *_: [])
+        for difference in differences(infos[res].product_level, infos[res].offset):
+            log.warning("model %r, scene %s: %s", member.name, infos[res].path.name, difference)
         chosen.setdefault(res, []).append(i)
     groups = []
     for res in sorted(chosen):
@@ -510,7 +513,7 @@ def predict_scene(
         names = [card.classes[-1]] if card.task == "binary" else list(card.classes)
         for key, writer in writers.items():
             if key == "classes":
-                writer.finish(tags, ["class"], None, "nearest")
+                writer.finish({**tags, **_class_map_tags(card)}, ["class"], None, "nearest")
             else:
                 writer.finish(tags, names, 1.0 / PROBABILITY_SCALE, "average")
         record.clear()
@@ -552,6 +555,12 @@ def _strip_job(
             writer.write(quantise(probs[m], valid), row)
 
     return job
+
+
+def _class_map_tags(card: Any) -> dict[str, str]:
+    """Tags of the class map: its values are class indexes (the probability map's tags say probabilities)."""
+    legend = ", ".join(f"{i} = {name}" for i, name in enumerate(card.classes))
+    return {"TORCHBEARER_VALUES": f"class index ({legend}), {NODATA} = no data"}
 
 
 def _tags(members: Sequence[Member], options: PredictOptions, started: float) -> dict[str, str]:

@@ -11,9 +11,9 @@ model: {arch: fcn}                          # fcn | farseg (backbone resnet18…
 train: {epochs: 20, batch_size: 16, patch_size: 64, lr: 1.0e-3, early_stopping: {monitor: val/iou, patience: 5}}
 ```
 The run folder gets ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt`` (each with the model card),
-TensorBoard and CSV logs under ``logs/``, and ``plot_{i}.png``. A job stopped by SIGTERM saves ``last.ckpt``
-after its current step; its next attempt (or one after a ``kill -9``) resumes from ``last.ckpt``. Heavy imports
-happen inside :func:`run`: reading job files stays light.
+TensorBoard and CSV logs under ``logs/``, and ``plot_{i}.png``. ``last.ckpt`` is rewritten atomically at the end
+of every epoch; a job stopped by SIGTERM saves it after its current step; its next attempt (or one after a
+``kill -9``) resumes from ``last.ckpt``. Heavy imports happen inside :func:`run`: reading job files stays light.
 """
 
 from __future__ import annotations
@@ -216,7 +216,27 @@ def scene_stacks(spec: TrainSpec, ctx: JobContext) -> tuple[list[Path], int]:
             else:
                 paths.append(str(resolved))
         imagery = ImagerySpec(source="local", paths=paths, resolution=spec.resolution or 20)
-    return fetch_for_job(imagery, ctx), imagery.resolution
+    stacks = fetch_for_job(imagery, ctx)
+    if spec.imagery is None and spec.resolution is None:
+        return stacks, stacks_resolution(stacks, imagery.resolution)
+    return stacks, imagery.resolution
+
+
+def stacks_resolution(stacks: list[Path], default: int) -> int:
+    """The resolution of scenes given without ``resolution:``: SAFE folders were stacked at ``default``;
+    GeoTIFFs are at their own pixel size, which must be one for all (a 60 m file is never read as 20 m)."""
+    from torchbearer.imagery.cache import stack_info
+
+    sizes = {path: round(stack_info(path).resolution) for path in stacks}
+    found = sorted(set(sizes.values()))
+    if len(found) > 1:
+        listed = ", ".join(f"{path.name}: {size} m" for path, size in sizes.items())
+        raise ValueError(f"scenes at different resolutions ({listed}): train on one, set resolution:")
+    if found and found[0] != default:
+        log.warning("resolution: not given; the scenes are %d m stacks, so the model is trained at %d m",
+                    found[0], found[0])  # fmt: skip
+        return found[0]
+    return default
 
 
 def _num_workers(spec: TrainSpec, cuda: bool) -> int:
@@ -264,7 +284,7 @@ def build_datamodule(spec: TrainSpec, ctx: JobContext, scenes: list[Scene], cuda
 
 def build_task(spec: TrainSpec, ctx: JobContext, datamodule: SegmentationDataModule, resolution: int, resuming: bool):
     """The LightningModule with its model card (bands, classes, normalisation of this training data)."""
-    from torchbearer.ml.checkpoint import ModelCard
+    from torchbearer.ml.checkpoint import ModelCard, input_description
     from torchbearer.ml.tasks import SegmentationTask
 
     card = ModelCard(
@@ -277,6 +297,9 @@ def build_task(spec: TrainSpec, ctx: JobContext, datamodule: SegmentationDataMod
         bands=datamodule.bands,
         resolution=float(resolution),
         norm={"mean": datamodule.mean, "std": datamodule.std},
+        extra=input_description(
+            [s.info.product_level for s in datamodule.scenes], [s.info.offset for s in datamodule.scenes]
+        ),
     )
     weights = spec.model.weights
     if weights not in (None, "imagenet"):
@@ -332,7 +355,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from torchbearer.context import JobInterrupted
-    from torchbearer.ml.callbacks import ProgressReporter, StopOnRequest, TrainingStopped
+    from torchbearer.ml.callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressReporter, TrainingStopped
 
     cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
@@ -342,18 +365,21 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     last = checkpoints / "last.ckpt"
     resume = last if last.is_file() else None
     if resume is not None:
-        log.info("resuming from %s", resume)
+        held = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
+        log.info("resuming from %s (epoch %s, step %s)", resume, held.get("epoch"), held.get("global_step"))
+        del held
     task = build_task(spec, ctx, datamodule, resolution, resuming=resume is not None)
     stopping = spec.train.early_stopping
     monitor, mode = (stopping.monitor, stopping.direction) if stopping else ("val/iou", "max")
-    # Saved when validation ends, before the epoch-end hooks where a stop request is honoured.
+    # Saved when validation ends, before the epoch-end hooks where a stop request is honoured; last.ckpt is
+    # LastCheckpoint's, written after it at every epoch's end whether or not the metric improved.
     best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                           save_last=True, auto_insert_metric_name=False, save_on_train_epoch_end=False)  # fmt: skip
+                           auto_insert_metric_name=False, save_on_train_epoch_end=False)  # fmt: skip
     callbacks: list[Any] = [
         best,
         LearningRateMonitor(logging_interval="epoch"),
         ProgressReporter(ctx.progress, ctx.metrics),
-        StopOnRequest(lambda: ctx.should_stop, last),
+        LastCheckpoint(last, lambda: ctx.should_stop),
     ]
     if stopping is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=stopping.patience))
@@ -368,6 +394,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
             CSVLogger(logs, name="csv", version=version),
         ],
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=ctx.run_dir,
         enable_progress_bar=False,
         enable_model_summary=False,

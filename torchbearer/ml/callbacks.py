@@ -1,14 +1,16 @@
 """Lightning callbacks that tie training to the outside world without knowing the queue.
 
 :class:`ProgressReporter` hands progress and metrics to two callables (a job passes ``ctx.progress`` and
-``ctx.metrics``); :class:`StopOnRequest` saves ``last.ckpt`` at the end of a training step once a callable says
-to stop (a job passes ``lambda: ctx.should_stop``), so the run resumes there.
+``ctx.metrics``); :class:`LastCheckpoint` saves ``last.ckpt`` at the end of every epoch, and at the end of a
+training step once a callable says to stop (a job passes ``lambda: ctx.should_stop``), so the run resumes there;
+:class:`AtomicCheckpointIO` makes every save atomic.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -18,6 +20,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -141,22 +145,62 @@ class ProgressReporter(L.Callback):
         self._last_end = None
 
 
-class StopOnRequest(L.Callback):
-    """Stop at a safe point once ``should_stop()`` is true, with ``checkpoint`` (``last.ckpt``) saved.
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: a kill during a save leaves the previous file whole.
 
-    In the middle of an epoch: after the current training step, saving ``checkpoint`` (the run resumes within
-    the epoch). During an epoch's last step or its validation: at the epoch's end, once the epoch-end
-    ``last.ckpt`` is written (a checkpoint taken before validation would resume past it). Either way
-    :class:`TrainingStopped` leaves ``trainer.fit``.
+    The checkpoint goes to a hidden temporary file beside the target (same file system, so the rename is
+    atomic), is flushed to disk, then replaces the target with :func:`os.replace`. Lightning's own writer goes
+    through a temporary file in ``/tmp`` and ``shutil.move``, which copies in place when ``/tmp`` is another
+    file system.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` at the end of every epoch, whatever the monitored metric did; and a stop at a safe point.
+
+    Every validation end (the end of an epoch's work) saves ``checkpoint``, so a ``kill -9`` loses at most the
+    epoch in flight. Being a :class:`~lightning.pytorch.callbacks.Checkpoint`, it runs after the other callbacks
+    and after the ``ModelCheckpoint`` listed before it, so the file holds this epoch's best score and early
+    stopping state. An epoch that ends without validation is saved at its end.
+
+    Once ``should_stop()`` is true, training stops with ``checkpoint`` holding the current state: in the middle
+    of an epoch after the current training step (the run resumes within the epoch); during an epoch's last step
+    or its validation at the epoch's end. Either way :class:`TrainingStopped` leaves ``trainer.fit``, and the
+    log names the epoch and step the file really holds (:attr:`saved`).
 
     Lightning installs its own SIGTERM handler for the run, which aborts validation half-way; the handler that
     was in place when this callback was made (a job's, which only sets ``should_stop``) is put back.
     """
 
-    def __init__(self, should_stop: Callable[[], bool], checkpoint: Path) -> None:
+    def __init__(self, checkpoint: Path, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.should_stop = should_stop
         self.checkpoint = Path(checkpoint)
         self.handler = signal.getsignal(signal.SIGTERM)
+        self.saved: tuple[int, int] | None = None  # (epoch, global step) of the last save of this run
+
+    def save(self, trainer: L.Trainer) -> None:
+        """Write ``checkpoint`` now (atomically with :class:`AtomicCheckpointIO`) and record what it holds."""
+        trainer.save_checkpoint(self.checkpoint)
+        self.saved = (trainer.current_epoch, trainer.global_step)
+        log.debug("%s saved at epoch %d, step %d", self.checkpoint.name, *self.saved)
+
+    def _saved_now(self, trainer: L.Trainer) -> bool:
+        return self.saved is not None and self.saved[1] == trainer.global_step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if callable(self.handler) and threading.current_thread() is threading.main_thread():
@@ -167,15 +211,23 @@ class StopOnRequest(L.Callback):
     ) -> None:
         if not self.should_stop() or batch_idx + 1 >= trainer.num_training_batches:
             return
-        trainer.save_checkpoint(self.checkpoint)
+        self.save(trainer)
         self._stop(trainer)
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self._saved_now(trainer):
+            return
+        self.save(trainer)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.should_stop():  # the epoch-end checkpoint was saved when validation ended
+        if not self._saved_now(trainer):  # no validation this epoch: its end is the safe point
+            self.save(trainer)
+        if self.should_stop():
             self._stop(trainer)
 
     def _stop(self, trainer: L.Trainer) -> None:
-        where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        assert self.saved is not None
+        where = "epoch {}, step {}".format(*self.saved)
         log.warning("stop requested: %s saved at %s", self.checkpoint.name, where)
         raise TrainingStopped(f"stopped at {where}")
 

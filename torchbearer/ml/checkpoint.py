@@ -95,6 +95,43 @@ class ModelCard:
         """
         return normalize(reflectance, self.norm["mean"], self.norm["std"], valid)
 
+    # What the training input was, kept in ``extra`` (cards written before these read on, as unknown).
+
+    @property
+    def product_level(self) -> str | None:
+        """``L1C`` / ``L2A``: the processing level of the training scenes (None: unknown, or they differed)."""
+        return self.extra.get("product_level")
+
+    @property
+    def reflectance_offset(self) -> float | None:
+        """The training scenes' ``BOA_ADD_OFFSET`` (DN; None: unknown, or they differed)."""
+        return self.extra.get("reflectance_offset")
+
+    def input_differences(self, level: str | None, offset: float | None) -> list[str]:
+        """How a scene (its product level and ``BOA_ADD_OFFSET``) differs from the training scenes, in words."""
+        found = []
+        if self.product_level and level and level != self.product_level:
+            found.append(
+                f"the model was trained on {self.product_level} scenes, this one is {level} "
+                f"({'top' if level == 'L1C' else 'bottom'} of atmosphere): expect worse predictions"
+            )
+        if self.reflectance_offset is not None and offset is not None and offset != self.reflectance_offset:
+            found.append(
+                f"its reflectance offset (BOA_ADD_OFFSET) is {offset:g}, the training scenes' was "
+                f"{self.reflectance_offset:g}: right for a product of another processing baseline; a GeoTIFF "
+                "without the tag reads as 0, so add the tag if the scene is from baseline 04.00 or later"
+            )
+        return found
+
+
+def input_description(levels: list[str | None], offsets: list[float]) -> dict[str, Any]:
+    """``extra`` entries of a card for training scenes of these product levels and reflectance offsets (each
+    recorded when the scenes agree on it)."""
+    return {
+        "product_level": levels[0] if levels and len(set(levels)) == 1 else None,
+        "reflectance_offset": float(offsets[0]) if offsets and len(set(offsets)) == 1 else None,
+    }
+
 
 def normalize(
     reflectance: np.ndarray, mean: list[float], std: list[float], valid: np.ndarray | None = None
