@@ -171,7 +171,8 @@ class Supervisor:
         self.running[job_id] = RunningJob(
             job_id, job.name, attempt, handle, slots, time.monotonic(), job.timeout_s, log_path
         )
-        log.info("started %s (#%d) attempt %d on slot %s", job.name, job_id, attempt, ",".join(slots) or "cpu")
+        where = f"slot {','.join(slots) or 'cpu'}" if slots else "no device slot"
+        log.info("started %s (#%d) attempt %d on %s", job.name, job_id, attempt, where)
         return True
 
     def _worker_env(self, job_id: int, slots: tuple[str, ...]) -> dict[str, str]:
