@@ -123,3 +123,13 @@ def test_grid_study_gives_every_point_once(tmp_path):
         points.add((trial.params["a"], trial.params["b"]))
         study.tell(trial.number, 1.0)  # Optuna's grid would call study.stop() here: it must not raise
     assert points == {(a, b) for a in (1, 2, 3) for b in ("x", "y")}
+
+
+def test_the_example_sweep_night_is_valid():
+    from pathlib import Path
+
+    from torchbearer.spec import load_job_file
+
+    sweep_job, predict = load_job_file(Path(__file__).parents[2] / "configs" / "examples" / "sweep.yaml")
+    assert (sweep_job.spec.kind, sweep_job.spec.method, sweep_job.spec.trial_count) == ("sweep", "tpe", 8)
+    assert predict.spec.after == ["lr"]  # the map waits for the sweep and takes its best checkpoint
