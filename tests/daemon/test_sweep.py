@@ -166,3 +166,28 @@ def test_foreground_run_also_runs_the_trials(project, store, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     sweep = store.find_job("sw")
     assert sweep.state == "succeeded" and [t.state for t in _trials(store, sweep.id)] == ["succeeded"] * 2
+
+
+def test_a_trial_asked_but_never_queued_is_queued_by_the_restarted_sweep(project, store):
+    """The sweep died between Optuna's ask and queueing the trial: the next attempt queues it, once."""
+    from torchbearer.context import JobContext
+    from torchbearer.jobs.sweep import _settle
+    from torchbearer.sweeps.space import distributions
+    from torchbearer.sweeps.study import open_study
+    from torchbearer.sweeps.trials import TrialQueue
+
+    parsed = parse_job_text(sweep_yaml("  steps: [7, 8]"), "sw.yaml")[0]
+    (sweep_id,) = store.add_jobs([job_row(parsed.spec, parsed.given, "t")])
+    run_dir = project.runs_dir / f"{sweep_id}-sw"
+    run_dir.mkdir(parents=True)
+    ctx = JobContext(job_id=sweep_id, name="sw", attempt=2, run_dir=run_dir, settings=project, store=store)
+    spec = parsed.spec
+    study = open_study(run_dir, "sw", "grid", spec.direction, spec.dimensions, spec.seed)
+    asked = study.ask(distributions(spec.dimensions, "grid"))  # … and the sweep was killed here
+    queue = TrialQueue(store, sweep_id, "sw")
+    again = open_study(run_dir, "sw", "grid", spec.direction, spec.dimensions, spec.seed)
+    _settle(spec, ctx, again, queue)
+    _settle(spec, ctx, again, queue)
+    (trial,) = _trials(store, sweep_id)
+    assert trial.name == "sw-1" and trial.state == "queued" and trial.source == f"spawned by #{sweep_id}"
+    assert trial.spec["steps"] == asked.params["steps"] and trial.spec["step_s"] == 0.02
