@@ -23,7 +23,7 @@ from torchbearer.store import TERMINAL_STATES
 
 SWEEP = """name: sw
 kind: sweep
-base: {{kind: probe, step_s: {step_s}}}
+base: {{kind: probe, step_s: {step_s}{base}}}
 space:
 {space}
 metric: probe/value
@@ -31,8 +31,8 @@ parallel: {parallel}
 """
 
 
-def sweep_yaml(space: str, *, parallel: int = 1, step_s: float = 0.02, extra: str = "") -> str:
-    return SWEEP.format(space=space, parallel=parallel, step_s=step_s) + extra
+def sweep_yaml(space: str, *, parallel: int = 1, step_s: float = 0.02, base: str = "") -> str:
+    return SWEEP.format(space=space, parallel=parallel, step_s=step_s, base=base)
 
 
 def _trials(store, sweep_id: int):
@@ -79,10 +79,12 @@ def test_grid_sweep_queues_its_trials_as_jobs_writes_csv_and_names_the_best(proj
 
 
 def test_failed_trial_is_recorded_and_the_sweep_still_ends(project, store, daemon):
-    write_job(project.queue_dir, "sw.yaml", sweep_yaml("  action: [succeed, raise]\n  steps: [2]"))
+    base = ", retries: 1, retry_backoff: 0"  # a trial retries like any job before it counts as failed
+    write_job(project.queue_dir, "sw.yaml", sweep_yaml("  action: [succeed, raise]\n  steps: [2]", base=base))
     sweep = wait_state(store, job_named(store, "sw").id, {"succeeded", "failed"}, timeout=60)
     assert sweep.state == "succeeded", sweep.reason
     rows = {r["action"]: r for r in _csv(sweep)}
+    assert store.job(int(rows["raise"]["job_id"])).attempts == 2
     assert rows["raise"]["state"] == "failed" and rows["raise"]["probe/value"] == ""
     assert "failed on purpose" in rows["raise"]["note"]
     assert rows["succeed"]["state"] == "succeeded" and float(rows["succeed"]["probe/value"]) == 0.5
@@ -142,7 +144,7 @@ def test_unknown_metric_and_empty_space_are_refused_before_anything_runs(project
     else:
         raise AssertionError("a metric the base kind does not log was accepted")
     try:
-        parse_job_text(SWEEP.format(space="  {}", parallel=1, step_s=0.1), "sw.yaml")
+        parse_job_text(SWEEP.format(space="  {}", parallel=1, step_s=0.1, base=""), "sw.yaml")
     except ValueError as exc:
         assert "space is empty" in str(exc)
     else:
