@@ -190,7 +190,7 @@ def run(spec: SweepSpec, ctx: JobContext) -> None:
         active = _open_numbers(study)
         while len(active) < spec.parallel and len(study.trials) < total:
             trial = study.ask(distributions)
-            job_id = queue.submit(trial.number, sweep_space.trial_given(spec.trial_base(), trial.params, ""))
+            job_id = queue.submit(_trial_job(spec, trial.number, trial.params))
             log.info("queued trial %d as job #%d: %s", trial.number + 1, job_id, trial.params)
             active.add(trial.number)
         rows = _rows(spec, study, queue)
@@ -207,6 +207,13 @@ def run(spec: SweepSpec, ctx: JobContext) -> None:
         _report(spec, ctx, _rows(spec, study, queue))
         raise JobInterrupted("sweep stopped; its finished trials are kept, it carries on when it runs again")
     _finish(spec, ctx, queue, _rows(spec, study, queue))
+
+
+def _trial_job(spec: SweepSpec, number: int, params: dict[str, Any]) -> dict[str, Any]:
+    """The job mapping of Optuna trial ``number``: the base with its parameters, named ``<sweep>-<number + 1>``."""
+    from torchbearer.sweeps.trials import trial_name
+
+    return sweep_space.trial_given(spec.trial_base(), params, trial_name(spec.name, number))
 
 
 def _open_numbers(study: Any) -> set[int]:
@@ -228,7 +235,7 @@ def _settle(spec: SweepSpec, ctx: JobContext, study: Any, queue: TrialQueue) -> 
         job = jobs.get(trial.number)
         if job is None:
             if not (ctx.should_stop or queue.cancel_requested()):
-                queue.submit(trial.number, sweep_space.trial_given(spec.trial_base(), trial.params, ""))
+                queue.submit(_trial_job(spec, trial.number, trial.params))
                 log.info("queued trial %d, asked before the sweep stopped", trial.number + 1)
             continue
         if job.state not in TERMINAL_STATES:

@@ -52,9 +52,9 @@ class TrialQueue:
                 found[int(suffix) - 1] = job
         return found
 
-    def submit(self, number: int, given: dict[str, Any]) -> int:
-        """Validate a trial's job mapping with its kind's model and queue it; returns the job id."""
-        given = {**given, "name": trial_name(self.sweep_name, number)}
+    def submit(self, given: dict[str, Any]) -> int:
+        """Validate a trial's job mapping (named ``<sweep>-<n>``) with its kind's model and queue it; returns
+        the job id."""
         spec = get_kind(str(given["kind"])).spec.model_validate(given)
         return self.store.add_jobs([job_row(spec, given, self.source)])[0]
 
