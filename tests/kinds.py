@@ -66,4 +66,4 @@ def _act(spec: ProbeSpec) -> None:
             time.sleep(1)
 
 
-register(JobKind("probe", ProbeSpec, run, "test kind: sleeps, counts, fails on request"))
+register(JobKind("probe", ProbeSpec, run, "test kind: sleeps, counts, fails on request", metrics=("probe/value",)))

@@ -41,9 +41,37 @@ def _gated_state(job: Job) -> JobState:
     return JobState.QUEUED
 
 
+#: The ``source`` of a job queued by another job (a sweep's trials): ``spawned by #<id>``.
+SPAWNED_SOURCE = "spawned by #{}"
+
+
+def spawned_jobs(store: Store, parent_ids: int | set[int]) -> list[Job]:
+    """The jobs that the given jobs queued themselves (a sweep's trials), oldest first."""
+    sources = [SPAWNED_SOURCE.format(i) for i in ([parent_ids] if isinstance(parent_ids, int) else parent_ids)]
+    if not sources:
+        return []
+    rows = store.query(f"SELECT id FROM jobs WHERE source IN ({','.join('?' * len(sources))})", sources)
+    return store.jobs(ids=[row["id"] for row in rows]) if rows else []
+
+
 def cancel(store: Store, ref: str | int) -> CommandResult:
-    """Cancel a pending job at once, or ask the daemon to stop a running one (SIGTERM, then SIGKILL)."""
+    """Cancel a pending job at once, or ask the daemon to stop a running one (SIGTERM, then SIGKILL).
+
+    The jobs it queued itself (a sweep's trials) that have not ended are cancelled with it."""
     job = _job(store, ref)
+    result = _cancel_one(store, job)
+    children = [c for c in spawned_jobs(store, job.id) if c.state not in TERMINAL_STATES]
+    for child in children:
+        try:
+            _cancel_one(store, child)
+        except CommandError:  # it ended meanwhile
+            continue
+    if children:
+        result = CommandResult(job.id, f"{result.message} (and {len(children)} job(s) it queued)")
+    return result
+
+
+def _cancel_one(store: Store, job: Job) -> CommandResult:
     if job.state == JobState.RUNNING:
         store.update_job(job.id, cancel_requested=1)
         return CommandResult(job.id, f"{_label(job)}: cancel requested; the daemon stops it")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torchbearer.commands import spawned_jobs
 from torchbearer.daemon.executors import Executor
 from torchbearer.daemon.scheduler import CronSchedules, place_jobs, promote_waiting
 from torchbearer.daemon.supervisor import Supervisor
@@ -247,9 +248,9 @@ class Engine:
         promote_waiting(self.store, only_ids=self.only_ids)
         if self.store.queue_paused() is not None or self.stopping.is_set() or self.store_fault is not None:
             return
-        free = self.supervisor.free_slots()
-        if not free:
-            return
+        if self.only_ids is not None:  # a foreground run also runs the jobs its jobs queued (a sweep's trials)
+            self.only_ids |= {job.id for job in spawned_jobs(self.store, self.only_ids)}
+        free = self.supervisor.free_slots()  # even with none free, a devices: 0 job may start
         for placement in place_jobs(self.store, free, self.settings.slots, only_ids=self.only_ids):
             self.supervisor.start(placement.job_id, placement.slots)
 

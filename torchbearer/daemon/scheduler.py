@@ -52,18 +52,25 @@ def place_jobs(
 ) -> list[Placement]:
     """Jobs to start now: highest priority first, then oldest; a job that needs more slots than are free
     waits, and blocks lower-priority jobs behind it so it is not starved. A job that needs more slots than the
-    daemon has fails at once, with the reason."""
+    daemon has fails at once, with the reason. A job of ``devices: 0`` (a controller such as a sweep, which
+    only waits on jobs it queued) starts without a slot, even when none is free: holding the only slot while
+    waiting for its own trials would deadlock a one-slot daemon."""
     total = len(list(all_slots))
     placements: list[Placement] = []
     free = list(free_slots)
+    blocked = False
     for job in store.jobs(states=[JobState.QUEUED, JobState.INTERRUPTED], ids=only_ids, order="run"):
+        if job.devices == 0:
+            placements.append(Placement(job.id, ()))
+            continue
         if job.devices > total:
             store.transition(job.id, JobState.FAILED, expect=[JobState.QUEUED, JobState.INTERRUPTED],
                              reason=f"needs {job.devices} device slots; this daemon has {total}",
                              finished_at=time.time())  # fmt: skip
             continue
-        if job.devices > len(free):
-            break
+        if blocked or job.devices > len(free):
+            blocked = True  # later jobs that need a slot wait behind this one
+            continue
         placements.append(Placement(job.id, tuple(free[: job.devices])))
         free = free[job.devices :]
     return placements

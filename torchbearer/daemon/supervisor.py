@@ -201,7 +201,8 @@ class Supervisor:
             job_id, job.name, attempt, handle, slots, time.monotonic(), job.timeout_s, log_path,
             oom_kills=oom_kill_count(),
         )  # fmt: skip
-        log.info("started %s (#%d) attempt %d on slot %s", job.name, job_id, attempt, ",".join(slots) or "cpu")
+        where = f"slot {','.join(slots) or 'cpu'}" if slots else "no device slot"
+        log.info("started %s (#%d) attempt %d on %s", job.name, job_id, attempt, where)
         return True
 
     def _worker_env(self, job_id: int, slots: tuple[str, ...]) -> dict[str, str]:

@@ -9,6 +9,7 @@ a module) or the ``TORCHBEARER_PLUGINS`` environment variable (comma-separated m
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import importlib
 import os
 from collections.abc import Callable
@@ -25,6 +26,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "train": "torchbearer.jobs.train",
     "predict": "torchbearer.jobs.predict",
     "download": "torchbearer.jobs.download",
+    "sweep": "torchbearer.jobs.sweep",
 }
 
 
@@ -36,6 +38,12 @@ class JobKind:
     spec: type[JobSpec]
     run: Callable[[Any, JobContext], None]
     description: str = ""
+    #: Metric names the kind logs (``fnmatch`` patterns, e.g. ``val/iou/*``): what a sweep may optimise.
+    metrics: tuple[str, ...] = ()
+
+    def logs_metric(self, name: str) -> bool:
+        """Whether the kind logs a metric called ``name`` (one of :attr:`metrics`, patterns allowed)."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.metrics)
 
 
 class UnknownKindError(LookupError):

@@ -33,6 +33,7 @@ from torchbearer.tui.widgets.job_parts import (
 )
 from torchbearer.tui.widgets.preview import ImagePreview
 from torchbearer.tui.widgets.queue_table import COLUMNS, QueueTable
+from torchbearer.tui.widgets.sweep_trials import SweepTrials
 
 if TYPE_CHECKING:
     from torchbearer.tui.app import TorchbearerApp
@@ -149,6 +150,7 @@ class JobScreen(Screen):
         self.title_line = JobTitle(f"#{job_id} …", id="job-title")
         self.failure = FailurePanel(id="failure")
         self.progress = ProgressPanel(id="progress")
+        self.trials = SweepTrials(id="sweep-trials")  # shown for sweeps only
         self.plots = Horizontal(id="plots")
         self.loss_plot = MetricPlot("loss", id="loss-plot")
         self.metric_plot = MetricPlot("key metric", id="metric-plot")
@@ -164,6 +166,7 @@ class JobScreen(Screen):
             with TabPane("Overview", id="overview"), VerticalScroll():
                 yield self.failure
                 yield self.progress
+                yield self.trials
                 with self.plots:
                     yield self.loss_plot
                     yield self.metric_plot
@@ -211,6 +214,7 @@ class JobScreen(Screen):
         self.title_line.show(detail, self.app.clock())
         self.failure.show(detail)
         self.progress.show(detail)
+        self.trials.show(detail)
         losses, key = curves_by_role(detail.curves)
         self.plots.display = bool(losses or key)
         self.loss_plot.show(losses, best_of="val/loss")
