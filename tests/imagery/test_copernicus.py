@@ -301,8 +301,10 @@ def test_a_failure_interrupts_retry_waits_and_starts_no_new_file(services, env, 
     assert asked == {"manifest.safe", waiting, failing}  # no file started after the failure
 
 
-def test_a_stop_interrupts_a_retry_wait(services, env, sample_safe, data_dir):
+@pytest.mark.parametrize("which", ["manifest", "band"])
+def test_a_stop_interrupts_a_retry_wait(services, env, sample_safe, data_dir, which):
     largest = max(needed_sizes(sample_safe).items(), key=lambda item: item[1])[0]
+    largest = "manifest.safe" if which == "manifest" else largest
     services.faults.throttle = {largest: 100}
     services.faults.retry_after = "900"
     errors = _fetch_in_thread(

@@ -29,7 +29,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from torchbearer.imagery.aoi import search_polygon
-from torchbearer.imagery.http import FileTask, HttpClient, HttpError, Report, fetch_files
+from torchbearer.imagery.http import FileTask, HttpClient, HttpError, Report, StopFlag, fetch_files
 from torchbearer.imagery.manifest import (
     Manifest,
     ManifestEntry,
@@ -313,9 +313,9 @@ def _checker(entry: ManifestEntry) -> Callable[[Path], bool]:
     return check
 
 
-def _manifest_size(client: HttpClient, endpoints: CdseEndpoints, scene: Scene) -> int | None:
+def _manifest_size(client: HttpClient, endpoints: CdseEndpoints, scene: Scene, cancel: StopFlag) -> int | None:
     """Size of manifest.safe from the product's root Nodes listing (None if it does not say)."""
-    listing = client.get_json(node_url(endpoints, scene) + "/Nodes", authorized=True)  # 404: no such product
+    listing = client.get_json(node_url(endpoints, scene) + "/Nodes", authorized=True, cancel=cancel)  # 404: none
     entries = listing.get("result", []) if isinstance(listing, dict) else []
     size = next(
         (e.get("ContentLength") for e in entries if isinstance(e, dict) and e.get("Name") == "manifest.safe"), None
@@ -335,8 +335,16 @@ def _parses(path: Path) -> bool:
     return True
 
 
-def fetch_manifest(client: HttpClient, endpoints: CdseEndpoints, scene: Scene, safe_dir: Path) -> Manifest:
-    """The product's manifest: the copy in ``safe_dir`` if it parses, else fetched (again) and checked."""
+def fetch_manifest(
+    client: HttpClient,
+    endpoints: CdseEndpoints,
+    scene: Scene,
+    safe_dir: Path,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Manifest:
+    """The product's manifest: the copy in ``safe_dir`` if it parses, else fetched (again) and checked.
+
+    ``should_stop`` ends the waits between tries (:class:`~torchbearer.imagery.http.TransferCancelled`)."""
     path = safe_dir / "manifest.safe"
     if path.is_file():
         try:
@@ -344,9 +352,10 @@ def fetch_manifest(client: HttpClient, endpoints: CdseEndpoints, scene: Scene, s
         except ManifestError as exc:  # e.g. cut or damaged on disk after it was checked: not worth keeping
             log.warning("%s; fetching it again", exc)
             path.unlink()
-    size = _manifest_size(client, endpoints, scene)
+    cancel = StopFlag(should_stop)
+    size = _manifest_size(client, endpoints, scene, cancel)
     client.fetch_file(node_url(endpoints, scene, "manifest.safe") + "/$value", path, size=size, check=_parses,
-                      authorized=True)  # fmt: skip
+                      authorized=True, cancel=cancel)  # fmt: skip
     return read_manifest(safe_dir)
 
 
@@ -368,7 +377,7 @@ def fetch_product(
     resumed. Returns the SAFE folder and its manifest.
     """
     safe_dir = products_dir / scene.name
-    manifest = fetch_manifest(client, endpoints, scene, safe_dir)
+    manifest = fetch_manifest(client, endpoints, scene, safe_dir, should_stop)
     if select is not None:
         entries = [entry for entry in manifest if select(entry)]
     else:

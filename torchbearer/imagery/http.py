@@ -79,6 +79,27 @@ class TokenSource(Protocol):
     def invalidate(self, value: str) -> None: ...
 
 
+class StopFlag:
+    """A stop request polled from a callable (a job's ``should_stop``), usable where a transfer takes a
+    ``cancel`` event: :meth:`wait` returns as soon as the callable turns true (checked every ``poll_s``)."""
+
+    def __init__(self, should_stop: Callable[[], bool], poll_s: float = 0.2) -> None:
+        self.should_stop = should_stop
+        self.poll_s = poll_s
+
+    def is_set(self) -> bool:
+        return bool(self.should_stop())
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self.poll_s, left))
+        return True
+
+
 class ConnectionSlots:
     """A cap on simultaneous transfers shared by every process using ``folder``: ``count`` lock files, one
     held (flock) per transfer. CDSE allows 4 connections per user, so jobs fetching side by side share 4."""
@@ -89,7 +110,7 @@ class ConnectionSlots:
         self.poll_s = poll_s
 
     @contextmanager
-    def hold(self, cancel: threading.Event | None = None) -> Iterator[None]:
+    def hold(self, cancel: threading.Event | StopFlag | None = None) -> Iterator[None]:
         """Wait for a free slot (raising :class:`TransferCancelled` if ``cancel`` is set meanwhile)."""
         while True:
             for path in self.paths:
@@ -155,7 +176,7 @@ def _describe(response: requests.Response) -> str:
     return described + getattr(response, "withheld_note", "")
 
 
-def _pause(seconds: float, cancel: threading.Event | None, sleep: Callable[[float], None] | None) -> None:
+def _pause(seconds: float, cancel: threading.Event | StopFlag | None, sleep: Callable[[float], None] | None) -> None:
     """Wait ``seconds`` between tries; :class:`TransferCancelled` as soon as ``cancel`` is set."""
     if cancel is not None and cancel.is_set():
         raise TransferCancelled("cancelled while waiting to try again")
@@ -270,7 +291,7 @@ class HttpClient:
         headers: dict[str, str] | None = None,
         authorized: bool = False,
         stream: bool = False,
-        cancel: threading.Event | None = None,
+        cancel: threading.Event | StopFlag | None = None,
         **kwargs: Any,
     ) -> requests.Response:
         """A request retried on 429/5xx/connection errors; a 401 renews the token (once per token value).
@@ -322,9 +343,16 @@ class HttpClient:
             _pause(self.retry.retry_after(response, failures), cancel, self.sleep)
         raise HttpError(f"{method} {url}: gave up after {failures} attempts; last answer: {last}")
 
-    def get_json(self, url: str, *, params: dict[str, Any] | None = None, authorized: bool = False) -> Any:
+    def get_json(
+        self,
+        url: str,
+        *,
+        params: dict[str, Any] | None = None,
+        authorized: bool = False,
+        cancel: threading.Event | StopFlag | None = None,
+    ) -> Any:
         """GET a JSON document; raises :class:`HttpError` on a non-2xx answer or a body that is not JSON."""
-        response = self.request("GET", url, params=params, authorized=authorized)
+        response = self.request("GET", url, params=params, authorized=authorized, cancel=cancel)
         return _json(response, f"GET {url}")
 
     def post_json(self, url: str, *, json: Any, authorized: bool = False) -> Any:
@@ -343,7 +371,7 @@ class HttpClient:
         check: Callable[[Path], bool] | None = None,
         on_bytes: Callable[[int], None] = lambda n: None,
         authorized: bool = False,
-        cancel: threading.Event | None = None,
+        cancel: threading.Event | StopFlag | None = None,
     ) -> None:
         """Fetch ``url`` to ``dest`` through ``dest.part``, resuming what an earlier try left there.
 
@@ -405,7 +433,7 @@ class HttpClient:
         offset: int,
         on_bytes: Callable[[int], None],
         authorized: bool,
-        cancel: threading.Event | None,
+        cancel: threading.Event | StopFlag | None,
     ) -> None:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         with self.slots.hold(cancel) if self.slots is not None else nullcontext():
@@ -419,7 +447,7 @@ class HttpClient:
         headers: dict[str, str],
         on_bytes: Callable[[int], None],
         authorized: bool,
-        cancel: threading.Event | None,
+        cancel: threading.Event | StopFlag | None,
     ) -> None:
         response = self.request("GET", url, headers=headers, authorized=authorized, stream=True, cancel=cancel)
         with response:
