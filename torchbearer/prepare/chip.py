@@ -279,8 +279,8 @@ def write_index(folder: Path, chips: list[Chip], manifest: ChipManifest) -> Path
     size = manifest.size
     boxes = []
     for chip in chips:
-        x0, y0 = transform * (chip.col, chip.row)
-        x1, y1 = transform * (chip.col + size, chip.row + size)
+        x0, y0 = transform @ (chip.col, chip.row)
+        x1, y1 = transform @ (chip.col + size, chip.row + size)
         boxes.append(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
     has_mask = manifest.mask is not None
     fields = ["name", "split", "frame", "mask", "row", "col", "valid_share", "positive_share"]

@@ -52,6 +52,8 @@ class Runner:
     def preflight(self, steps: list[Step]) -> None:
         """The checks that cost nothing: inputs named by the steps exist (or an earlier step writes them),
         label attributes exist."""
+        from torchbearer.prepare.rasterize import check_attribute
+
         written: set[Path] = set()
         for i, step in enumerate(steps):
             o = step.options
@@ -62,7 +64,7 @@ class Runner:
                 if value is not None and not (self.resolve(value).exists() or self.resolve(value) in written):
                     raise PrepareError(f"steps[{i}].{step.name}.{key}: {self.resolve(value)} does not exist")
             if step.name == "rasterize" and o.attribute is not None:  # type: ignore[attr-defined]
-                _check_attribute(self.resolve(o.labels), o.attribute)  # type: ignore[attr-defined]
+                check_attribute(self.resolve(o.labels), o.attribute)  # type: ignore[attr-defined]
             if getattr(o, "output", None) is not None:
                 written.add(self.resolve(o.output))  # type: ignore[attr-defined]
 
@@ -169,14 +171,3 @@ def _is_safe(path: Path) -> bool:
 
     return is_safe(path)
 
-
-def _check_attribute(labels: Path, attribute: str) -> None:
-    import pyogrio
-    from pyogrio.errors import DataLayerError, DataSourceError
-
-    try:
-        fields = list(pyogrio.read_info(labels)["fields"])
-    except (DataSourceError, DataLayerError, OSError) as exc:
-        raise PrepareError(f"labels {labels} cannot be read: {exc}") from None
-    if attribute not in fields:
-        raise PrepareError(f"labels {labels} have no attribute {attribute!r} (they have {fields})")

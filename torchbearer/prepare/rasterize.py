@@ -60,6 +60,8 @@ def rasterize_labels(
 
     labels = Path(labels)
     try:
+        if attribute is not None:
+            check_attribute(labels, attribute)
         crs, bounds = _vector_bounds(labels)
         _check_overlap(labels, crs, bounds, grid)
         meta, geometries, fields = _read_vector(labels, [attribute] if attribute else [])
@@ -138,3 +140,16 @@ def _value(raw: object, attribute: str, values: dict[str, int] | None, labels: P
             f"map its values with values: {{{raw}: 1, …}}"
         )
     return int(number)
+
+
+def check_attribute(labels: Path, attribute: str) -> None:
+    """Refuse an attribute the labels lack, listing those they have."""
+    import pyogrio
+    from pyogrio.errors import DataLayerError, DataSourceError
+
+    try:
+        fields = list(pyogrio.read_info(labels)["fields"])
+    except (DataSourceError, DataLayerError, OSError) as exc:
+        raise PrepareError(f"labels {labels} cannot be read: {exc}") from None
+    if attribute not in fields:
+        raise PrepareError(f"labels {labels} have no attribute {attribute!r} (they have {fields})")
