@@ -97,7 +97,7 @@ def test_a_mask_on_another_grid_is_refused(scene, tmp_path):
     profile.update(transform=src.transform @ src.transform.translation(3, 0))
     with rasterio.open(tmp_path / "shifted.tif", "w", **profile) as dst:
         dst.write(data)
-    with pytest.raises(PrepareError, match="shifted.tif .* is not on the grid of scene"):
+    with pytest.raises(PrepareError, match=r"shifted.tif .* is not on the grid of scene"):
         chip_scene(scene, tmp_path / "c", size=SIZE, mask=tmp_path / "shifted.tif")
 
 

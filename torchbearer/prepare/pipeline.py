@@ -170,4 +170,3 @@ def _is_safe(path: Path) -> bool:
     from torchbearer.imagery.local import is_safe
 
     return is_safe(path)
-
