@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import shapely
 
+from tests.daemon.conftest import tolerant_daemon  # noqa: F401 - a fixture: bad-input jobs fail on purpose
 from torchbearer.prepare.rasters import scene_raster
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,102 @@
+"""The ``prepare`` kind through the real daemon and worker: a job chaining steps on the SAFE crop, and bad inputs
+that fail their job with a clear reason (the daemon carries on)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import rasterio
+import shapely
+from rasterio.windows import Window
+
+from tests.conftest import wait_state, write_job
+from tests.prepare.conftest import CLOUD_GEOJSON, SAMPLE, write_polygons
+from tests.prepare.test_flatten_mosaic_summarize import to_utm30, write_window
+from torchbearer.spec import JobFileError, parse_job_text
+
+CHAIN = f"""\
+name: cloud-chips
+kind: prepare
+scene: data/{SAMPLE.name}
+resolution: 60
+steps:
+  - rasterize:
+      {{labels: masks/t29unu_cloud.geojson, attribute: class, values: {{cloud: 1}}, output: prepared/cloud.tif}}
+  - chip: {{size: 64, overlap: 16, output: prepared/chips}}
+  - split: {{val: 0.25, block: 128, seed: 1}}
+  - summarize: {{output: prepared/summary}}
+  - flatten: {{output: prepared/pixels.parquet}}
+"""
+
+
+@pytest.fixture
+def inputs(project) -> Path:
+    root = project.project_dir
+    shutil.copytree(SAMPLE, root / "data" / SAMPLE.name)
+    (root / "masks").mkdir()
+    shutil.copy(CLOUD_GEOJSON, root / "masks")
+    return root
+
+
+def test_a_prepare_job_chains_rasterize_chip_split_summarize_flatten(project, store, daemon, inputs):
+    write_job(project.queue_dir, "prepare.yaml", CHAIN)
+    job = wait_state(store, 1, "succeeded", timeout=120)
+    root = project.project_dir / "prepared"
+    outputs = {row["kind"]: row["path"] for row in store.outputs(job.id)}
+    assert outputs["mask"] == str(root / "cloud.tif") and outputs["chips"] == str(root / "chips")
+    assert outputs["table"] == str(root / "pixels.parquet") and outputs["summary"].startswith(str(root / "summary"))
+    manifest = json.loads((root / "chips" / "prepare.json").read_text())
+    # each step fed the next: chips of the SAFE crop's stack, masks from the rasterized labels, then split
+    assert manifest["mask"] == str(root / "cloud.tif") and manifest["scene"].endswith("_60m.tif")
+    assert manifest["value_domain"] == "dn" and set(manifest["splits"]) == {"train", "val"}
+    assert manifest["split"]["overlapping_pairs"] == 0
+    with rasterio.open(root / "chips" / "val_frames" / "val_0.tif") as src:
+        assert src.tags()["VALUE_DOMAIN"] == "dn" and src.count == 11
+    assert "classes (val)" in (root / "summary" / "summary.md").read_text()
+    stages = {row["stage"] for row in store.query("SELECT stage FROM progress WHERE job_id = ?", [job.id])}
+    assert {"rasterizing", "chipping", "splitting", "summarizing", "flattening"} <= stages
+    log = " ".join((Path(job.run_dir) / "log.txt").read_text().split())
+    assert "check: no chip overlaps a chip of another split" in log  # the split check is reported
+
+
+BAD = f"""\
+defaults: {{kind: prepare, scene: data/{SAMPLE.name}, resolution: 60}}
+jobs:
+  - name: no-attribute
+    steps: [{{rasterize: {{labels: masks/t29unu_cloud.geojson, attribute: label, output: out/a.tif}}}}]
+  - name: off-scene
+    steps: [{{rasterize: {{labels: masks/far.geojson, output: out/b.tif}}}}]
+  - name: too-big
+    steps: [{{chip: {{size: 600, output: out/chips}}}}]
+  - name: two-crs
+    steps: [{{mosaic: {{inputs: [out/left.tif, out/utm30.tif], output: out/m.tif}}}}]
+"""
+
+
+def test_bad_inputs_fail_their_job_with_a_clear_reason(project, store, tolerant_daemon, inputs, scene):
+    out = project.project_dir / "out"
+    out.mkdir()
+    write_polygons(inputs / "masks" / "far.geojson", [shapely.box(10.0, 45.0, 10.1, 45.1)], "EPSG:4326", id=[1])
+    write_window(scene, out / "left.tif", Window(0, 0, 256, 320))
+    to_utm30(write_window(scene, out / "right.tif", Window(256, 0, 256, 320)), out / "utm30.tif")
+    write_job(project.queue_dir, "bad.yaml", BAD)
+    reasons = {}
+    for job_id in range(1, 5):
+        job = wait_state(store, job_id, "failed", timeout=120)
+        reasons[job.name] = " ".join((job.reason or "").split())
+    assert "no attribute 'label'" in reasons["no-attribute"] and "['class']" in reasons["no-attribute"]
+    assert "far.geojson" in reasons["off-scene"] and "do not overlap the grid" in reasons["off-scene"]
+    assert "chip size 600 is larger than scene" in reasons["too-big"] and "512 × 320" in reasons["too-big"]
+    assert "different CRS: left.tif is EPSG:32629 but utm30.tif is EPSG:32630" in reasons["two-crs"]
+    assert tolerant_daemon.process.poll() is None
+
+
+def test_a_chain_missing_its_input_is_refused_when_the_file_is_read():
+    text = "name: p\nkind: prepare\nsteps:\n  - chip: {size: 64, output: chips}\n"
+    with pytest.raises(JobFileError, match=r"steps\[0\].chip: no scene"):
+        parse_job_text(text)
+    with pytest.raises(JobFileError, match=r"a step is one of rasterize, chip, .*got chip, split"):
+        parse_job_text("name: p\nkind: prepare\nscene: s.tif\nsteps:\n  - {chip: {size: 8, output: c}, split: {}}\n")
