@@ -69,10 +69,13 @@ class Runner:
                 written.add(self.resolve(o.output))  # type: ignore[attr-defined]
 
     def run(self, steps: list[Step], chain: Chain) -> Chain:
+        from torchbearer.prepare.rasters import bounded_memory
+
         self.preflight(steps)
-        for i, step in enumerate(steps):
-            log.info("step %d/%d: %s", i + 1, len(steps), step.name)
-            getattr(self, f"_{step.name}")(step.options, chain)
+        with bounded_memory():
+            for i, step in enumerate(steps):
+                log.info("step %d/%d: %s", i + 1, len(steps), step.name)
+                getattr(self, f"_{step.name}")(step.options, chain)
         return chain
 
     # -- one method per step -------------------------------------------------------------------------------

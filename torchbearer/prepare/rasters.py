@@ -12,7 +12,9 @@ Values are copied, never rescaled: a chip holds the scene's own numbers with the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ctypes
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,24 @@ VALUE_TAGS = ("BOA_ADD_OFFSET", "QUANTIFICATION_VALUE", "PRODUCT", "RESOLUTION",
 IGNORE = 255
 
 Report = Callable[..., Any]
+#: GDAL block cache while a step runs: a band of chips' tiles, flat whatever the scene's size (rasterio passes an
+#: integer ``GDAL_CACHEMAX`` as bytes). GDAL's default, 5 % of the RAM, would grow with the scene.
+GDAL_CACHE_BYTES = 64 * 2**20
+
+
+@contextmanager
+def bounded_memory() -> Iterator[None]:
+    """Run a step with a fixed GDAL block cache and large blocks mapped by glibc, so its resident set does not
+    grow with the scene. Blocks of 1 MiB and more are mapped and unmapped (``mallopt(M_MMAP_THRESHOLD)``)
+    because chips and table blocks freed by several threads otherwise fragment glibc's heap arenas; the same
+    setting as ``inference.ensemble.map_large_blocks``, which cannot be imported here without torch."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 2**20)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        yield
 
 
 def no_report(*_args: Any, **_kwargs: Any) -> None:
