@@ -100,3 +100,11 @@ def test_a_chain_missing_its_input_is_refused_when_the_file_is_read():
         parse_job_text(text)
     with pytest.raises(JobFileError, match=r"a step is one of rasterize, chip, .*got chip, split"):
         parse_job_text("name: p\nkind: prepare\nscene: s.tif\nsteps:\n  - {chip: {size: 8, output: c}, split: {}}\n")
+
+
+def test_the_example_prepare_job_validates():
+    from tests.prepare.conftest import ROOT
+    from torchbearer.spec import load_job_file
+
+    [job] = load_job_file(ROOT / "configs" / "examples" / "prepare-cloud-chips.yaml")
+    assert [step.name for step in job.spec.steps] == ["rasterize", "chip", "split", "summarize", "flatten"]
