@@ -7,13 +7,14 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import rasterio
 import shapely
 from rasterio.windows import Window
 
 from tests.conftest import wait_state, write_job
-from tests.prepare.conftest import CLOUD_GEOJSON, SAMPLE, write_polygons
+from tests.prepare.conftest import CLOUD_GEOJSON, CLOUD_TIF, SAMPLE, write_polygons
 from tests.prepare.test_flatten_mosaic_summarize import to_utm30, write_window
 from torchbearer.spec import JobFileError, parse_job_text
 
@@ -56,6 +57,12 @@ def test_a_prepare_job_chains_rasterize_chip_split_summarize_flatten(project, st
     with rasterio.open(root / "chips" / "val_frames" / "val_0.tif") as src:
         assert src.tags()["VALUE_DOMAIN"] == "dn" and src.count == 11
     assert "classes (val)" in (root / "summary" / "summary.md").read_text()
+    with rasterio.open(root / "cloud.tif") as made, rasterio.open(CLOUD_TIF) as truth:
+        labelled = truth.read(1) != 255
+        assert ((made.read(1) == 1) == (truth.read(1) == 1))[labelled].mean() > 0.999  # the polygons' pixels
+    with rasterio.open(manifest["scene"]) as scene:
+        valid = (scene.read() != 0).all(0).sum()
+    assert pq.ParquetFile(root / "pixels.parquet").metadata.num_rows == valid  # mask: no 255 but the no-data
     stages = {row["stage"] for row in store.query("SELECT stage FROM progress WHERE job_id = ?", [job.id])}
     assert {"rasterizing", "chipping", "splitting", "summarizing", "flattening"} <= stages
     log = " ".join((Path(job.run_dir) / "log.txt").read_text().split())
