@@ -192,9 +192,14 @@ def _bands_of_chips(grid: Grid, size: int, stride: int) -> Iterator[tuple[int, l
 
 def _read_padded(ds: Any, row: int, col: int, height: int, width: int, fill: float) -> np.ndarray:
     """Bands × ``height`` × ``width`` from (row, col), the part outside the raster filled with ``fill``."""
-    out = np.full((ds.count, height, width), fill, dtype=ds.dtypes[0])
     rows, cols = min(height, ds.height - row), min(width, ds.width - col)
-    out[:, :rows, :cols] = ds.read(window=Window(col, row, cols, rows))
+    data = ds.read(window=Window(col, row, cols, rows))
+    if (rows, cols) == (height, width):
+        return data
+    out = np.empty((ds.count, height, width), dtype=data.dtype)  # filled only where the scene ends
+    out[:, :rows, :cols] = data
+    out[:, rows:, :] = fill
+    out[:, :rows, cols:] = fill
     return out
 
 
