@@ -130,7 +130,8 @@ def scene_raster(
 
 def value_domain(dataset: Any) -> str:
     """What a raster's values are: its ``VALUE_DOMAIN`` tag, else guessed from the type and a decimated read
-    (8-bit → ``uint8``; integers → ``dn``; floats whose bulk lies within 0–1.5 → ``reflectance``, else ``dn``)."""
+    (8-bit → ``uint8``; integers → ``dn``; floats whose median is at most 3 → ``reflectance``, else ``dn``: bright
+    cloud reaches reflectance 2, while real DN sit in the hundreds to thousands)."""
     tagged = dataset.tags().get(DOMAIN_TAG)
     if tagged in DOMAINS:
         return tagged
@@ -142,7 +143,7 @@ def value_domain(dataset: Any) -> str:
     scale = max(1, max(dataset.width, dataset.height) // 256)
     sample = dataset.read(1, out_shape=(max(1, dataset.height // scale), max(1, dataset.width // scale)))
     sample = sample[np.isfinite(sample) & (sample != (dataset.nodata if dataset.nodata is not None else np.nan))]
-    return "reflectance" if sample.size == 0 or np.percentile(sample, 99) <= 1.5 else "dn"
+    return "reflectance" if sample.size == 0 or np.median(sample) <= 3 else "dn"
 
 
 def band_names(dataset: Any) -> list[str]:
