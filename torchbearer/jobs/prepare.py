@@ -54,7 +54,7 @@ def run(spec: PrepareSpec, ctx: JobContext) -> None:
 
     from torchbearer.context import JobInterrupted
     from torchbearer.jobs.download import fetch_for_job
-    from torchbearer.prepare.chip import Stopped
+    from torchbearer.prepare import Stopped
     from torchbearer.prepare.pipeline import Chain, Runner
 
     log = logging.getLogger("torchbearer.prepare")

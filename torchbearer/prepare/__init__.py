@@ -12,3 +12,7 @@ from __future__ import annotations
 
 class PrepareError(ValueError):
     """A preparation step cannot run on its inputs (names the file or option and what is wrong)."""
+
+
+class Stopped(Exception):
+    """A step stopped at a safe point on request (``should_stop``); running it again starts it over."""

@@ -31,7 +31,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from torchbearer.prepare import PrepareError
+from torchbearer.prepare import PrepareError, Stopped
 from torchbearer.prepare.rasters import (
     DOMAIN_TAG,
     IGNORE,
@@ -54,10 +54,6 @@ CHIP_PROFILE: dict[str, Any] = {"driver": "GTiff", "compress": "zstd", "zstd_lev
 #: Most pixel columns read at once: bounds the memory of one read whatever the scene's width.
 READ_COLUMNS = 2048
 WRITERS = 4
-
-
-class Stopped(Exception):
-    """The step stopped at a safe point on request; running it again starts over."""
 
 
 @dataclass

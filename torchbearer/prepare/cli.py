@@ -31,8 +31,7 @@ def _run(ctx: typer.Context, step: dict[str, Any], resolution: int = 20) -> None
 
     from torchbearer.imagery.cli import RichReport, _expected
     from torchbearer.ml.labels import LabelError
-    from torchbearer.prepare import PrepareError
-    from torchbearer.prepare.chip import Stopped
+    from torchbearer.prepare import PrepareError, Stopped
     from torchbearer.prepare.pipeline import Chain, Runner
     from torchbearer.prepare.spec import Step
     from torchbearer.settings import Settings

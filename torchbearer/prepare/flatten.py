@@ -20,8 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from rasterio.windows import Window
 
-from torchbearer.prepare import PrepareError
-from torchbearer.prepare.chip import Stopped
+from torchbearer.prepare import PrepareError, Stopped
 from torchbearer.prepare.rasters import (
     IGNORE,
     Grid,

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from torchbearer.prepare import PrepareError
-from torchbearer.prepare.chip import MANIFEST, SPLITS, ChipManifest, Stopped
+from torchbearer.prepare import PrepareError, Stopped
+from torchbearer.prepare.chip import MANIFEST, SPLITS, ChipManifest
 from torchbearer.prepare.rasters import IGNORE, Report, band_names, no_report, open_raster, value_domain
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
