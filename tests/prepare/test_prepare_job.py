@@ -69,6 +69,21 @@ def test_a_prepare_job_chains_rasterize_chip_split_summarize_flatten(project, st
     assert "check: no chip overlaps a chip of another split" in log  # the split check is reported
 
 
+def test_a_prepare_job_takes_its_scene_from_an_imagery_block(project, store, daemon, inputs):
+    """The download path (``fetch_for_job``): here a local SAFE folder, stacked into the data folder's cache."""
+    write_job(project.queue_dir, "summary.yaml", f"""\
+name: summary
+kind: prepare
+imagery: {{source: local, paths: [data/{SAMPLE.name}], resolution: 60}}
+steps: [{{summarize: {{output: prepared/scene-summary}}}}]
+""")  # fmt: skip
+    job = wait_state(store, 1, "succeeded", timeout=120)
+    text = (project.project_dir / "prepared" / "scene-summary" / "summary.md").read_text()
+    assert text.startswith("# Summary of S2A_MSIL2A_20221005T115411") and "_60m.tif" in text and "| B09 |" in text
+    assert any(p.name.endswith("_60m.tif") for p in (project.data_dir / "cache").iterdir())
+    assert {row["kind"] for row in store.outputs(job.id)} == {"summary", "plot"}
+
+
 BAD = f"""\
 defaults: {{kind: prepare, scene: data/{SAMPLE.name}, resolution: 60}}
 jobs:
