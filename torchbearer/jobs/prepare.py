@@ -50,14 +50,11 @@ class PrepareSpec(JobSpec):
 
 def run(spec: PrepareSpec, ctx: JobContext) -> None:
     """Fetch or stack the scene if there is one, run the steps, record their products."""
-    import logging
-
     from torchbearer.context import JobInterrupted
     from torchbearer.jobs.download import fetch_for_job
     from torchbearer.prepare import Stopped
     from torchbearer.prepare.pipeline import Chain, Runner
 
-    log = logging.getLogger("torchbearer.prepare")
     runner = Runner(resolve=lambda p: ctx.resolve(p), data_dir=ctx.settings.data_dir, resolution=spec.resolution,
                     report=ctx.progress, should_stop=lambda: ctx.should_stop)  # fmt: skip
     runner.preflight(spec.steps)
@@ -73,8 +70,6 @@ def run(spec: PrepareSpec, ctx: JobContext) -> None:
     finally:
         for path, kind in chain.outputs:
             ctx.output(path, kind)
-    for note in chain.notes:
-        log.info("%s", note)
     ctx.progress("writing", done=len(spec.steps), total=len(spec.steps), unit="steps", force=True)
 
 

@@ -76,6 +76,7 @@ class Runner:
             for i, step in enumerate(steps):
                 log.info("step %d/%d: %s", i + 1, len(steps), step.name)
                 getattr(self, f"_{step.name}")(step.options, chain)
+                log.info("%s", chain.notes[-1])
         return chain
 
     # -- one method per step -------------------------------------------------------------------------------
