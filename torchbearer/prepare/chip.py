@@ -38,8 +38,8 @@ from torchbearer.prepare.rasters import (
     Grid,
     Report,
     band_names,
-    check_mask_grid,
     no_report,
+    open_mask,
     open_raster,
     value_tags,
 )
@@ -150,10 +150,8 @@ def chip_scene(
             size=size, overlap=overlap, crs=src.crs.to_string(), resolution=grid.resolution, scene=str(scene),
             mask=str(mask) if mask else None, mask_nodata=IGNORE if mask else None, tags=value_tags(src),
         )  # fmt: skip
-        mask_src = open_raster(mask) if mask is not None else None
+        mask_src = open_mask(mask, scene, grid) if mask is not None else None
         try:
-            if mask_src is not None:
-                check_mask_grid(scene, grid, mask, Grid.of(mask_src))
             _reset(output)
             chips = _write_chips(src, mask_src, output, manifest, positive_only, report, should_stop)
         finally:

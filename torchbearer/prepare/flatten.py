@@ -26,8 +26,8 @@ from torchbearer.prepare.rasters import (
     Grid,
     Report,
     band_names,
-    check_mask_grid,
     no_report,
+    open_mask,
     open_raster,
     value_tags,
 )
@@ -60,10 +60,8 @@ def flatten_scene(
         if src.crs is None:
             raise PrepareError(f"scene {scene} has no CRS: its pixels have no coordinates")
         grid = Grid.of(src)
-        mask_src = open_raster(mask) if mask is not None else None
+        mask_src = open_mask(mask, scene, grid) if mask is not None else None
         try:
-            if mask_src is not None:
-                check_mask_grid(scene, grid, mask, Grid.of(mask_src))
             names = band_names(src)
             to_lonlat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True)
             schema = _schema(src, names, mask is not None).with_metadata(

@@ -175,3 +175,19 @@ def check_mask_grid(scene_path: Path, scene: Grid, mask_path: Path, mask: Grid) 
             f"mask {mask_path} ({mask.describe()}) is not on the grid of scene {scene_path} ({scene.describe()}): "
             "rasterize the labels onto the scene (the rasterize step) or warp the mask first"
         )
+
+
+def open_mask(path: Path, scene_path: Path, scene: Grid) -> Any:
+    """Open a mask for a scene: one uint8 band of class values (255 = no label) on the scene's grid."""
+    dataset = open_raster(path)
+    try:
+        check_mask_grid(scene_path, scene, path, Grid.of(dataset))
+        if dataset.count != 1 or dataset.dtypes[0] != "uint8":
+            raise PrepareError(
+                f"mask {path} has {dataset.count} band(s) of {dataset.dtypes[0]}; a mask is one uint8 band of "
+                "class values, 255 = no label (the rasterize step writes one)"
+            )
+    except BaseException:
+        dataset.close()
+        raise
+    return dataset
