@@ -99,6 +99,11 @@ def test_a_mask_on_another_grid_is_refused(scene, tmp_path):
         dst.write(data)
     with pytest.raises(PrepareError, match=r"shifted.tif .* is not on the grid of scene"):
         chip_scene(scene, tmp_path / "c", size=SIZE, mask=tmp_path / "shifted.tif")
+    profile.update(transform=src.transform, dtype="uint16")
+    with rasterio.open(tmp_path / "wide.tif", "w", **profile) as dst:
+        dst.write(data.astype("uint16"))
+    with pytest.raises(PrepareError, match=r"wide.tif has 1 band\(s\) of uint16; a mask is one uint8 band"):
+        chip_scene(scene, tmp_path / "c", size=SIZE, mask=tmp_path / "wide.tif")
 
 
 def test_split_by_blocks_no_chip_overlaps_a_chip_of_another_split(scene, tmp_path):
