@@ -23,6 +23,7 @@ from rich.console import Console
 from torchbearer import commands
 from torchbearer.formatting import STATE_STYLES, format_duration
 from torchbearer.imagery import cli as imagery_cli
+from torchbearer.prepare import cli as prepare_cli
 from torchbearer.redact import register_settings, scrub_logging
 from torchbearer.settings import Settings, SettingsError
 from torchbearer.store import TERMINAL_STATES, JobState, Store, StoreError
@@ -557,6 +558,7 @@ def predict(ctx: typer.Context, files: Annotated[list[Path], typer.Argument(help
 
 
 app.command("download")(imagery_cli.download)
+app.add_typer(prepare_cli.app, name="prepare")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "predict": "torchbearer.jobs.predict",
     "download": "torchbearer.jobs.download",
     "sweep": "torchbearer.jobs.sweep",
+    "prepare": "torchbearer.jobs.prepare",
 }
 
 
