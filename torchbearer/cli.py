@@ -268,6 +268,30 @@ def status_json(store: Store) -> str:
     return f'{head[:-1]},"jobs":{store.job_summaries_json()}}}'
 
 
+#: The ``status`` table's columns, and the order in which they give way to a narrow terminal (first goes first).
+STATUS_COLUMNS = ("id", "name", "kind", "state", "stage", "progress", "eta", "prio", "started", "duration")
+STATUS_DROP_ORDER = ("started", "kind", "prio", "stage", "eta", "duration", "progress")
+
+
+def status_columns(cells: list[dict[str, str]], width: int) -> list[str]:
+    """The columns to print: those holding a value, less important ones dropped until the table fits ``width``.
+
+    ``id``, ``name`` and ``state`` always stay, whole (a name longer than the room left wraps rather than being
+    cut). A column takes its widest cell or header plus two cells of padding.
+    """
+    columns = [c for c in STATUS_COLUMNS if c in ("id", "name", "state") or any(cell[c] for cell in cells)]
+
+    def need(column: str) -> int:
+        return max([len(column), *(len(cell[column]) for cell in cells)]) + 2
+
+    for column in STATUS_DROP_ORDER:
+        if sum(need(c) for c in columns) <= width:
+            break
+        if column in columns:
+            columns.remove(column)
+    return columns
+
+
 @app.command()
 def status(
     ctx: typer.Context,
@@ -281,6 +305,7 @@ def status(
         sys.stdout.write(status_json(store) + "\n")
         return
     from rich.table import Table
+    from rich.text import Text
 
     info = store.daemon_info()
     paused = store.queue_paused()
@@ -296,19 +321,27 @@ def status(
         shown = running + pending[:STATUS_ROWS_PENDING] + finished[-STATUS_ROWS_FINISHED:]
         hidden = len(rows) - len(shown)
         rows = sorted(shown, key=lambda r: r["id"])
-    table = Table(box=None, header_style="bold")
-    for column in ("id", "name", "kind", "state", "stage", "progress", "eta", "prio", "started", "duration"):
-        table.add_column(column, justify="right" if column in ("id", "progress", "prio") else "left")
     now = time.time()
+    cells = []
     for row in rows:
         duration = (row["finished_at"] or now) - row["started_at"] if row["started_at"] else None
-        table.add_row(
-            str(row["id"]), row["name"], row["kind"],
-            f"[{STATE_STYLES.get(row['state'], '')}]{row['state']}[/]",
-            row["stage"] or "", f"{row['progress'] * 100:.0f}%" if row["progress"] is not None else "",
-            format_duration(row["eta_s"]) if row["state"] == JobState.RUNNING else "", str(row["priority"]),
-            _when(row["started_at"]), format_duration(duration),
-        )  # fmt: skip
+        cells.append({
+            "id": str(row["id"]), "name": row["name"], "kind": row["kind"], "state": row["state"],
+            "stage": row["stage"] or "",
+            "progress": f"{row['progress'] * 100:.0f}%" if row["progress"] is not None else "",
+            "eta": format_duration(row["eta_s"]) if row["state"] == JobState.RUNNING else "",
+            "prio": str(row["priority"]), "started": _when(row["started_at"]), "duration": format_duration(duration),
+        })  # fmt: skip
+    shown_columns = status_columns(cells, console.width)
+    table = Table(box=None, header_style="bold")
+    for column in shown_columns:
+        table.add_column(column, justify="right" if column in ("id", "progress", "prio") else "left",
+                         no_wrap=column != "name", overflow="fold")  # fmt: skip
+    for cell in cells:
+        values = [
+            Text(cell[c], style=STATE_STYLES.get(cell[c], "")) if c == "state" else cell[c] for c in shown_columns
+        ]
+        table.add_row(*values)
     console.print(table)
     if hidden:
         console.print(f"… {hidden} more (--all shows every job, --state filters)", style="dim")

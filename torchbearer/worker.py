@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m torchbearer.worker <job-id> <attempt>", file=sys.stderr)
         return EXIT_USAGE
     faulthandler.enable()  # a segfault leaves its Python traceback in log.txt
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from torchbearer.joblog import setup_job_logging
+
+    setup_job_logging(sys.stderr)  # one handler: each line once, no tips, numbers as numbers
     return run_job(int(args[0]), int(args[1]))
 
 
