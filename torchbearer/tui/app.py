@@ -126,6 +126,8 @@ class TorchbearerApp(App):
         if update.rows is not None and main is not None:
             main.table.apply_rows(update.rows, full=update.full)
             main.describe_selected()
+        if update.panels is not None and main is not None:
+            main.running.show(update.panels, self.clock())
         if update.detail is not None:
             for screen in self.screen_stack:
                 if isinstance(screen, JobScreen) and screen.job_id == update.detail.job.id:
@@ -148,6 +150,7 @@ class TorchbearerApp(App):
         main = self.main_screen
         if main is not None and any(r.state == JobState.RUNNING for r in main.table.rows.values()):
             main.table.refresh()
+            main.running.show(main.running.panels, now)
         if isinstance(self.screen, JobScreen):
             self.screen.tick(now)
 

@@ -92,12 +92,17 @@ def read_system_stats(project_dir: Path) -> SystemStats:
 
 @dataclass(frozen=True)
 class Curve:
-    """One metric over time: ``x`` is the epoch where the job gave one, else the step, else the sample index."""
+    """One metric over time: ``x`` is the epoch where the job gave one, else the step, else the sample index.
+
+    ``steps`` is the training step of each point where known (so epoch values can be drawn beside per-step ones
+    on one step axis). A ``…_step`` series (``train/loss_step``) is always by step.
+    """
 
     name: str
     x: tuple[float, ...]
     y: tuple[float, ...]
     by_epoch: bool
+    steps: tuple[float | None, ...] = ()
 
     @property
     def higher_is_better(self) -> bool:
@@ -137,19 +142,27 @@ def key_metric(names: list[str] | set[str]) -> str | None:
 
 
 def curve_from_points(name: str, points: list[tuple[int | None, int | None, float]]) -> Curve:
-    """A curve from ``(epoch, step, value)`` points: one value per epoch (the last) when epochs are given."""
-    if points and all(epoch is not None for epoch, _, _ in points):
-        per_epoch: dict[int, float] = {}
-        for epoch, _, value in points:
-            per_epoch[int(epoch)] = value
-        return Curve(name, tuple(float(e) for e in per_epoch), tuple(per_epoch.values()), by_epoch=True)
+    """A curve from ``(epoch, step, value)`` points: one value per epoch (the last) when epochs are given.
+
+    Per-step series (names ending in ``_step``) keep every point, by step.
+    """
+    if points and all(epoch is not None for epoch, _, _ in points) and not name.endswith("_step"):
+        per_epoch: dict[int, tuple[int | None, float]] = {}
+        for epoch, step, value in points:
+            per_epoch[int(epoch)] = (step, value)
+        return Curve(name, tuple(float(e) for e in per_epoch), tuple(v for _, v in per_epoch.values()), by_epoch=True,
+                     steps=tuple(None if s is None else float(s) for s, _ in per_epoch.values()))  # fmt: skip
     xs = tuple(float(step if step is not None else i) for i, (_, step, _) in enumerate(points))
-    return Curve(name, xs, tuple(value for _, _, value in points), by_epoch=False)
+    return Curve(name, xs, tuple(value for _, _, value in points), by_epoch=False, steps=xs)
+
+
+#: Loss curves drawn together, in this order: per step, per epoch (both as Lightning names them), validation.
+LOSS_CURVES = ("train/loss_step", "train/loss_epoch", "train/loss", "val/loss")
 
 
 def curves_by_role(curves: dict[str, Curve]) -> tuple[list[Curve], Curve | None]:
-    """The loss curves (train and validation) and the key metric curve of a job."""
-    losses = [curves[name] for name in ("train/loss", "val/loss") if name in curves]
+    """The loss curves (train per step and per epoch, validation) and the key metric curve of a job."""
+    losses = [curves[name] for name in LOSS_CURVES if name in curves]
     if not losses:
         losses = [c for name, c in sorted(curves.items()) if name.endswith("loss")][:2]
     key = key_metric(set(curves))
@@ -157,6 +170,42 @@ def curves_by_role(curves: dict[str, Curve]) -> tuple[list[Curve], Curve | None]
         others = sorted(n for n in curves if "loss" not in n and n not in {"lr", "samples_per_s"})
         key = others[0] if others else None
     return losses, curves.get(key) if key else None
+
+
+def smoothed(values: tuple[float, ...] | list[float], weight: float = 0.6) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average, debiased so the first points are not pulled to 0.
+
+    ``weight`` in [0, 1): 0 leaves the values as they are.
+    """
+    out, last = [], 0.0
+    for count, value in enumerate(values, start=1):
+        last = last * weight + (1 - weight) * value
+        out.append(last / (1 - weight**count) if weight else value)
+    return out
+
+
+def wants_log_axis(curves: list[Curve]) -> bool:
+    """A log y axis for losses, and for any curves whose values span more than two decades (all positive)."""
+    values = [v for curve in curves for v in curve.y]
+    if not values or min(values) <= 0:
+        return False
+    return any("loss" in curve.name for curve in curves) or max(values) / min(values) > 100
+
+
+@dataclass(frozen=True)
+class RunPanel:
+    """What the main screen shows of one running job: stage, progress, ETA, its key curve, its last log lines."""
+
+    id: int
+    name: str
+    kind: str
+    stage: str | None
+    progress: float | None  # 0–1, the job row's
+    eta_s: float | None
+    started_at: float | None
+    event: dict[str, Any] | None  # the latest progress event
+    curve: Curve | None  # the key metric, else the loss
+    log_tail: tuple[str, ...] = ()
 
 
 def job_rows(store: Store, *, since: float | None = None) -> list[JobRow]:

@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from torchbearer.settings import Settings
-from torchbearer.store import Store, StoreError
+from torchbearer.store import Job, Store, StoreError
 from torchbearer.tui.data import (
     JobDetail,
     JobRow,
     LogFollower,
     QueueInfo,
+    RunPanel,
     SystemStats,
     curve_from_points,
+    curves_by_role,
     job_rows,
     log_path_of,
     preview_candidate,
@@ -34,6 +36,12 @@ from torchbearer.tui.data import (
 
 #: Key in the store's meta table: when a dashboard was last opened (UNIX seconds), for the morning summary.
 LAST_OPENED_KEY = "tui_last_opened"
+
+#: At most this many running jobs get a live panel on the main screen (one a slot; more would not fit).
+MAX_PANELS = 8
+
+#: Log lines a running job's panel keeps.
+PANEL_LOG_LINES = 6
 
 #: Rows updated up to this many seconds before the last read are read again: a writer takes its time stamp before
 #: its commit, which may wait on another writer's lock.
@@ -49,11 +57,14 @@ class Update:
     queue: QueueInfo | None = None
     system: SystemStats | None = None
     detail: JobDetail | None = None
+    panels: tuple[RunPanel, ...] | None = None  # the running jobs' panels on the main screen
     error: str | None = None
 
     @property
     def empty(self) -> bool:
-        return not (self.rows or self.full or self.queue or self.system or self.detail or self.error)
+        return not (self.rows or self.full or self.queue or self.system or self.detail or self.error) and (
+            self.panels is None
+        )
 
 
 @dataclass
@@ -66,6 +77,16 @@ class _Focus:
     points: dict[str, list[tuple[int | None, int | None, float]]] = field(default_factory=dict)
     preview_key: tuple[str, float] | None = None
     last_detail: JobDetail | None = None
+
+
+@dataclass
+class _Panel:
+    """What the poller keeps between ticks about one running job's panel."""
+
+    focus: _Focus
+    job: Job | None = None
+    event: dict[str, Any] | None = None
+    tail: list[str] = field(default_factory=list)
 
 
 class Poller:
@@ -102,6 +123,8 @@ class Poller:
         self._last_slow = 0.0
         self._last_queue: QueueInfo | None = None
         self._focus: _Focus | None = None
+        self._panels: dict[int, _Panel] = {}
+        self._last_panels: tuple[RunPanel, ...] | None = None
         self.previous_opened: float | None = None
 
     # -- driven by the UI -----------------------------------------------------------------------------------
@@ -182,7 +205,46 @@ class Poller:
             self._last_slow = now
             update.system = self.system_stats() if self.system_stats else None
         update.detail = self._detail(store, changed)
+        update.panels = self._running_panels(store, changed)
         return update
+
+    # -- the running jobs' panels ---------------------------------------------------------------------------
+
+    def _running_panels(self, store: Store, changed: bool) -> tuple[RunPanel, ...] | None:
+        """The live panels of the running jobs, when something in them changed (store or log), else None.
+
+        Each running job's metrics are read by row id and its log followed by offset (the last 8 KB at first),
+        as for the open job, so a panel costs the same each tick however long the run.
+        """
+        if changed or self._last_panels is None:
+            ids = [row[0] for row in store.conn.execute(
+                "SELECT id FROM jobs WHERE state = 'running' ORDER BY id LIMIT ?", (MAX_PANELS,))]  # fmt: skip
+            self._panels = {i: self._panels.get(i) or _Panel(_Focus(i)) for i in ids}
+            for job_id, panel in self._panels.items():
+                panel.job = store.job(job_id)
+                self._read_metrics(store, panel.focus)
+                panel.event = store.latest_progress(job_id)
+        panels, new_lines = [], False
+        for panel in self._panels.values():
+            job, focus = panel.job, panel.focus
+            if job is None:
+                continue
+            log_path = log_path_of(job, self.settings.runs_dir)
+            if focus.follower is None or focus.follower.path != log_path:
+                focus.follower = LogFollower(log_path, max_bytes=8 * 1024)
+            lines, reset = focus.follower.read_new()
+            new_lines = new_lines or bool(lines) or reset
+            kept = [] if reset else panel.tail
+            panel.tail = [line for line in kept + lines if line.strip()][-PANEL_LOG_LINES:]
+            curves = {name: curve_from_points(name, points) for name, points in focus.points.items()}
+            losses, key = curves_by_role(curves)
+            panels.append(RunPanel(job.id, job.name, job.kind, job.stage, job.progress, job.eta_s, job.started_at,
+                                   panel.event, key or (losses[0] if losses else None), tuple(panel.tail)))  # fmt: skip
+        result = tuple(panels)
+        if result == self._last_panels and not new_lines:
+            return None
+        self._last_panels = result
+        return result
 
     # -- the focused job ------------------------------------------------------------------------------------
 
