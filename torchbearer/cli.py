@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -146,12 +147,60 @@ def start_daemon_background(settings: Settings) -> int | None:
     return process.pid
 
 
+def _job_ids(text: str | None) -> list[int]:
+    """``"3,5,7"`` as ``[3, 5, 7]``; a clear error for anything else."""
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise fail(f"--compare takes job ids separated by commas, e.g. 3,5,7 (got {text!r})", 2) from None
+
+
 @app.command()
-def tui(ctx: typer.Context) -> None:
+def tui(
+    ctx: typer.Context,
+    compare: Annotated[
+        str | None, typer.Option(help="Open the run comparison of these job ids (e.g. 3,5,7) straight away")
+    ] = None,
+) -> None:
     """Open the dashboard (works whether or not the daemon runs)."""
     from torchbearer.tui.app import TorchbearerApp
 
-    TorchbearerApp(ctx.obj).run()
+    TorchbearerApp(ctx.obj, compare=_job_ids(compare)).run()
+
+
+#: Addresses ``torchbearer web`` listens on without ``--public``: this machine only.
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@app.command()
+def web(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; another than 127.0.0.1 needs --public")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    public: Annotated[
+        bool, typer.Option("--public", help="Allow an address other machines reach (anyone there can cancel jobs)")
+    ] = False,
+    public_url: Annotated[
+        str | None, typer.Option(help="The URL browsers use, when it is not http://HOST:PORT (a proxy, say)")
+    ] = None,
+) -> None:
+    """Serve the dashboard in a browser (textual-serve): each browser tab runs its own `torchbearer tui`."""
+    settings: Settings = ctx.obj
+    if host not in LOCAL_HOSTS and not public:
+        raise fail(f"--host {host} would let anyone who reaches port {port} cancel and submit jobs; "
+                   "add --public to do so anyway (or use an SSH tunnel to 127.0.0.1)", 2)  # fmt: skip
+    if host not in LOCAL_HOSTS:
+        err.print(f"[yellow]warning:[/] listening on {host}:{port}: anyone who reaches this port can cancel, "
+                  "retry and submit jobs (there is no login)", highlight=False)  # fmt: skip
+    from textual_serve.server import Server
+
+    os.environ.update(settings.as_environ())  # the dashboards it starts see this project
+    command = f"{shlex.quote(sys.executable)} -m torchbearer tui"
+    Server(command, host=host, port=port, title="torchbearer", public_url=public_url).serve()
 
 
 @app.command()

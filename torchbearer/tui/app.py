@@ -26,6 +26,7 @@ from textual.worker import get_current_worker
 from torchbearer import commands
 from torchbearer.settings import Settings
 from torchbearer.store import JobState, Store, StoreError
+from torchbearer.tui.compare import CompareDialog, CompareScreen, comparable_jobs
 from torchbearer.tui.data import QueueInfo, SystemStats, read_system_stats
 from torchbearer.tui.poller import Poller, Update
 from torchbearer.tui.screens import SUMMARY_WINDOWS, JobScreen, MainScreen, SummaryScreen, default_since
@@ -33,7 +34,9 @@ from torchbearer.tui.widgets.dialogs import ChoiceDialog, ConfirmDialog
 from torchbearer.tui.widgets.preview import load_preview
 
 #: Actions that change jobs or the queue (off while a dialog is open).
-CONTROL_ACTIONS = frozenset({"cancel", "retry", "hold_release", "priority", "pause_resume", "submit", "summary"})
+CONTROL_ACTIONS = frozenset(
+    {"cancel", "retry", "hold_release", "priority", "pause_resume", "submit", "summary", "compare", "gpus"}
+)
 
 
 class Polled(Message):
@@ -61,6 +64,7 @@ class TorchbearerApp(App):
         Binding("p", "pause_resume", "Pause/resume"),
         Binding("n", "submit", "Submit"),
         Binding("m", "summary", "Summary"),
+        Binding("v", "compare", "Compare"),
     ]
 
     queue_info: var[QueueInfo | None] = var(None)
@@ -75,9 +79,12 @@ class TorchbearerApp(App):
         system_stats: Callable[[], SystemStats | None] | None = None,
         poll_interval_s: float = 0.5,
         show_summary: bool | None = None,
+        compare: list[int] | None = None,
     ) -> None:
-        """``show_summary``: open the morning summary at start (None: when jobs ended since the last opening)."""
+        """``show_summary``: open the morning summary at start (None: when jobs ended since the last opening);
+        ``compare``: open the run comparison of these job ids at start."""
         super().__init__()
+        self.compare_at_start = list(compare or [])
         self.settings = settings
         self.clock = clock
         self.poller = Poller(
@@ -135,7 +142,9 @@ class TorchbearerApp(App):
         if not self.loaded and update.rows is not None:
             self.loaded = True
             self.last_opened = default_since(self.poller.previous_opened, self.clock())
-            if self.show_summary or (self.show_summary is None and self._ended_since(self.last_opened)):
+            if self.compare_at_start:
+                self.open_compare(self.compare_at_start)
+            elif self.show_summary or (self.show_summary is None and self._ended_since(self.last_opened)):
                 self.action_summary()
 
     def _ended_since(self, since: float) -> bool:
@@ -257,6 +266,35 @@ class TorchbearerApp(App):
     def action_submit(self) -> None:
         self.list_configs()
 
+    def open_compare(self, job_ids: list[int]) -> None:
+        """The run comparison of these jobs (a sweep's trial table calls this with its trials)."""
+        self.push_screen(CompareScreen(job_ids))
+
+    def action_compare(self) -> None:
+        self.list_comparable()
+
+    @work(thread=True, group="commands", exit_on_error=False)
+    def list_comparable(self) -> None:
+        store = Store(self.settings.state_path)
+        try:
+            choices = comparable_jobs(store)
+        finally:
+            store.close()
+        self.call_from_thread(self._pick_compared, choices)
+
+    def _pick_compared(self, choices: list[tuple[int, str]]) -> None:
+        if not choices:
+            self.notify("no job has validation metrics to compare yet", severity="warning")
+            return
+        job = self.selected_job()
+        marked = {job[0]} if job else set()
+
+        def chosen(job_ids: list[int] | None) -> None:
+            if job_ids:
+                self.open_compare(job_ids)
+
+        self.push_screen(CompareDialog(choices, marked=marked), chosen)
+
     @work(thread=True, group="commands", exit_on_error=False)
     def list_configs(self) -> None:
         files = config_files(self.settings.project_dir / "configs")
@@ -296,6 +334,7 @@ class TorchbearerApp(App):
         yield SystemCommand("Resume queue", "Start queued jobs again", partial(self.run_command, commands.resume))
         yield SystemCommand("Submit a job file", "Queue a job file from configs/", self.action_submit)
         yield SystemCommand("Morning summary", "What ran since the dashboard was last opened", self.action_summary)
+        yield SystemCommand("Compare runs", "Overlay validation curves, best metrics and settings", self.action_compare)
 
 
 def hold_or_release(store: Store, job_id: int) -> commands.CommandResult:

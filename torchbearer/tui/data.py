@@ -62,14 +62,42 @@ class QueueInfo:
 
 
 @dataclass(frozen=True)
+class WorkerUsage:
+    """A running job's worker process (with its children: data loaders): CPU in % of one core, memory in bytes."""
+
+    job_id: int
+    name: str
+    pid: int | None
+    slots: tuple[str, ...]  # the GPU ids it was given ("" or none on a CPU slot)
+    cpu_pct: float | None
+    rss: int | None
+    pids: frozenset[int] = frozenset()  # the worker and its children, to tell which GPU processes are ours
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """Who runs a process seen on a GPU: its user and command line (None when it cannot be read)."""
+
+    pid: int
+    user: str | None
+    command: str | None
+
+
+@dataclass(frozen=True)
 class SystemStats:
-    """This machine: CPU in %, memory and free disk (of the project folder) in bytes, and its GPUs."""
+    """This machine: CPU in %, memory and free disk (of the project folder) in bytes, and its GPUs.
+
+    ``workers`` and ``processes`` are filled by the poller from the store (the running jobs' workers) and the
+    process table (the owners of the processes on the GPUs).
+    """
 
     cpu_pct: float
     ram_used: int
     ram_total: int
     disk_free: int
     gpus: tuple[GpuStats, ...] = ()
+    workers: tuple[WorkerUsage, ...] = ()
+    processes: tuple[ProcessInfo, ...] = ()
 
 
 def read_system_stats(project_dir: Path) -> SystemStats:
@@ -88,6 +116,64 @@ def read_system_stats(project_dir: Path) -> SystemStats:
         disk_free=int(free),
         gpus=tuple(gpu_stats()),
     )
+
+
+class WorkerMeter:
+    """Measures the running jobs' workers with psutil, keeping each process between readings.
+
+    ``cpu_percent`` compares with the previous call on the same process object, so the objects are kept: the
+    first reading of a new process is 0.
+    """
+
+    def __init__(self) -> None:
+        self._processes: dict[int, Any] = {}
+
+    def read(self, store: Store) -> tuple[WorkerUsage, ...]:
+        import psutil
+
+        rows = store.conn.execute(
+            "SELECT a.job_id, j.name, a.pid, a.slot FROM attempts a JOIN jobs j ON j.id = a.job_id "
+            "WHERE j.state = 'running' AND a.finished_at IS NULL ORDER BY a.job_id"
+        ).fetchall()
+        kept: dict[int, Any] = {}
+        usages = []
+        for job_id, name, pid, slot in rows:
+            slots = tuple(s for s in (slot or "").split(",") if s)
+            cpu, rss, pids = None, None, frozenset()
+            if pid:
+                try:
+                    tree = [self._process(psutil, pid, kept)]
+                    tree += [self._process(psutil, child.pid, kept) for child in tree[0].children(recursive=True)]
+                    cpu = sum(proc.cpu_percent(interval=None) for proc in tree)
+                    rss = sum(proc.memory_info().rss for proc in tree)
+                    pids = frozenset(proc.pid for proc in tree)
+                except (psutil.Error, OSError):  # it ended (or is not ours to read) between two looks
+                    cpu, rss = None, None
+            usages.append(WorkerUsage(job_id, name, pid, slots, cpu, rss, pids))
+        self._processes = kept
+        return tuple(usages)
+
+    def _process(self, psutil: Any, pid: int, kept: dict[int, Any]) -> Any:
+        process = self._processes.get(pid) or psutil.Process(pid)
+        kept[pid] = process
+        return process
+
+
+def process_info(pids: set[int]) -> tuple[ProcessInfo, ...]:
+    """The user and command line of each pid (as far as this user may read them)."""
+    import psutil
+
+    infos = []
+    for pid in sorted(pids):
+        try:
+            process = psutil.Process(pid)
+            with process.oneshot():
+                user = process.username()
+                command = " ".join(process.cmdline()) or process.name()
+        except (psutil.Error, OSError):
+            user, command = None, None
+        infos.append(ProcessInfo(pid, user, command))
+    return tuple(infos)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,13 @@ from torchbearer.tui.data import (
     QueueInfo,
     RunPanel,
     SystemStats,
+    WorkerMeter,
     curve_from_points,
     curves_by_role,
     job_rows,
     log_path_of,
     preview_candidate,
+    process_info,
     queue_info,
 )
 
@@ -124,6 +126,7 @@ class Poller:
         self._last_queue: QueueInfo | None = None
         self._focus: _Focus | None = None
         self._panels: dict[int, _Panel] = {}
+        self._meter = WorkerMeter()
         self._last_panels: tuple[RunPanel, ...] | None = None
         self.previous_opened: float | None = None
 
@@ -203,10 +206,19 @@ class Poller:
                 update.queue = self._last_queue = queue
         if slow_due:
             self._last_slow = now
-            update.system = self.system_stats() if self.system_stats else None
+            update.system = self._system(store)
         update.detail = self._detail(store, changed)
         update.panels = self._running_panels(store, changed)
         return update
+
+    def _system(self, store: Store) -> SystemStats | None:
+        """The machine's figures, with the running workers' CPU and memory and who runs each GPU process."""
+        stats = self.system_stats() if self.system_stats else None
+        if stats is None:
+            return None
+        workers = self._meter.read(store)
+        on_gpus = {process.pid for gpu in stats.gpus for process in gpu.processes}
+        return replace(stats, workers=workers, processes=process_info(on_gpus))
 
     # -- the running jobs' panels ---------------------------------------------------------------------------
 
