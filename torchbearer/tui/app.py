@@ -8,8 +8,10 @@ and any number of dashboards can be open on the same queue.
 
 from __future__ import annotations
 
+import getpass
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -31,12 +33,25 @@ from torchbearer.tui.data import QueueInfo, SystemStats, read_system_stats
 from torchbearer.tui.poller import Poller, Update
 from torchbearer.tui.screens import SUMMARY_WINDOWS, JobScreen, MainScreen, SummaryScreen, default_since
 from torchbearer.tui.widgets.dialogs import ChoiceDialog, ConfirmDialog
+from torchbearer.tui.widgets.gpus import GpuScreen
 from torchbearer.tui.widgets.preview import load_preview
 
 #: Actions that change jobs or the queue (off while a dialog is open).
 CONTROL_ACTIONS = frozenset(
     {"cancel", "retry", "hold_release", "priority", "pause_resume", "submit", "summary", "compare", "gpus"}
 )
+
+
+#: Machine readings kept for the GPU view's sparklines (one every 2 s: ten minutes).
+HISTORY_SAMPLES = 300
+
+
+def current_user() -> str | None:
+    """Who runs the dashboard: GPU processes of other users are told apart."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
 
 
 class Polled(Message):
@@ -65,6 +80,7 @@ class TorchbearerApp(App):
         Binding("n", "submit", "Submit"),
         Binding("m", "summary", "Summary"),
         Binding("v", "compare", "Compare"),
+        Binding("u", "gpus", "GPUs"),
     ]
 
     queue_info: var[QueueInfo | None] = var(None)
@@ -85,6 +101,8 @@ class TorchbearerApp(App):
         ``compare``: open the run comparison of these job ids at start."""
         super().__init__()
         self.compare_at_start = list(compare or [])
+        self.system_history: deque[SystemStats] = deque(maxlen=HISTORY_SAMPLES)  # oldest first, one every 2 s
+        self.user = current_user()
         self.settings = settings
         self.clock = clock
         self.poller = Poller(
@@ -128,6 +146,7 @@ class TorchbearerApp(App):
         if update.queue is not None:
             self.queue_info = update.queue
         if update.system is not None:
+            self.system_history.append(update.system)
             self.system = update.system
         main = self.main_screen
         if update.rows is not None and main is not None:
@@ -266,6 +285,10 @@ class TorchbearerApp(App):
     def action_submit(self) -> None:
         self.list_configs()
 
+    def action_gpus(self) -> None:
+        if not isinstance(self.screen, GpuScreen):
+            self.push_screen(GpuScreen())
+
     def open_compare(self, job_ids: list[int]) -> None:
         """The run comparison of these jobs (a sweep's trial table calls this with its trials)."""
         self.push_screen(CompareScreen(job_ids))
@@ -334,6 +357,7 @@ class TorchbearerApp(App):
         yield SystemCommand("Resume queue", "Start queued jobs again", partial(self.run_command, commands.resume))
         yield SystemCommand("Submit a job file", "Queue a job file from configs/", self.action_submit)
         yield SystemCommand("Morning summary", "What ran since the dashboard was last opened", self.action_summary)
+        yield SystemCommand("GPUs", "Utilisation, memory and power over time; who holds each GPU", self.action_gpus)
         yield SystemCommand("Compare runs", "Overlay validation curves, best metrics and settings", self.action_compare)
 
 
