@@ -20,6 +20,7 @@ from typing import Any
 from torchbearer.settings import Settings
 from torchbearer.store import Job, Store, StoreError
 from torchbearer.tui.data import (
+    Curve,
     JobDetail,
     JobRow,
     LogFollower,
@@ -88,7 +89,14 @@ class _Panel:
     focus: _Focus
     job: Job | None = None
     event: dict[str, Any] | None = None
+    curve: Curve | None = None
     tail: list[str] = field(default_factory=list)
+
+
+def panel_curve(points: dict[str, list[tuple[int | None, int | None, float]]]) -> Curve | None:
+    """The curve a running job's panel draws: its key metric, else its first loss."""
+    losses, key = curves_by_role({name: curve_from_points(name, pts) for name, pts in points.items()})
+    return key or (losses[0] if losses else None)
 
 
 class Poller:
@@ -234,8 +242,11 @@ class Poller:
             self._panels = {i: self._panels.get(i) or _Panel(_Focus(i)) for i in ids}
             for job_id, panel in self._panels.items():
                 panel.job = store.job(job_id)
+                before = panel.focus.metric_after_id
                 self._read_metrics(store, panel.focus)
                 panel.event = store.latest_progress(job_id)
+                if panel.focus.metric_after_id != before:  # new points: the panel's curve is built again
+                    panel.curve = panel_curve(panel.focus.points)
         panels, new_lines = [], False
         for panel in self._panels.values():
             job, focus = panel.job, panel.focus
@@ -248,10 +259,8 @@ class Poller:
             new_lines = new_lines or bool(lines) or reset
             kept = [] if reset else panel.tail
             panel.tail = [line for line in kept + lines if line.strip()][-PANEL_LOG_LINES:]
-            curves = {name: curve_from_points(name, points) for name, points in focus.points.items()}
-            losses, key = curves_by_role(curves)
             panels.append(RunPanel(job.id, job.name, job.kind, job.stage, job.progress, job.eta_s, job.started_at,
-                                   panel.event, key or (losses[0] if losses else None), tuple(panel.tail)))  # fmt: skip
+                                   panel.event, panel.curve, tuple(panel.tail)))  # fmt: skip
         result = tuple(panels)
         if result == self._last_panels and not new_lines:
             return None
