@@ -242,10 +242,8 @@ class Poller:
             self._panels = {i: self._panels.get(i) or _Panel(_Focus(i)) for i in ids}
             for job_id, panel in self._panels.items():
                 panel.job = store.job(job_id)
-                before = panel.focus.metric_after_id
-                self._read_metrics(store, panel.focus)
                 panel.event = store.latest_progress(job_id)
-                if panel.focus.metric_after_id != before:  # new points: the panel's curve is built again
+                if self._read_panel_metrics(store, panel.focus):  # new points: the panel's curve is built again
                     panel.curve = panel_curve(panel.focus.points)
         panels, new_lines = [], False
         for panel in self._panels.values():
@@ -307,6 +305,23 @@ class Poller:
         )
         focus.last_detail = detail
         return detail
+
+    def _read_panel_metrics(self, store: Store, focus: _Focus) -> bool:
+        """New points of the curves a panel may draw (validation metrics, per-epoch losses …); True if any.
+
+        Per-step series (``…_step``, ``lr``, ``samples_per_s``) are left out: a panel draws one value an epoch,
+        and a night of per-step points would be rebuilt into a curve on every tick.
+        """
+        rows = store.conn.execute(
+            "SELECT id, name, epoch, step, value FROM metrics WHERE job_id = ? AND id > ? AND value IS NOT NULL "
+            "AND name NOT IN ('lr', 'samples_per_s', 'data_wait_share') AND name NOT LIKE '%!_step' ESCAPE '!' "
+            "ORDER BY id",
+            (focus.job_id, focus.metric_after_id),
+        ).fetchall()
+        for row_id, name, epoch, step, value in rows:
+            focus.points.setdefault(name, []).append((epoch, step, value))
+            focus.metric_after_id = row_id
+        return bool(rows)
 
     def _read_metrics(self, store: Store, focus: _Focus) -> None:
         rows = store.conn.execute(
