@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -150,12 +151,60 @@ def start_daemon_background(settings: Settings) -> int | None:
     return process.pid
 
 
+def _job_ids(text: str | None) -> list[int]:
+    """``"3,5,7"`` as ``[3, 5, 7]``; a clear error for anything else."""
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise fail(f"--compare takes job ids separated by commas, e.g. 3,5,7 (got {text!r})", 2) from None
+
+
 @app.command()
-def tui(ctx: typer.Context) -> None:
+def tui(
+    ctx: typer.Context,
+    compare: Annotated[
+        str | None, typer.Option(help="Open the run comparison of these job ids (e.g. 3,5,7) straight away")
+    ] = None,
+) -> None:
     """Open the dashboard (works whether or not the daemon runs)."""
     from torchbearer.tui.app import TorchbearerApp
 
-    TorchbearerApp(ctx.obj).run()
+    TorchbearerApp(ctx.obj, compare=_job_ids(compare)).run()
+
+
+#: Addresses ``torchbearer web`` listens on without ``--public``: this machine only.
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@app.command()
+def web(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; another than 127.0.0.1 needs --public")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    public: Annotated[
+        bool, typer.Option("--public", help="Allow an address other machines reach (anyone there can cancel jobs)")
+    ] = False,
+    public_url: Annotated[
+        str | None, typer.Option(help="The URL browsers use, when it is not http://HOST:PORT (a proxy, say)")
+    ] = None,
+) -> None:
+    """Serve the dashboard in a browser (textual-serve): each browser tab runs its own `torchbearer tui`."""
+    settings: Settings = ctx.obj
+    if host not in LOCAL_HOSTS and not public:
+        raise fail(f"--host {host} would let anyone who reaches port {port} cancel and submit jobs; "
+                   "add --public to do so anyway (or use an SSH tunnel to 127.0.0.1)", 2)  # fmt: skip
+    if host not in LOCAL_HOSTS:
+        err.print(f"[yellow]warning:[/] listening on {host}:{port}: anyone who reaches this port can cancel, "
+                  "retry and submit jobs (there is no login)", highlight=False)  # fmt: skip
+    from textual_serve.server import Server
+
+    os.environ.update(settings.as_environ())  # the dashboards it starts see this project
+    command = f"{shlex.quote(sys.executable)} -m torchbearer tui"
+    Server(command, host=host, port=port, title="torchbearer", public_url=public_url).serve()
 
 
 @app.command()
@@ -272,6 +321,30 @@ def status_json(store: Store) -> str:
     return f'{head[:-1]},"jobs":{store.job_summaries_json()}}}'
 
 
+#: The ``status`` table's columns, and the order in which they give way to a narrow terminal (first goes first).
+STATUS_COLUMNS = ("id", "name", "kind", "state", "stage", "progress", "eta", "prio", "started", "duration")
+STATUS_DROP_ORDER = ("started", "kind", "prio", "stage", "eta", "duration", "progress")
+
+
+def status_columns(cells: list[dict[str, str]], width: int) -> list[str]:
+    """The columns to print: those holding a value, less important ones dropped until the table fits ``width``.
+
+    ``id``, ``name`` and ``state`` always stay, whole (a name longer than the room left wraps rather than being
+    cut). A column takes its widest cell or header plus two cells of padding.
+    """
+    columns = [c for c in STATUS_COLUMNS if c in ("id", "name", "state") or any(cell[c] for cell in cells)]
+
+    def need(column: str) -> int:
+        return max([len(column), *(len(cell[column]) for cell in cells)]) + 2
+
+    for column in STATUS_DROP_ORDER:
+        if sum(need(c) for c in columns) <= width:
+            break
+        if column in columns:
+            columns.remove(column)
+    return columns
+
+
 @app.command()
 def status(
     ctx: typer.Context,
@@ -285,6 +358,7 @@ def status(
         sys.stdout.write(status_json(store) + "\n")
         return
     from rich.table import Table
+    from rich.text import Text
 
     info = store.daemon_info()
     paused = store.queue_paused()
@@ -300,19 +374,27 @@ def status(
         shown = running + pending[:STATUS_ROWS_PENDING] + finished[-STATUS_ROWS_FINISHED:]
         hidden = len(rows) - len(shown)
         rows = sorted(shown, key=lambda r: r["id"])
-    table = Table(box=None, header_style="bold")
-    for column in ("id", "name", "kind", "state", "stage", "progress", "eta", "prio", "started", "duration"):
-        table.add_column(column, justify="right" if column in ("id", "progress", "prio") else "left")
     now = time.time()
+    cells = []
     for row in rows:
         duration = (row["finished_at"] or now) - row["started_at"] if row["started_at"] else None
-        table.add_row(
-            str(row["id"]), row["name"], row["kind"],
-            f"[{STATE_STYLES.get(row['state'], '')}]{row['state']}[/]",
-            row["stage"] or "", f"{row['progress'] * 100:.0f}%" if row["progress"] is not None else "",
-            format_duration(row["eta_s"]) if row["state"] == JobState.RUNNING else "", str(row["priority"]),
-            _when(row["started_at"]), format_duration(duration),
-        )  # fmt: skip
+        cells.append({
+            "id": str(row["id"]), "name": row["name"], "kind": row["kind"], "state": row["state"],
+            "stage": row["stage"] or "",
+            "progress": f"{row['progress'] * 100:.0f}%" if row["progress"] is not None else "",
+            "eta": format_duration(row["eta_s"]) if row["state"] == JobState.RUNNING else "",
+            "prio": str(row["priority"]), "started": _when(row["started_at"]), "duration": format_duration(duration),
+        })  # fmt: skip
+    shown_columns = status_columns(cells, console.width)
+    table = Table(box=None, header_style="bold")
+    for column in shown_columns:
+        table.add_column(column, justify="right" if column in ("id", "progress", "prio") else "left",
+                         no_wrap=column != "name", overflow="fold")  # fmt: skip
+    for cell in cells:
+        values = [
+            Text(cell[c], style=STATE_STYLES.get(cell[c], "")) if c == "state" else cell[c] for c in shown_columns
+        ]
+        table.add_row(*values)
     console.print(table)
     if hidden:
         console.print(f"… {hidden} more (--all shows every job, --state filters)", style="dim")

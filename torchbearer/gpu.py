@@ -10,8 +10,16 @@ from functools import cache
 
 
 @dataclass(frozen=True)
+class GpuProcess:
+    """A process using a GPU (as ``nvidia-smi`` lists it): its pid and the GPU memory it holds, in bytes."""
+
+    pid: int
+    memory_used: int | None
+
+
+@dataclass(frozen=True)
 class GpuStats:
-    """One GPU's figures: utilisation in %, memory in bytes, power in W, temperature in °C."""
+    """One GPU's figures: utilisation in %, memory in bytes, power in W, temperature in °C; its processes."""
 
     index: int
     name: str
@@ -20,6 +28,7 @@ class GpuStats:
     memory_total: int
     power_w: float | None
     temperature_c: float | None
+    processes: tuple[GpuProcess, ...] = ()
 
 
 @cache
@@ -67,6 +76,7 @@ def gpu_stats() -> list[GpuStats]:
                 memory_total=int(memory.total),
                 power_w=_optional(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
                 temperature_c=_optional(lambda h=handle: float(nvml.nvmlDeviceGetTemperature(h, 0))),
+                processes=_processes(nvml, handle),
             )
         )
     return stats
@@ -77,3 +87,15 @@ def _optional(read):
         return read()
     except Exception:  # noqa: BLE001 - some boards do not report power or temperature
         return None
+
+
+def _processes(nvml, handle) -> tuple[GpuProcess, ...]:
+    """Compute and graphics processes on one GPU, each pid once (memory None where the driver hides it)."""
+    seen: dict[int, GpuProcess] = {}
+    for read in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+        for process in _optional(lambda r=read: getattr(nvml, r)(handle)) or ():
+            used = getattr(process, "usedGpuMemory", None)
+            seen.setdefault(
+                int(process.pid), GpuProcess(int(process.pid), int(used) if isinstance(used, int) else None)
+            )
+    return tuple(seen.values())

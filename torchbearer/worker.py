@@ -85,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m torchbearer.worker <job-id> <attempt>", file=sys.stderr)
         return EXIT_USAGE
     faulthandler.enable()  # a segfault leaves its Python traceback in log.txt
+    from torchbearer.joblog import setup_job_logging
     from torchbearer.redact import ScrubbingStream
 
     # everything printed goes to the run folder's log.txt: scrub known secrets on the way (register_settings)
     sys.stdout, sys.stderr = ScrubbingStream(sys.stdout), ScrubbingStream(sys.stderr)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_job_logging(sys.stderr)  # one handler: each line once, no tips, numbers as numbers
     return run_job(int(args[0]), int(args[1]))
 
 

@@ -100,3 +100,29 @@ def test_status_show_and_commands_never_import_heavy_libraries(project, night):
     result = subprocess.run([sys.executable, "-c", script, str(night)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_status_at_80_columns_keeps_id_state_and_name_whole(project, store, monkeypatch):
+    """In an 80-column terminal the less important columns give way; every state is printed in full."""
+    from tests.tui.conftest import seed_store
+    from torchbearer.store import JobState
+
+    with monkeypatch.context() as patch:
+        ids = seed_store(store, project, patch)
+    result = tb("status", "--all", env={"COLUMNS": "80"})
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if line.split()[:2] == ["id", "name"])
+    assert "state" in header.split() and "started" not in header.split()  # started gave way first
+    for name, job_id in ids.items():
+        job = store.job(job_id)
+        row = next(line for line in lines if line.split()[:1] == [str(job_id)])
+        assert row.split()[1] == name and job.state in row.split(), row
+    assert {str(s) for s in JobState} <= set(result.stdout.split())
+
+
+def test_status_drops_columns_without_values(project, store, night):
+    assert tb("submit", night).returncode == 0
+    header = next(line for line in tb("status").stdout.splitlines() if line.split()[:2] == ["id", "name"])
+    assert header.split() == ["id", "name", "kind", "state", "prio"]  # nothing ran: no stage, eta, started …

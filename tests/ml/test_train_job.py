@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,18 @@ def test_fcn_train_job_runs_end_to_end(sample_project, store, daemon) -> None:
     epochs = [json.loads(r["fields"] or "{}") for r in rows if r["stage"] == "training"]
     assert any("val/iou" in fields for fields in epochs)
     names = set(store.metric_names(job.id))
-    assert {"train/loss", "lr", "samples_per_s", "data_wait_share", "val/loss", "val/f1", "val/iou/cloud"} <= names
+    assert {"train/loss_step", "train/loss_epoch", "lr", "samples_per_s", "data_wait_share", "val/loss", "val/f1",
+            "val/iou/cloud"} <= names  # fmt: skip
+    assert "train/loss" not in names  # step and epoch values under one name made the curve zig-zag
+    assert sorted(m["epoch"] for m in store.metrics(job.id, "train/loss_epoch")) == [0, 1]
+    assert len(store.metrics(job.id, "train/loss_step")) >= 2
+
+    log = (run_dir / "log.txt").read_text()  # each line once, no advertising, numbers as numbers
+    lines = [line.split(" ", 2)[-1] for line in log.splitlines()]
+    assert not any(line.startswith("INFO: ") for line in log.splitlines()), log
+    assert "GPU available" in log and len([x for x in lines if "GPU available" in x]) == 1
+    assert "Tip:" not in log and "litlogger" not in log and "tensor(" not in log
+    assert re.search(r"best val/iou = 0\.\d+ at ", log), log
 
 
 @pytest.mark.slow

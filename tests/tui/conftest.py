@@ -119,11 +119,16 @@ def seed_store(store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch
         store.add_output(job["fcn"], run_dir / file, kind)
 
     run_dir = run("farseg", NIGHT + 3 * 3600 + 60, None, JobState.RUNNING)
-    for epoch in range(3):
+    for epoch in range(3):  # the training loss as Lightning names it: per step (from 11 269 down) and per epoch
+        for batch in range(8):
+            step = epoch * 128 + batch * 16
+            clock.at(NOW - 600 + step * 0.2)
+            value = 11269.0 * 1e-4 ** (step / 383) + 0.55 - 0.08 * epoch + 0.1 * (batch % 3)
+            store.add_metrics(job["farseg"], {"train/loss_step": value}, epoch=epoch, step=step)
         clock.at(NOW - 600 + epoch * 80)
-        store.add_metrics(job["farseg"], {"train/loss": 0.7 - 0.08 * epoch, "val/loss": 0.6 - 0.04 * epoch,
+        store.add_metrics(job["farseg"], {"train/loss_epoch": 0.7 - 0.08 * epoch, "val/loss": 0.6 - 0.04 * epoch,
                                           "val/iou": 0.41 + 0.06 * epoch - 0.005 * epoch**2},
-                          epoch=epoch)  # fmt: skip
+                          epoch=epoch, step=epoch * 128 + 127)  # fmt: skip
     clock.at(NOW - 20)
     store.add_progress(job["farseg"], stage="training", done=3 * 128 + 52, total=40 * 128, unit="steps", epoch=3,
                        step=3 * 128 + 52, eta_s=5580.0,

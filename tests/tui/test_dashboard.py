@@ -235,6 +235,10 @@ async def test_morning_summary(seeded, make_app):
         assert "val/iou 0.6" in text  # fcn's best epoch
         assert "runs/2-fcn/best.ckpt" in text
         assert "CUDA out of memory" in text
+        rows = [line.split()[1] for line in text.splitlines() if line.split()[:1] and line.split()[0].isdigit()][
+            1:
+        ]  # [0]: "6 ended: …"
+        assert rows[:2] == ["unet", "orphan"] and rows[-2:] == ["prepare", "fcn"]  # failures (and why) first
         await pilot.press("escape")
         assert isinstance(app.screen, MainScreen)
 

@@ -420,7 +420,8 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
         task.load_state_dict(torch.load(best_path, map_location=task.device, weights_only=True)["state_dict"])
         for path in write_plots(task, datamodule, spec.train.plots, ctx.run_dir):
             ctx.output(path, "plot")
-    log.info("best %s = %s at %s", monitor, best.best_model_score, best_path)
+    score = float(best.best_model_score) if best.best_model_score is not None else float("nan")
+    log.info("best %s = %.4g at %s", monitor, score, best_path)
 
 
 #: What a train job logs (``ml/tasks.py``): per epoch under ``val/``, once on the test split under ``test/``.

@@ -47,6 +47,9 @@ class ProgressReporter(L.Callback):
     """
 
     def __init__(self, report: Report, metrics: Metrics, interval_s: float = 1.0) -> None:
+        from torchbearer.joblog import adopt_library_handlers
+
+        adopt_library_handlers()  # Lightning's own console handler would write each of its lines a second time
         self.report = report
         self.metrics = metrics
         self.interval_s = interval_s
@@ -114,19 +117,26 @@ class ProgressReporter(L.Callback):
         loss = _number(outputs.get("loss") if isinstance(outputs, dict) else outputs)
         lr = self.learning_rate(trainer)
         values = {
-            "train/loss": loss,
+            "train/loss_step": loss,  # Lightning's name for the per-step value; the epoch mean is train/loss_epoch
             "lr": lr,
             "samples_per_s": self._samples / elapsed,
             "data_wait_share": self._wait / (self._wait + self._busy) if self._wait + self._busy > 0 else None,
         }
         values = {k: v for k, v in values.items() if v is not None}
         self.metrics(values, step=trainer.global_step, epoch=trainer.current_epoch)
-        fields = {("loss" if k == "train/loss" else k): v for k, v in values.items()}
+        fields = {("loss" if k == "train/loss_step" else k): v for k, v in values.items()}
         self.report("training", done=trainer.global_step, total=self.total_steps(trainer), unit="steps",
                     epoch=trainer.current_epoch, step=trainer.global_step, eta_s=self._eta(trainer),
                     max_epochs=trainer.max_epochs, epoch_step=batch_idx + 1,
                     epoch_steps=_number(trainer.num_training_batches), **fields)  # fmt: skip
         self._window_start, self._wait, self._busy, self._samples = now, 0.0, 0.0, 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The epoch means of the training values, under Lightning's names (``train/loss_epoch``)."""
+        values = {k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        values = {k: v for k, v in values.items() if v is not None and k.endswith("_epoch")}
+        if values:
+            self.metrics(values, step=trainer.global_step, epoch=trainer.current_epoch)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -135,8 +145,8 @@ class ProgressReporter(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        values = {k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
-        values = {k.replace("_epoch", ""): v for k, v in values.items() if v is not None and not k.endswith("_step")}
+        values = {k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        values = {k: v for k, v in values.items() if v is not None}
         self.metrics(values, step=trainer.global_step, epoch=trainer.current_epoch)
         self.report("training", done=trainer.global_step, total=self.total_steps(trainer), unit="steps",
                     epoch=trainer.current_epoch, step=trainer.global_step, eta_s=self._eta(trainer),

@@ -2,7 +2,8 @@
 
 Binary tasks have one logit channel (sigmoid; class 1 is the target), multiclass tasks one per class
 (softmax). Targets equal to ``ignore_index`` (no label, no data) count in neither the loss nor the metrics.
-Logged: ``train/loss``; ``val/loss``, ``val/iou``, ``val/f1``, ``val/accuracy`` and per class
+Logged: ``train/loss`` (per step and per epoch: ``train/loss_step``, ``train/loss_epoch``); ``val/loss``,
+``val/iou``, ``val/f1``, ``val/accuracy`` and per class
 ``val/iou/<class>``, ``val/f1/<class>`` (``val/iou`` is the target class's IoU for a binary task, the mean over
 classes for a multiclass one); the same under ``test/``.
 """

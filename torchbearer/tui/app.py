@@ -8,8 +8,10 @@ and any number of dashboards can be open on the same queue.
 
 from __future__ import annotations
 
+import getpass
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -26,14 +28,30 @@ from textual.worker import get_current_worker
 from torchbearer import commands
 from torchbearer.settings import Settings
 from torchbearer.store import JobState, Store, StoreError
+from torchbearer.tui.compare import CompareDialog, CompareScreen, comparable_jobs
 from torchbearer.tui.data import QueueInfo, SystemStats, read_system_stats
 from torchbearer.tui.poller import Poller, Update
 from torchbearer.tui.screens import SUMMARY_WINDOWS, JobScreen, MainScreen, SummaryScreen, default_since
 from torchbearer.tui.widgets.dialogs import ChoiceDialog, ConfirmDialog
+from torchbearer.tui.widgets.gpus import GpuScreen
 from torchbearer.tui.widgets.preview import load_preview
 
 #: Actions that change jobs or the queue (off while a dialog is open).
-CONTROL_ACTIONS = frozenset({"cancel", "retry", "hold_release", "priority", "pause_resume", "submit", "summary"})
+CONTROL_ACTIONS = frozenset(
+    {"cancel", "retry", "hold_release", "priority", "pause_resume", "submit", "summary", "compare", "gpus"}
+)
+
+
+#: Machine readings kept for the GPU view's sparklines (one every 2 s: ten minutes).
+HISTORY_SAMPLES = 300
+
+
+def current_user() -> str | None:
+    """Who runs the dashboard: GPU processes of other users are told apart."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
 
 
 class Polled(Message):
@@ -61,6 +79,8 @@ class TorchbearerApp(App):
         Binding("p", "pause_resume", "Pause/resume"),
         Binding("n", "submit", "Submit"),
         Binding("m", "summary", "Summary"),
+        Binding("v", "compare", "Compare"),
+        Binding("u", "gpus", "GPUs"),
     ]
 
     queue_info: var[QueueInfo | None] = var(None)
@@ -75,9 +95,14 @@ class TorchbearerApp(App):
         system_stats: Callable[[], SystemStats | None] | None = None,
         poll_interval_s: float = 0.5,
         show_summary: bool | None = None,
+        compare: list[int] | None = None,
     ) -> None:
-        """``show_summary``: open the morning summary at start (None: when jobs ended since the last opening)."""
+        """``show_summary``: open the morning summary at start (None: when jobs ended since the last opening);
+        ``compare``: open the run comparison of these job ids at start."""
         super().__init__()
+        self.compare_at_start = list(compare or [])
+        self.system_history: deque[SystemStats] = deque(maxlen=HISTORY_SAMPLES)  # oldest first, one every 2 s
+        self.user = current_user()
         self.settings = settings
         self.clock = clock
         self.poller = Poller(
@@ -121,11 +146,14 @@ class TorchbearerApp(App):
         if update.queue is not None:
             self.queue_info = update.queue
         if update.system is not None:
+            self.system_history.append(update.system)
             self.system = update.system
         main = self.main_screen
         if update.rows is not None and main is not None:
             main.table.apply_rows(update.rows, full=update.full)
             main.describe_selected()
+        if update.panels is not None and main is not None:
+            main.running.show(update.panels, self.clock())
         if update.detail is not None:
             for screen in self.screen_stack:
                 if isinstance(screen, JobScreen) and screen.job_id == update.detail.job.id:
@@ -133,7 +161,9 @@ class TorchbearerApp(App):
         if not self.loaded and update.rows is not None:
             self.loaded = True
             self.last_opened = default_since(self.poller.previous_opened, self.clock())
-            if self.show_summary or (self.show_summary is None and self._ended_since(self.last_opened)):
+            if self.compare_at_start:
+                self.open_compare(self.compare_at_start)
+            elif self.show_summary or (self.show_summary is None and self._ended_since(self.last_opened)):
                 self.action_summary()
 
     def _ended_since(self, since: float) -> bool:
@@ -148,6 +178,7 @@ class TorchbearerApp(App):
         main = self.main_screen
         if main is not None and any(r.state == JobState.RUNNING for r in main.table.rows.values()):
             main.table.refresh()
+            main.running.show(main.running.panels, now)
         if isinstance(self.screen, JobScreen):
             self.screen.tick(now)
 
@@ -254,6 +285,39 @@ class TorchbearerApp(App):
     def action_submit(self) -> None:
         self.list_configs()
 
+    def action_gpus(self) -> None:
+        if not isinstance(self.screen, GpuScreen):
+            self.push_screen(GpuScreen())
+
+    def open_compare(self, job_ids: list[int]) -> None:
+        """The run comparison of these jobs (a sweep's trial table calls this with its trials)."""
+        self.push_screen(CompareScreen(job_ids))
+
+    def action_compare(self) -> None:
+        self.list_comparable()
+
+    @work(thread=True, group="commands", exit_on_error=False)
+    def list_comparable(self) -> None:
+        store = Store(self.settings.state_path)
+        try:
+            choices = comparable_jobs(store)
+        finally:
+            store.close()
+        self.call_from_thread(self._pick_compared, choices)
+
+    def _pick_compared(self, choices: list[tuple[int, str]]) -> None:
+        if not choices:
+            self.notify("no job has validation metrics to compare yet", severity="warning")
+            return
+        job = self.selected_job()
+        marked = {job[0]} if job else set()
+
+        def chosen(job_ids: list[int] | None) -> None:
+            if job_ids:
+                self.open_compare(job_ids)
+
+        self.push_screen(CompareDialog(choices, marked=marked), chosen)
+
     @work(thread=True, group="commands", exit_on_error=False)
     def list_configs(self) -> None:
         files = config_files(self.settings.project_dir / "configs")
@@ -293,6 +357,8 @@ class TorchbearerApp(App):
         yield SystemCommand("Resume queue", "Start queued jobs again", partial(self.run_command, commands.resume))
         yield SystemCommand("Submit a job file", "Queue a job file from configs/", self.action_submit)
         yield SystemCommand("Morning summary", "What ran since the dashboard was last opened", self.action_summary)
+        yield SystemCommand("GPUs", "Utilisation, memory and power over time; who holds each GPU", self.action_gpus)
+        yield SystemCommand("Compare runs", "Overlay validation curves, best metrics and settings", self.action_compare)
 
 
 def hold_or_release(store: Store, job_id: int) -> commands.CommandResult:

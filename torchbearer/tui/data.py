@@ -62,14 +62,42 @@ class QueueInfo:
 
 
 @dataclass(frozen=True)
+class WorkerUsage:
+    """A running job's worker process (with its children: data loaders): CPU in % of one core, memory in bytes."""
+
+    job_id: int
+    name: str
+    pid: int | None
+    slots: tuple[str, ...]  # the GPU ids it was given ("" or none on a CPU slot)
+    cpu_pct: float | None
+    rss: int | None
+    pids: frozenset[int] = frozenset()  # the worker and its children, to tell which GPU processes are ours
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """Who runs a process seen on a GPU: its user and command line (None when it cannot be read)."""
+
+    pid: int
+    user: str | None
+    command: str | None
+
+
+@dataclass(frozen=True)
 class SystemStats:
-    """This machine: CPU in %, memory and free disk (of the project folder) in bytes, and its GPUs."""
+    """This machine: CPU in %, memory and free disk (of the project folder) in bytes, and its GPUs.
+
+    ``workers`` and ``processes`` are filled by the poller from the store (the running jobs' workers) and the
+    process table (the owners of the processes on the GPUs).
+    """
 
     cpu_pct: float
     ram_used: int
     ram_total: int
     disk_free: int
     gpus: tuple[GpuStats, ...] = ()
+    workers: tuple[WorkerUsage, ...] = ()
+    processes: tuple[ProcessInfo, ...] = ()
 
 
 def read_system_stats(project_dir: Path) -> SystemStats:
@@ -90,14 +118,77 @@ def read_system_stats(project_dir: Path) -> SystemStats:
     )
 
 
+class WorkerMeter:
+    """Measures the running jobs' workers with psutil, keeping each process between readings.
+
+    ``cpu_percent`` compares with the previous call on the same process object, so the objects are kept: the
+    first reading of a new process is 0.
+    """
+
+    def __init__(self) -> None:
+        self._processes: dict[int, Any] = {}
+
+    def read(self, store: Store) -> tuple[WorkerUsage, ...]:
+        import psutil
+
+        rows = store.conn.execute(
+            "SELECT a.job_id, j.name, a.pid, a.slot FROM attempts a JOIN jobs j ON j.id = a.job_id "
+            "WHERE j.state = 'running' AND a.finished_at IS NULL ORDER BY a.job_id"
+        ).fetchall()
+        kept: dict[int, Any] = {}
+        usages = []
+        for job_id, name, pid, slot in rows:
+            slots = tuple(s for s in (slot or "").split(",") if s)
+            cpu, rss, pids = None, None, frozenset()
+            if pid:
+                try:
+                    tree = [self._process(psutil, pid, kept)]
+                    tree += [self._process(psutil, child.pid, kept) for child in tree[0].children(recursive=True)]
+                    cpu = sum(proc.cpu_percent(interval=None) for proc in tree)
+                    rss = sum(proc.memory_info().rss for proc in tree)
+                    pids = frozenset(proc.pid for proc in tree)
+                except (psutil.Error, OSError):  # it ended (or is not ours to read) between two looks
+                    cpu, rss = None, None
+            usages.append(WorkerUsage(job_id, name, pid, slots, cpu, rss, pids))
+        self._processes = kept
+        return tuple(usages)
+
+    def _process(self, psutil: Any, pid: int, kept: dict[int, Any]) -> Any:
+        process = self._processes.get(pid) or psutil.Process(pid)
+        kept[pid] = process
+        return process
+
+
+def process_info(pids: set[int]) -> tuple[ProcessInfo, ...]:
+    """The user and command line of each pid (as far as this user may read them)."""
+    import psutil
+
+    infos = []
+    for pid in sorted(pids):
+        try:
+            process = psutil.Process(pid)
+            with process.oneshot():
+                user = process.username()
+                command = " ".join(process.cmdline()) or process.name()
+        except (psutil.Error, OSError):
+            user, command = None, None
+        infos.append(ProcessInfo(pid, user, command))
+    return tuple(infos)
+
+
 @dataclass(frozen=True)
 class Curve:
-    """One metric over time: ``x`` is the epoch where the job gave one, else the step, else the sample index."""
+    """One metric over time: ``x`` is the epoch where the job gave one, else the step, else the sample index.
+
+    ``steps`` is the training step of each point where known (so epoch values can be drawn beside per-step ones
+    on one step axis). A ``…_step`` series (``train/loss_step``) is always by step.
+    """
 
     name: str
     x: tuple[float, ...]
     y: tuple[float, ...]
     by_epoch: bool
+    steps: tuple[float | None, ...] = ()
 
     @property
     def higher_is_better(self) -> bool:
@@ -137,19 +228,27 @@ def key_metric(names: list[str] | set[str]) -> str | None:
 
 
 def curve_from_points(name: str, points: list[tuple[int | None, int | None, float]]) -> Curve:
-    """A curve from ``(epoch, step, value)`` points: one value per epoch (the last) when epochs are given."""
-    if points and all(epoch is not None for epoch, _, _ in points):
-        per_epoch: dict[int, float] = {}
-        for epoch, _, value in points:
-            per_epoch[int(epoch)] = value
-        return Curve(name, tuple(float(e) for e in per_epoch), tuple(per_epoch.values()), by_epoch=True)
+    """A curve from ``(epoch, step, value)`` points: one value per epoch (the last) when epochs are given.
+
+    Per-step series (names ending in ``_step``) keep every point, by step.
+    """
+    if points and all(epoch is not None for epoch, _, _ in points) and not name.endswith("_step"):
+        per_epoch: dict[int, tuple[int | None, float]] = {}
+        for epoch, step, value in points:
+            per_epoch[int(epoch)] = (step, value)
+        return Curve(name, tuple(float(e) for e in per_epoch), tuple(v for _, v in per_epoch.values()), by_epoch=True,
+                     steps=tuple(None if s is None else float(s) for s, _ in per_epoch.values()))  # fmt: skip
     xs = tuple(float(step if step is not None else i) for i, (_, step, _) in enumerate(points))
-    return Curve(name, xs, tuple(value for _, _, value in points), by_epoch=False)
+    return Curve(name, xs, tuple(value for _, _, value in points), by_epoch=False, steps=xs)
+
+
+#: Loss curves drawn together, in this order: per step, per epoch (both as Lightning names them), validation.
+LOSS_CURVES = ("train/loss_step", "train/loss_epoch", "train/loss", "val/loss")
 
 
 def curves_by_role(curves: dict[str, Curve]) -> tuple[list[Curve], Curve | None]:
-    """The loss curves (train and validation) and the key metric curve of a job."""
-    losses = [curves[name] for name in ("train/loss", "val/loss") if name in curves]
+    """The loss curves (train per step and per epoch, validation) and the key metric curve of a job."""
+    losses = [curves[name] for name in LOSS_CURVES if name in curves]
     if not losses:
         losses = [c for name, c in sorted(curves.items()) if name.endswith("loss")][:2]
     key = key_metric(set(curves))
@@ -157,6 +256,42 @@ def curves_by_role(curves: dict[str, Curve]) -> tuple[list[Curve], Curve | None]
         others = sorted(n for n in curves if "loss" not in n and n not in {"lr", "samples_per_s"})
         key = others[0] if others else None
     return losses, curves.get(key) if key else None
+
+
+def smoothed(values: tuple[float, ...] | list[float], weight: float = 0.6) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average, debiased so the first points are not pulled to 0.
+
+    ``weight`` in [0, 1): 0 leaves the values as they are.
+    """
+    out, last = [], 0.0
+    for count, value in enumerate(values, start=1):
+        last = last * weight + (1 - weight) * value
+        out.append(last / (1 - weight**count) if weight else value)
+    return out
+
+
+def wants_log_axis(curves: list[Curve]) -> bool:
+    """A log y axis for losses, and for any curves whose values span more than two decades (all positive)."""
+    values = [v for curve in curves for v in curve.y]
+    if not values or min(values) <= 0:
+        return False
+    return any("loss" in curve.name for curve in curves) or max(values) / min(values) > 100
+
+
+@dataclass(frozen=True)
+class RunPanel:
+    """What the main screen shows of one running job: stage, progress, ETA, its key curve, its last log lines."""
+
+    id: int
+    name: str
+    kind: str
+    stage: str | None
+    progress: float | None  # 0–1, the job row's
+    eta_s: float | None
+    started_at: float | None
+    event: dict[str, Any] | None  # the latest progress event
+    curve: Curve | None  # the key metric, else the loss
+    log_tail: tuple[str, ...] = ()
 
 
 def job_rows(store: Store, *, since: float | None = None) -> list[JobRow]:

@@ -13,27 +13,38 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from torchbearer.settings import Settings
-from torchbearer.store import Store, StoreError
+from torchbearer.store import Job, Store, StoreError
 from torchbearer.tui.data import (
+    Curve,
     JobDetail,
     JobRow,
     LogFollower,
     QueueInfo,
+    RunPanel,
     SystemStats,
+    WorkerMeter,
     curve_from_points,
+    curves_by_role,
     job_rows,
     log_path_of,
     preview_candidate,
+    process_info,
     queue_info,
 )
 
 #: Key in the store's meta table: when a dashboard was last opened (UNIX seconds), for the morning summary.
 LAST_OPENED_KEY = "tui_last_opened"
+
+#: At most this many running jobs get a live panel on the main screen (one a slot; more would not fit).
+MAX_PANELS = 8
+
+#: Log lines a running job's panel keeps.
+PANEL_LOG_LINES = 6
 
 #: Rows updated up to this many seconds before the last read are read again: a writer takes its time stamp before
 #: its commit, which may wait on another writer's lock.
@@ -49,11 +60,14 @@ class Update:
     queue: QueueInfo | None = None
     system: SystemStats | None = None
     detail: JobDetail | None = None
+    panels: tuple[RunPanel, ...] | None = None  # the running jobs' panels on the main screen
     error: str | None = None
 
     @property
     def empty(self) -> bool:
-        return not (self.rows or self.full or self.queue or self.system or self.detail or self.error)
+        return not (self.rows or self.full or self.queue or self.system or self.detail or self.error) and (
+            self.panels is None
+        )
 
 
 @dataclass
@@ -66,6 +80,23 @@ class _Focus:
     points: dict[str, list[tuple[int | None, int | None, float]]] = field(default_factory=dict)
     preview_key: tuple[str, float] | None = None
     last_detail: JobDetail | None = None
+
+
+@dataclass
+class _Panel:
+    """What the poller keeps between ticks about one running job's panel."""
+
+    focus: _Focus
+    job: Job | None = None
+    event: dict[str, Any] | None = None
+    curve: Curve | None = None
+    tail: list[str] = field(default_factory=list)
+
+
+def panel_curve(points: dict[str, list[tuple[int | None, int | None, float]]]) -> Curve | None:
+    """The curve a running job's panel draws: its key metric, else its first loss."""
+    losses, key = curves_by_role({name: curve_from_points(name, pts) for name, pts in points.items()})
+    return key or (losses[0] if losses else None)
 
 
 class Poller:
@@ -102,6 +133,9 @@ class Poller:
         self._last_slow = 0.0
         self._last_queue: QueueInfo | None = None
         self._focus: _Focus | None = None
+        self._panels: dict[int, _Panel] = {}
+        self._meter = WorkerMeter()
+        self._last_panels: tuple[RunPanel, ...] | None = None
         self.previous_opened: float | None = None
 
     # -- driven by the UI -----------------------------------------------------------------------------------
@@ -180,9 +214,56 @@ class Poller:
                 update.queue = self._last_queue = queue
         if slow_due:
             self._last_slow = now
-            update.system = self.system_stats() if self.system_stats else None
+            update.system = self._system(store)
         update.detail = self._detail(store, changed)
+        update.panels = self._running_panels(store, changed)
         return update
+
+    def _system(self, store: Store) -> SystemStats | None:
+        """The machine's figures, with the running workers' CPU and memory and who runs each GPU process."""
+        stats = self.system_stats() if self.system_stats else None
+        if stats is None:
+            return None
+        workers = self._meter.read(store)
+        on_gpus = {process.pid for gpu in stats.gpus for process in gpu.processes}
+        return replace(stats, workers=workers, processes=process_info(on_gpus))
+
+    # -- the running jobs' panels ---------------------------------------------------------------------------
+
+    def _running_panels(self, store: Store, changed: bool) -> tuple[RunPanel, ...] | None:
+        """The live panels of the running jobs, when something in them changed (store or log), else None.
+
+        Each running job's metrics are read by row id and its log followed by offset (the last 8 KB at first),
+        as for the open job, so a panel costs the same each tick however long the run.
+        """
+        if changed or self._last_panels is None:
+            ids = [row[0] for row in store.conn.execute(
+                "SELECT id FROM jobs WHERE state = 'running' ORDER BY id LIMIT ?", (MAX_PANELS,))]  # fmt: skip
+            self._panels = {i: self._panels.get(i) or _Panel(_Focus(i)) for i in ids}
+            for job_id, panel in self._panels.items():
+                panel.job = store.job(job_id)
+                panel.event = store.latest_progress(job_id)
+                if self._read_panel_metrics(store, panel.focus):  # new points: the panel's curve is built again
+                    panel.curve = panel_curve(panel.focus.points)
+        panels, new_lines = [], False
+        for panel in self._panels.values():
+            job, focus = panel.job, panel.focus
+            if job is None:
+                continue
+            log_path = log_path_of(job, self.settings.runs_dir)
+            if focus.follower is None or focus.follower.path != log_path:
+                focus.follower = LogFollower(log_path, max_bytes=8 * 1024)
+            lines, reset = focus.follower.read_new()
+            new_lines = new_lines or bool(lines) or reset
+            kept = [] if reset else panel.tail
+            panel.tail = [line for line in kept + lines if line.strip()][-PANEL_LOG_LINES:]
+            panels.append(RunPanel(job.id, job.name, job.kind, job.stage, job.progress, job.eta_s, job.started_at,
+                                   panel.event, panel.curve, tuple(panel.tail)))  # fmt: skip
+        result = tuple(panels)
+        if result == self._last_panels and not new_lines:
+            return None
+        self._last_panels = result
+        return result
 
     # -- the focused job ------------------------------------------------------------------------------------
 
@@ -224,6 +305,23 @@ class Poller:
         )
         focus.last_detail = detail
         return detail
+
+    def _read_panel_metrics(self, store: Store, focus: _Focus) -> bool:
+        """New points of the curves a panel may draw (validation metrics, per-epoch losses …); True if any.
+
+        Per-step series (``…_step``, ``lr``, ``samples_per_s``) are left out: a panel draws one value an epoch,
+        and a night of per-step points would be rebuilt into a curve on every tick.
+        """
+        rows = store.conn.execute(
+            "SELECT id, name, epoch, step, value FROM metrics WHERE job_id = ? AND id > ? AND value IS NOT NULL "
+            "AND name NOT IN ('lr', 'samples_per_s', 'data_wait_share') AND name NOT LIKE '%!_step' ESCAPE '!' "
+            "ORDER BY id",
+            (focus.job_id, focus.metric_after_id),
+        ).fetchall()
+        for row_id, name, epoch, step, value in rows:
+            focus.points.setdefault(name, []).append((epoch, step, value))
+            focus.metric_after_id = row_id
+        return bool(rows)
 
     def _read_metrics(self, store: Store, focus: _Focus) -> None:
         rows = store.conn.execute(

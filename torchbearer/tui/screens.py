@@ -31,6 +31,7 @@ from torchbearer.tui.widgets.job_parts import (
     ProgressPanel,
     SpecView,
 )
+from torchbearer.tui.widgets.panels import RunningPanels
 from torchbearer.tui.widgets.preview import ImagePreview
 from torchbearer.tui.widgets.queue_table import COLUMNS, QueueTable
 from torchbearer.tui.widgets.sweep_trials import SweepTrials
@@ -48,7 +49,7 @@ FILTERS = [
 
 
 class MainScreen(Screen):
-    """The header, the queue table, a line about the highlighted job, and the key bar."""
+    """The header, the queue table, a live panel per running job, a line about the highlighted job, the key bar."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f", "filter", "Filter"),
@@ -59,14 +60,21 @@ class MainScreen(Screen):
 
     def __init__(self, *, clock: Callable[[], float]) -> None:
         super().__init__()
+        self.clock = clock
         self.table = QueueTable(clock=clock, id="queue")
+        self.running = RunningPanels(id="running")
         self.selected_line = Static(id="selected")
 
     def compose(self) -> ComposeResult:
         yield HeaderBar()
         yield self.table
+        yield self.running
         yield self.selected_line
         yield Footer()
+
+    def on_resize(self) -> None:
+        """Panels fold to one line or unfold when the terminal crosses the breakpoints."""
+        self.call_after_refresh(lambda: self.running.show(self.running.panels, self.clock()))
 
     @property
     def job_id(self) -> int | None:
@@ -136,6 +144,7 @@ class JobScreen(Screen):
         Binding("4", "tab('spec')", "Spec", show=False),
         Binding("l", "tab('log')", "Log"),
         Binding("o", "tab('outputs')", "Outputs", show=False),
+        Binding("s", "smooth", "Smooth"),
     ]
 
     app: TorchbearerApp
@@ -145,6 +154,7 @@ class JobScreen(Screen):
         self.job_id = job_id
         self.initial_tab = tab
         self.detail: JobDetail | None = None
+        self.smooth = False  # per-step curves drawn smoothed (TensorBoard's moving average)
         self._pending: JobDetail | None = None
         # The parts, kept here so drawing never looks them up (a lookup fails while the screen closes).
         self.title_line = JobTitle(f"#{job_id} …", id="job-title")
@@ -185,6 +195,14 @@ class JobScreen(Screen):
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
+    def action_smooth(self) -> None:
+        """Smoothing on or off for the per-step curves."""
+        self.smooth = not self.smooth
+        if self.detail is not None:
+            losses, _ = curves_by_role(self.detail.curves)
+            self.loss_plot.show(losses, best_of="val/loss", smooth=self.smooth)
+        self.notify(f"smoothing {'on' if self.smooth else 'off'}", timeout=2)
+
     def on_mount(self) -> None:
         self.call_after_refresh(self._show_pending)
 
@@ -217,7 +235,7 @@ class JobScreen(Screen):
         self.trials.show(detail)
         losses, key = curves_by_role(detail.curves)
         self.plots.display = bool(losses or key)
-        self.loss_plot.show(losses, best_of="val/loss")
+        self.loss_plot.show(losses, best_of="val/loss", smooth=self.smooth)
         self.metric_plot.show([key] if key else [])
         for log in self.logs:
             log.show(detail)
@@ -250,6 +268,11 @@ def merge_details(older: JobDetail, newer: JobDetail) -> JobDetail:
 #: Summary windows: ``(value, label)``; "opened" is "since the dashboard was last opened".
 SUMMARY_WINDOWS = [("opened", "since the dashboard was last opened"), ("43200", "last 12 hours"),
                    ("86400", "last 24 hours"), ("604800", "last 7 days")]  # fmt: skip
+
+
+#: The summary lists failures (with their reasons) first, then what was stopped, then what succeeded.
+SUMMARY_ORDER = {JobState.FAILED: 0, JobState.DEPENDENCY_FAILED: 1, JobState.INTERRUPTED: 2, JobState.CANCELLED: 3,
+                 JobState.SUCCEEDED: 4}  # fmt: skip
 
 
 class SummaryScreen(Screen):
@@ -310,7 +333,7 @@ class SummaryScreen(Screen):
                               ("best", "left"), ("outputs / reason", "left")):  # fmt: skip
             table.add_column(name, justify=justify, overflow="fold")
         project = self.app.settings.project_dir
-        for row in summary.rows:
+        for row in sorted(summary.rows, key=lambda r: SUMMARY_ORDER.get(r.state, len(SUMMARY_ORDER))):
             best = f"{row.best[0]} {row.best[1]:.4g}" if row.best else ""
             if row.state == JobState.SUCCEEDED:
                 shown = [o for o in row.outputs if o[0] in {"best_checkpoint", "map"}] or list(row.outputs[-2:])

@@ -20,7 +20,7 @@ from textual_plotext import PlotextPlot
 
 from torchbearer.formatting import STATE_STYLES, display_path, format_duration, format_when
 from torchbearer.store import JobState
-from torchbearer.tui.data import Curve, JobDetail
+from torchbearer.tui.data import Curve, JobDetail, smoothed, wants_log_axis
 
 #: Log lines drawn in red / yellow.
 ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL|FATAL|Traceback|\w+Error|\w+Exception)\b")
@@ -161,18 +161,26 @@ class ProgressPanel(Static):
 
 
 class MetricPlot(PlotextPlot):
-    """Curves against epoch (or step), with the best point of one of them (``best_of``, else the first) marked."""
+    """Curves against epoch (or step), with the best point of one of them (``best_of``, else the first) marked.
+
+    Honest about scale: a log y axis for losses and for values spanning more than two decades (a loss that starts
+    at 11 269 would otherwise flatten every later value to the bottom line). Per-step and per-epoch series are
+    drawn together on a step axis, each under its own name; ``smooth`` draws per-step series smoothed
+    (TensorBoard's moving average) over their raw values.
+    """
 
     def __init__(self, title: str, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.title = title
         self._shown: tuple | None = None
+        self.smooth = False
+        self.log_axis = False  # whether the last drawing used a log y axis (tests look)
 
-    def show(self, curves: list[Curve], best_of: str | None = None) -> None:
+    def show(self, curves: list[Curve], best_of: str | None = None, *, smooth: bool = False) -> None:
         key = tuple((c.name, c.x, c.y) for c in curves)
-        if key == self._shown:
+        if key == self._shown and smooth == self.smooth:
             return
-        self._shown = key
+        self._shown, self.smooth = key, smooth
         plt = self.plt
         plt.clear_data()
         curves = [curve for curve in curves if curve.y]
@@ -180,16 +188,34 @@ class MetricPlot(PlotextPlot):
             plt.title(f"{self.title}: no values yet")
             self.refresh()
             return
+        by_step = any(not c.by_epoch for c in curves) and any(c.by_epoch and c.steps for c in curves)
+
+        def xs(curve: Curve) -> list[float]:
+            if by_step and curve.by_epoch and curve.steps and None not in curve.steps:
+                return [float(s) for s in curve.steps]  # type: ignore[arg-type]
+            return list(curve.x)
+
+        self.log_axis = wants_log_axis(curves)
+        plt.yscale("log" if self.log_axis else "linear")
         for curve in curves:
-            plt.plot(list(curve.x), list(curve.y), label=curve.name, marker="braille")
+            if smooth and not curve.by_epoch and len(curve.y) > 2:
+                plt.plot(xs(curve), list(curve.y), marker="braille", color="gray")
+                plt.plot(xs(curve), smoothed(curve.y), label=f"{curve.name} (smoothed)", marker="braille")
+            else:
+                plt.plot(xs(curve), list(curve.y), label=curve.name, marker="braille")
         marked = next((c for c in curves if c.name == best_of), curves[0])
-        x, value = marked.best()
+        best = marked.best()
+        assert best is not None
+        x, value = best
+        index = marked.x.index(x)
         where = f"epoch {x:g}" if marked.by_epoch else f"step {x:g}"
-        plt.vertical_line(x, color="green")
-        plt.scatter([x], [value], marker="●", color="green")
-        plt.title(f"{marked.name}: best {value:.4g} at {where}")
-        plt.xlabel("epoch" if marked.by_epoch else "step")
-        if marked.by_epoch:  # whole epochs, at most about ten ticks
+        drawn_x = xs(marked)[index]
+        plt.vertical_line(drawn_x, color="green")
+        plt.scatter([drawn_x], [value], marker="●", color="green")
+        scale = " (log)" if self.log_axis else ""
+        plt.title(f"{marked.name}: best {value:.4g} at {where}{scale}")
+        plt.xlabel("epoch" if marked.by_epoch and not by_step else "step")
+        if marked.by_epoch and not by_step:  # whole epochs, at most about ten ticks
             last = int(max(max(c.x) for c in curves))
             plt.xticks(list(range(0, last + 1, max(1, (last + 9) // 10))))
         self.refresh()
