@@ -425,7 +425,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
 
 
 #: What a train job logs (``ml/tasks.py``): per epoch under ``val/``, once on the test split under ``test/``.
-TRAIN_METRICS = ("train/loss", *VAL_METRICS, "val/iou/*", "val/f1/*",
+TRAIN_METRICS = ("train/loss_step", "train/loss_epoch", *VAL_METRICS, "val/iou/*", "val/f1/*",
                  *(m.replace("val/", "test/") for m in VAL_METRICS), "test/iou/*", "test/f1/*")  # fmt: skip
 
 register(JobKind("train", TrainSpec, run, "train a segmentation model on Sentinel-2 scenes and masks",
