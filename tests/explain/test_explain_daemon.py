@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import wait_state, write_job
 from tests.daemon.conftest import job_named
-from tests.ml.conftest import sample_project, train_yaml  # noqa: F401 - the fixture is used by name
+from tests.ml.conftest import train_yaml
 from torchbearer.tui.data import preview_candidate
 
 
@@ -35,7 +35,7 @@ def test_explain_a_train_jobs_checkpoint_through_the_daemon(sample_project, stor
     job = _finished(store, "why")
     outputs = store.outputs(job.id, "explanation")
     names = [Path(o["path"]).name for o in outputs]
-    assert sum(n.endswith(".png") and Path(o["path"]).parent.name == "cams" for n, o in zip(names, outputs)) == 4
+    assert len([o for o in outputs if Path(o["path"]).parent.name == "cams" and o["path"].endswith(".png")]) == 4
     assert {"band_importance.csv", "embeddings.parquet", "clusters.gpkg", "explain.md"} <= set(names)
     summary = (Path(job.run_dir) / "explain.md").read_text()
     assert "class 'cloud' of best.ckpt (fcn), layer backbone" in summary and "predicted" in summary

@@ -61,7 +61,7 @@ def _spec(**fields):
 def test_a_scene_explained_on_its_grid_with_three_clusters_inside_it(project, store, part60) -> None:
     save_checkpoint(project.project_dir / "a.ckpt", card_for(part60, "fcn"))
     scene = Path(shutil.copy(part60, project.project_dir / "part_60m.tif"))
-    spec = _spec(scene="part_60m.tif", methods=["gradcam", "guided"], window=64, batch_size=2,
+    spec = _spec(scene="part_60m.tif", methods=["gradcam", "gradcam++"], window=64, batch_size=2,
                  attributions={"steps": 4, "patches": 2}, embeddings={"k": 3, "tensorboard": True})  # fmt: skip
     ctx = _context(project, store, "why")
     get_kind("explain").run(spec, ctx)
@@ -70,7 +70,7 @@ def test_a_scene_explained_on_its_grid_with_three_clusters_inside_it(project, st
     cam = out / "cam_cloud_part_60m.tif"
     with rasterio.open(cam) as ds, rasterio.open(scene) as src:
         assert (ds.crs, ds.transform, ds.width, ds.height) == (src.crs, src.transform, src.width, src.height)
-        assert ds.count == 2 and ds.dtypes[0] == "float32" and ds.descriptions == ("gradcam", "guided")
+        assert ds.count == 2 and ds.dtypes[0] == "float32" and ds.descriptions == ("gradcam", "gradcam++")
         values = ds.read(masked=True)
     nodata = nodata_of(scene)
     assert nodata.any() and (~nodata).any(), "the crop has its no-data wedge"
