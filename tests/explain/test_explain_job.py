@@ -118,3 +118,26 @@ def test_bad_inputs_fail_with_what_to_change(project, store, small60, stack20) -
     spec = _spec(scene="s60.tif", model={"checkpoint": "b.ckpt"})
     with pytest.raises(ExplainError, match=r"lacks bands B08 .*the model needs B01 .* B08"):
         kind.run(spec, _context(project, store, "d"))
+
+
+def test_a_folder_of_patches_gets_overlays_titled_with_the_prediction(project, store, small60) -> None:
+    from rasterio.windows import Window
+
+    from tests.inference.conftest import crop_stack
+
+    save_checkpoint(project.project_dir / "a.ckpt", card_for(small60, "unet", "resnet18"))
+    folder = project.project_dir / "patches"
+    folder.mkdir()
+    for name, window in (("north", Window(0, 0, 64, 64)), ("east", Window(80, 32, 64, 64))):  # real 60 m crops
+        crop_stack(small60, folder / f"{name}.tif", window)
+    spec = _spec(patches={"folder": "patches"}, methods=["gradcam", "guided"], attributions=None,
+                 embeddings={"k": 2, "tensorboard": False})  # fmt: skip
+    ctx = _context(project, store, "why")
+    get_kind("explain").run(spec, ctx)
+    pngs = sorted((ctx.run_dir / "explain" / "cams").glob("*.png"))
+    assert [p.name for p in pngs] == ["east.png", "north.png"]
+    summary = (ctx.run_dir / "explain.md").read_text()
+    assert "`explain/cams/north.png`: CAM overlay of north (predicted " in summary
+    assert "layer encoder.layer4" in summary
+    table = pq.read_table(ctx.run_dir / "explain" / "embeddings.parquet")
+    assert table.column("name").to_pylist() == ["east", "north"] and table.column("embedding").type.value_type

@@ -98,8 +98,10 @@ class CamMaker:
         # Guided Grad-CAM needs Grad-CAM: computed from the same pass whether asked for or not.
         wanted = {*methods, "gradcam"} if "guided" in methods else set(methods)
         self.cam_methods = [m for m in ("gradcam", "gradcam++") if m in wanted]
-        self.cams = LayerCAMs(model, layer, self.cam_methods)
+        # The guided copy is made before the library hooks the model: a copy would carry its hooks along and
+        # keep every batch's activations in a recorder nobody clears.
         self.guided = guided_model(model) if "guided" in methods else None
+        self.cams = LayerCAMs(model, layer, self.cam_methods)
         self.last_guided: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, targets: list[ClassScore]) -> np.ndarray:
