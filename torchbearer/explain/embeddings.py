@@ -193,7 +193,7 @@ def write_projector(log_dir: Path, vectors: np.ndarray, patches: list[Patch], pr
     metadata table (name, prediction, cluster) and a thumbnail per patch."""
     from torch.utils.tensorboard import SummaryWriter
 
-    thumbs = torch.from_numpy(np.stack([_thumbnail(i) for i in images])).permute(0, 3, 1, 2).float()
+    thumbs = torch.from_numpy(np.stack([thumbnail(i) for i in images])).permute(0, 3, 1, 2).float()
     metadata = [[p.name, pred, str(int(c))] for p, pred, c in zip(patches, predictions, clusters, strict=True)]
     writer = SummaryWriter(str(log_dir))
     try:
@@ -204,9 +204,10 @@ def write_projector(log_dir: Path, vectors: np.ndarray, patches: list[Patch], pr
     return Path(log_dir)
 
 
-def _thumbnail(image: np.ndarray, size: int = 32) -> np.ndarray:
-    """An RGB image (H × W × 3) cut or repeated to ``size`` × ``size`` by nearest sampling."""
+def thumbnail(image: np.ndarray, size: int = 32) -> np.ndarray:
+    """An RGB image (H × W × 3) sampled (nearest) to ``size`` × ``size``, float32: what the grid and the
+    projector show, kept instead of whole patches so that thousands of scene windows fit in memory."""
     h, w = image.shape[:2]
     rows = (np.arange(size) * h // size).clip(0, h - 1)
     cols = (np.arange(size) * w // size).clip(0, w - 1)
-    return image[rows][:, cols]
+    return image[rows][:, cols].astype(np.float32)

@@ -335,7 +335,7 @@ def embeddings(spec: ExplainSpec, ctx: JobContext, subject: Subject, patches: li
         v, output = emb.embed(subject.model, subject.layer, x, valid)
         vectors.append(v)
         predictions += [t.split(" (")[0] for t in predicted(output, card.classes, card.task == "binary")]
-        images += [rgb_image(i, list(card.bands)) for i in x.cpu().numpy()]
+        images += [emb.thumbnail(rgb_image(i, list(card.bands)), 64) for i in x.cpu().numpy()]
     matrix = np.concatenate(vectors)
     clusters = emb.cluster(matrix, options.k, options.k_range)
     pcs = emb.pca_2d(matrix)
