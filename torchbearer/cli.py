@@ -639,6 +639,12 @@ def predict(ctx: typer.Context, files: Annotated[list[Path], typer.Argument(help
     run_in_foreground(ctx.obj, files, kinds={"predict"})
 
 
+@app.command()
+def explain(ctx: typer.Context, files: Annotated[list[Path], typer.Argument(help="Explain job files")]) -> None:
+    """Run explain job files (CAMs, band attributions, embedding patterns) in the foreground."""
+    run_in_foreground(ctx.obj, files, kinds={"explain"})
+
+
 app.command("download")(imagery_cli.download)
 app.add_typer(prepare_cli.app, name="prepare")
 

@@ -47,16 +47,26 @@ def partial_path(path: Path) -> Path:
 
 
 class StripWriter:
-    """One uint8 map written in strips of rows into its partial file.
+    """One map (uint8 unless told) written in strips of rows into its partial file.
 
     Args:
         path: the final COG's path.
         profile: rasterio profile of the output grid (``crs``, ``transform``, ``width``, ``height``).
         count: number of bands.
         resume: reopen an existing partial file instead of creating a new one.
+        dtype: the bands' type (``float32`` for maps in their own units, e.g. class activation maps).
+        nodata: the no-data value (NaN suits a float map).
     """
 
-    def __init__(self, path: Path, profile: dict[str, Any], count: int, resume: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        profile: dict[str, Any],
+        count: int,
+        resume: bool,
+        dtype: str = "uint8",
+        nodata: float = NODATA,
+    ) -> None:
         self.path = path
         self.partial = partial_path(path)
         if resume and self.partial.exists():
@@ -70,15 +80,15 @@ class StripWriter:
                 width=profile["width"],
                 height=profile["height"],
                 count=count,
-                dtype="uint8",
+                dtype=dtype,
                 crs=profile["crs"],
                 transform=profile["transform"],
-                nodata=NODATA,
+                nodata=nodata,
                 BIGTIFF="IF_SAFER",
             )
 
     def write(self, block: np.ndarray, row: int) -> None:
-        """Write ``block`` (bands × rows × width, uint8) starting at scene row ``row``."""
+        """Write ``block`` (bands × rows × width, of the map's type) starting at scene row ``row``."""
         _, rows, width = block.shape
         self.dataset.write(block, window=Window(0, row, width, rows))
 
@@ -110,12 +120,13 @@ class StripWriter:
             ds.scales = (scale,) * ds.count
         ds.close()
         tmp = self.path.with_name(self.path.name + ".tmp")
+        floating = np.dtype(ds.dtypes[0]).kind == "f"
         rasterio.shutil.copy(
             self.partial,
             tmp,
             driver="COG",
             COMPRESS="DEFLATE",
-            PREDICTOR="2",
+            PREDICTOR="3" if floating else "2",  # floating-point prediction for float maps
             BLOCKSIZE=str(COG_BLOCK),
             OVERVIEWS="IGNORE_EXISTING",
             OVERVIEW_RESAMPLING=resampling.upper(),

@@ -28,6 +28,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "download": "torchbearer.jobs.download",
     "sweep": "torchbearer.jobs.sweep",
     "prepare": "torchbearer.jobs.prepare",
+    "explain": "torchbearer.jobs.explain",
 }
 
 

@@ -86,6 +86,17 @@ class PredictSpec(JobSpec):
         return self
 
 
+def checkpoint_of(ref: ModelRef, ctx: JobContext, where: str) -> tuple[Path, str]:
+    """The checkpoint file a model reference names, and the model's default name (file stem or job)."""
+    if ref.checkpoint is not None:
+        path = ctx.resolve(ref.checkpoint)
+        return path, path.stem
+    outputs = ctx.job_outputs(ref.job, "best_checkpoint")
+    if not outputs:
+        raise LookupError(f"{where}: job {ref.job!r} recorded no best_checkpoint")
+    return Path(outputs[-1]["path"]), str(ref.job)
+
+
 def load_members(spec: PredictSpec, ctx: JobContext, device: str) -> list[Member]:
     """Load every member's checkpoint and check they can be combined (before any scene is touched)."""
     from torchbearer.inference.ensemble import Member, check_compatible
@@ -93,15 +104,7 @@ def load_members(spec: PredictSpec, ctx: JobContext, device: str) -> list[Member
 
     members: list[Member] = []
     for i, ref in enumerate(spec.models):
-        if ref.checkpoint is not None:
-            path = ctx.resolve(ref.checkpoint)
-            default = path.stem
-        else:
-            outputs = ctx.job_outputs(ref.job, "best_checkpoint")
-            if not outputs:
-                raise LookupError(f"models[{i}]: job {ref.job!r} recorded no best_checkpoint")
-            path = Path(outputs[-1]["path"])
-            default = str(ref.job)
+        path, default = checkpoint_of(ref, ctx, f"models[{i}]")
         model, card = load_member(path, device)
         members.append(Member(name=ref.name or default, model=model, card=card, source=str(path), weight=ref.weight))
     names = Counter(m.name for m in members)

@@ -113,6 +113,7 @@ class TrainOptions(StrictModel):
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field("auto", description="auto: mixed on GPU")
     seed: int = Field(0, ge=0)
     plots: int = Field(4, ge=0, le=100, description="validation patches drawn as plot_{i}.png")
+    log_images: int = Field(0, ge=0, le=32, description="validation patches logged to TensorBoard each epoch")
 
     @field_validator("patch_size")
     @classmethod
@@ -383,6 +384,10 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     ]
     if stopping is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=stopping.patience))
+    if spec.train.log_images:
+        from torchbearer.ml.callbacks import SamplePredictions
+
+        callbacks.append(SamplePredictions(spec.train.log_images))
     logs, version = ctx.run_dir / "logs", f"attempt-{ctx.attempt}"  # a resumed attempt logs next to the earlier
     trainer = L.Trainer(
         max_epochs=spec.train.epochs,

@@ -244,3 +244,51 @@ class LastCheckpoint(Checkpoint):
 
 class TrainingStopped(Exception):
     """Training stopped on request after saving its checkpoint."""
+
+
+class SamplePredictions(L.Callback):
+    """Log the first ``count`` validation patches as images to TensorBoard after each validation epoch.
+
+    Each image is the patch's RGB composite, its mask and the prediction side by side (``val/sample_<i>``), so
+    the Images tab shows the predictions change epoch by epoch. Does nothing without a TensorBoard logger.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        if trainer.sanity_checking or batch_idx != 0:
+            return
+        board = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if board is None:
+            return
+        images = batch["image"][: self.count]
+        with torch.no_grad():
+            prediction = pl_module.predict_classes(pl_module(images)).cpu().numpy()
+        card = pl_module.card
+        for i, (image, mask, pred) in enumerate(zip(images.float().cpu().numpy(), batch["mask"].cpu().numpy(),
+                                                    prediction, strict=False)):  # fmt: skip
+            board.experiment.add_image(f"val/sample_{i}", sample_image(image, mask, pred, card.bands, card.classes),
+                                       trainer.global_step, dataformats="HWC")  # fmt: skip
+
+
+def sample_image(image: Any, mask: Any, prediction: Any, bands: list[str], classes: list[str]) -> Any:
+    """RGB | mask | prediction of one patch as an H × 3W × 3 float image in [0, 1] (classes as greys, ignored
+    mask pixels black)."""
+    import numpy as np
+
+    from torchbearer.ml.labels import IGNORE
+    from torchbearer.ml.plots import rgb_image
+
+    levels = max(len(classes) - 1, 1)
+
+    def grey(labels: np.ndarray) -> np.ndarray:
+        shade = np.where(labels == IGNORE, 0.0, 0.25 + 0.75 * labels.clip(0, levels) / levels)
+        return np.repeat(shade[..., None], 3, axis=-1)
+
+    return np.concatenate([rgb_image(image, list(bands)), grey(mask.astype(np.int64)), grey(prediction)], axis=1)

@@ -319,10 +319,11 @@ def log_path_of(job: Job, runs_dir: Path) -> Path:
 
 
 def preview_candidate(outputs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> Path | None:
-    """The newest map or plot output the terminal can draw (PNG/JPEG or GeoTIFF)."""
+    """The newest map, plot or explanation output the terminal can draw (PNG/JPEG or GeoTIFF)."""
     for output in reversed(outputs):
         path = Path(output["path"])
-        if output["kind"] in {"map", "plot"} and path.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff"}:
+        drawable = path.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+        if output["kind"] in {"map", "plot", "explanation"} and drawable:
             return path
     return None
 

@@ -1,0 +1,146 @@
+"""The inputs an explanation looks at, as georeferenced patches of DN in the model's band order.
+
+Three sources: a folder of GeoTIFF patches (each a small stack: uint16 DN with band descriptions, or the bands
+of its resolution in stack order), the validation patches of a train job's split, or the windows of a scene
+(non-overlapping, all-no-data ones skipped). Each patch keeps its grid (CRS, transform) so that its embedding
+gets coordinates and its footprint goes into the GeoPackage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from torchbearer.explain.model import ExplainError
+from torchbearer.imagery.cache import StackError, StackInfo, band_indexes, stack_info, valid_pixels
+from torchbearer.inference.windows import WindowGrid
+from torchbearer.ml.checkpoint import ModelCard, standardising_terms
+
+
+@dataclass
+class Patch:
+    """One input: ``dn`` (bands × H × W, uint16, the model's bands in its order), the reflectance terms of its
+    stack, its grid (``crs``, ``transform`` of its top-left pixel) and a name for file names and tables."""
+
+    name: str
+    dn: np.ndarray
+    terms: tuple[float, float]
+    crs: Any
+    transform: Affine
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Where the patch has data (H × W)."""
+        return valid_pixels(self.dn)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(left, bottom, right, top)`` in CRS units."""
+        h, w = self.dn.shape[-2:]
+        left, top = self.transform * (0, 0)
+        right, bottom = self.transform * (w, h)
+        return min(left, right), min(top, bottom), max(left, right), max(top, bottom)
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        """``(x, y)`` of the patch's centre in CRS units."""
+        h, w = self.dn.shape[-2:]
+        return self.transform * (w / 2, h / 2)
+
+
+def standardise(patch: Patch, card: ModelCard) -> np.ndarray:
+    """The network's input for ``patch`` (bands × H × W float32): as in training and prediction, no data → 0."""
+    a, b = standardising_terms(patch.terms, card.norm["mean"], card.norm["std"])
+    x = patch.dn.astype(np.float32) * a[:, None, None] + b[:, None, None]
+    x *= patch.valid
+    return x
+
+
+def check_bands(info: StackInfo, card: ModelCard) -> list[int]:
+    """The stack's band indexes in the model's order; a clear error when the stack does not fit the model."""
+    if round(info.resolution, 3) != round(float(card.resolution), 3):
+        raise ExplainError(f"{info.path} is at {info.resolution:g} m; the model was trained at {card.resolution:g} m")
+    try:
+        return band_indexes(info, card.bands)
+    except StackError as exc:
+        raise ExplainError(f"{exc}; the model needs {' '.join(card.bands)}") from None
+
+
+def folder_patches(folder: Path, card: ModelCard) -> list[Patch]:
+    """Every GeoTIFF (``*.tif``, ``*.tiff``) of ``folder`` as a patch, by file name."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    if not files:
+        raise ExplainError(f"patches folder {folder} holds no GeoTIFF (.tif)")
+    patches = []
+    for path in files:
+        try:
+            info = stack_info(path, int(card.resolution))
+        except StackError as exc:
+            raise ExplainError(str(exc)) from None
+        indexes = check_bands(info, card)
+        with rasterio.open(path) as ds:
+            dn = ds.read(indexes)
+        patches.append(Patch(path.stem, dn, info.reflectance_terms, info.crs, info.transform))
+    return patches
+
+
+def scene_window_patches(stack: Path, card: ModelCard, size: int) -> Iterator[Patch]:
+    """The windows of ``size`` pixels tiling a stack (the last of a row or column moved back to end at the
+    scene's edge, so every window lies inside it), all-no-data ones skipped; read one at a time. A scene
+    smaller than a window gets windows of its smaller side, rounded down to a multiple of 32 pixels."""
+    try:
+        info = stack_info(stack)
+    except StackError as exc:
+        raise ExplainError(str(exc)) from None
+    indexes = check_bands(info, card)
+    side = min(info.height, info.width)
+    if side < size:
+        size = side // 32 * 32
+        if size == 0:
+            raise ExplainError(f"{stack} is {info.width} × {info.height} pixels: too small for a 32-pixel window")
+    grid = WindowGrid.over(info.height, info.width, size, 0.0)
+    with rasterio.open(stack) as ds:
+        for r in grid.rows:
+            for c in grid.cols:
+                window = Window(c, r, size, size)
+                dn = ds.read(indexes, window=window)
+                if valid_pixels(dn).any():
+                    name = f"{info.path.stem}_r{r}_c{c}"
+                    yield Patch(name, dn, info.reflectance_terms, info.crs, ds.window_transform(window))
+
+
+def job_validation_patches(scenes: list[Any], origins: list[tuple[int, int, int]], size: int, count: int,
+                           card: ModelCard) -> list[Patch]:  # fmt: skip
+    """The first ``count`` validation patches (``origins``: scene, row, column) of a train job's scenes."""
+    patches = []
+    for scene_index, r, c in origins[:count]:
+        scene = scenes[scene_index]
+        bands = list(scene.info.bands)
+        missing = [b for b in card.bands if b not in bands]
+        if missing:
+            raise ExplainError(f"the job's scene lacks the model's bands {' '.join(missing)}")
+        pick = [bands.index(b) for b in card.bands]
+        dn = scene.dn[pick, r : r + size, c : c + size]
+        transform = scene.info.transform * Affine.translation(c, r)
+        patches.append(Patch(f"{scene.info.path.stem}_r{r}_c{c}", dn, scene.info.reflectance_terms,
+                             scene.info.crs, transform))  # fmt: skip
+    return patches
+
+
+def batches(patches: list[Patch], size: int) -> Iterator[list[Patch]]:
+    """Consecutive patches of one shape, at most ``size`` a batch."""
+    batch: list[Patch] = []
+    for patch in patches:
+        if batch and (len(batch) == size or batch[0].dn.shape != patch.dn.shape):
+            yield batch
+            batch = []
+        batch.append(patch)
+    if batch:
+        yield batch
