@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from tests.cli.conftest import flat, tb_process
 from tests.conftest import DaemonProcess, wait_for, wait_state, write_job
 from tests.daemon.conftest import completions, job_named, logged, probe, stop_daemon
 from torchbearer.settings import Settings
-from torchbearer.store import NewJob, Store, pid_alive
+from torchbearer.store import NewJob, Store, is_transient, pid_alive
 
 
 def _filled_database(path: Path, jobs: int = 300) -> Path:
@@ -142,3 +143,16 @@ def test_a_store_that_refuses_writes_mid_run_pauses_and_the_job_still_finishes(p
     finally:
         stop_daemon(daemon)
         store.close()
+
+
+def test_real_refused_writes_are_transient_and_damage_is_not(tmp_path):
+    path = _filled_database(tmp_path / "state.db")
+    read_only = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as refused:
+        read_only.execute("UPDATE jobs SET priority = 1")
+    read_only.close()
+    assert is_transient(refused.value)  # "attempt to write a readonly database": waited out
+    _damage(path, "bad pages")
+    with pytest.raises(sqlite3.DatabaseError) as damaged:
+        sqlite3.connect(path).execute("PRAGMA quick_check").fetchall()
+    assert not is_transient(damaged.value)  # "database disk image is malformed": an error with what to do

@@ -189,7 +189,12 @@ class Engine:
                 self.cron.shutdown()
             self.supervisor.stop_all()
             if self.watch:
-                self.store.set_meta("daemon", None)
+                try:
+                    self.store.set_meta("daemon", None)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    log.error("could not clear the daemon's record (%s): its stale heartbeat says it stopped", exc)
         finally:
             self.lock.release()
             self.state_lock.release()
