@@ -45,8 +45,8 @@ def _damage(path: Path, how: str) -> None:
         path.write_bytes(bytes(data))
 
 
-def _daemon_error(project: Settings) -> str:
-    result = tb_process("daemon", env={"TORCHBEARER_PROJECT": str(project.project_dir)})
+def _daemon_error(project: Settings, *command: str | Path) -> str:
+    result = tb_process(*(command or ["daemon"]), env={"TORCHBEARER_PROJECT": str(project.project_dir)})
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
     return flat(result.stderr)
@@ -58,6 +58,16 @@ def test_a_damaged_database_gives_a_clean_error_from_daemon(project, how):
     error = _daemon_error(project)
     assert error.startswith(f"error: {project.state_path} is not a usable SQLite database"), error
     assert f"mv {project.state_path} {project.state_path}.broken" in error
+
+
+def test_a_damaged_database_gives_a_clean_error_from_run_and_status_too(project, tmp_path):
+    _damage(_filled_database(project.state_path), "bad pages")  # opens, but fails the daemon's check
+    job = tmp_path / "one.yaml"
+    job.write_text("name: one\nkind: probe\n")
+    for command in (["run", job], ["status"]):
+        result = tb_process(*command, env={"TORCHBEARER_PROJECT": str(project.project_dir)})
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "is not a usable SQLite database" in flat(result.stderr)
 
 
 def test_the_damaged_database_error_names_the_migration_backup(project):

@@ -229,6 +229,11 @@ class Engine:
     def step(self) -> None:
         """One turn of the loop; cheap when nothing changed."""
         changed = False  # our own commits do not move data_version: note them here
+        if self.watcher is not None and self.store_fault is not None:
+            # a file claimed while the store refused writes is still in accepted/ under its .ingesting- name
+            for result in recover_claimed(self.settings.queue_dir, self.store, paths=self.paths):
+                changed = True
+                log.info("finished ingesting %s after the store fault", result.source)
         if self.watcher is not None:
             for path in self.watcher.ready(_parses):
                 changed |= ingest_queue_file(path, self.settings.queue_dir, self.store, paths=self.paths).accepted
