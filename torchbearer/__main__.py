@@ -1,5 +1,5 @@
 """``python -m torchbearer`` is the ``torchbearer`` command."""
 
-from torchbearer.cli import app
+from torchbearer.cli import entry_point
 
-app()
+entry_point()

@@ -51,6 +51,9 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 # -- settings for every command ------------------------------------------------------------------------------
 
+#: The settings of the running command (for :func:`entry_point`'s last-resort error).
+_loaded: list[Settings] = []
+
 
 @app.callback()
 def main(
@@ -68,6 +71,7 @@ def main(
     except SettingsError as exc:
         raise fail(str(exc), 2) from None
     register_settings(ctx.obj)  # every message this process prints or stores is scrubbed of them
+    _loaded.append(ctx.obj)
 
 
 def _store(ctx: typer.Context) -> Store:
@@ -595,7 +599,11 @@ def run_in_foreground(settings: Settings, files: list[Path], *, kinds: set[str] 
     from torchbearer.spec import JobFileError, PathRules, load_job_file
     from torchbearer.store import DependencyError
 
-    store = Store(settings.state_path)
+    try:
+        store = Store(settings.state_path)
+        store.check()  # it is about to write: a damaged file is an error with what to do, not a traceback
+    except StoreError as exc:
+        raise fail(str(exc)) from None
     if store.daemon_info()["alive"]:
         raise fail("a daemon is serving this queue; use `torchbearer submit` and watch with `torchbearer tui`")
     ids: list[int] = []
@@ -614,10 +622,10 @@ def run_in_foreground(settings: Settings, files: list[Path], *, kinds: set[str] 
         raise fail(f"{blocked}: it could never start here (the jobs stay queued for a daemon)")
     _setup_logging()
     with ForegroundProgress(store, ids, console=err) as display:
-        engine = Engine(settings, watch=False, only_ids=set(ids), on_tick=lambda _e: display.refresh())
         try:
+            engine = Engine(settings, watch=False, only_ids=set(ids), on_tick=lambda _e: display.refresh())
             engine.run()
-        except QueueLockedError as exc:
+        except (QueueLockedError, StoreError) as exc:
             raise fail(str(exc)) from None
     jobs = store.jobs(ids=ids)
     for job in jobs:
@@ -649,5 +657,21 @@ app.command("download")(imagery_cli.download)
 app.add_typer(prepare_cli.app, name="prepare")
 
 
+def entry_point() -> None:
+    """The ``torchbearer`` command: :data:`app`, with a state database found damaged mid-command (a bad page
+    that opening did not touch) reported as a clean ``error:`` saying what to do, like every other fault."""
+    import sqlite3
+
+    from torchbearer.store import unusable
+
+    try:
+        app()
+    except sqlite3.DatabaseError as exc:
+        state = (
+            Settings.load().state_path if "--state" not in sys.argv else Path(sys.argv[sys.argv.index("--state") + 1])
+        )
+        raise SystemExit(fail(str(unusable(state, exc))).exit_code) from None
+
+
 if __name__ == "__main__":
-    app()
+    entry_point()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -135,9 +134,6 @@ def _ingest_claimed(
     try:
         parsed = load_job_file(claimed, paths=paths)
         ids = queue_parsed(store, parsed, source)
-    except sqlite3.OperationalError:  # the store refuses writes for now: back to the queue, taken again later
-        os.rename(claimed, rejected_dir.parent / name)
-        raise
     except (JobFileError, DependencyError) as exc:
         error = str(exc).replace(str(claimed), name)
         if isinstance(exc, DependencyError):

@@ -20,6 +20,15 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again later
 EXIT_INPUT = 65  # EX_DATAERR: the job's input is wrong (a user error, not a crash)
 
+#: Errors of the libraries that mean "the job's input is wrong" (named, so the worker imports none of them):
+#: with ``JobInputError``, ``FileNotFoundError`` and a spec's ``ValidationError`` they end an attempt with
+#: :data:`EXIT_INPUT`, which the crash-loop guard does not count.
+INPUT_ERRORS = frozenset({
+    "torchbearer.ml.labels.LabelError", "torchbearer.ml.scenes.InputCheckError",
+    "torchbearer.ml.checkpoint.CheckpointError", "torchbearer.imagery.aoi.AoiError",
+    "torchbearer.imagery.copernicus.CredentialsMissing", "torchbearer.imagery.fetch.NoScenesError",
+})  # fmt: skip
+
 log = logging.getLogger("torchbearer.worker")
 
 
@@ -29,11 +38,20 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def run_job(job_id: int, attempt: int) -> int:
-    """Run one attempt of a job; returns the process exit code."""
+def is_input_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the job's input is wrong (a user error) rather than that the job crashed."""
     from pydantic import ValidationError
 
-    from torchbearer.context import JobContext, JobInputError, JobInterrupted
+    from torchbearer.context import JobInputError
+
+    if isinstance(exc, JobInputError | FileNotFoundError | ValidationError):
+        return True
+    return any(f"{cls.__module__}.{cls.__qualname__}" in INPUT_ERRORS for cls in type(exc).__mro__)
+
+
+def run_job(job_id: int, attempt: int) -> int:
+    """Run one attempt of a job; returns the process exit code."""
+    from torchbearer.context import JobContext, JobInterrupted
     from torchbearer.jobs import get_kind
     from torchbearer.redact import register_settings
     from torchbearer.settings import Settings
@@ -71,7 +89,7 @@ def run_job(job_id: int, attempt: int) -> int:
             finish(job_id, attempt, outcome="interrupted", exit_code=EXIT_INTERRUPTED)
             return EXIT_INTERRUPTED
         # a wrong input is the user's mistake: its own exit code keeps it out of the crash-loop guard
-        code = EXIT_INPUT if isinstance(exc, JobInputError | FileNotFoundError | ValidationError) else EXIT_FAILED
+        code = EXIT_INPUT if is_input_error(exc) else EXIT_FAILED
         finish(job_id, attempt, outcome="failed", exit_code=code, reason=describe_exception(exc))
         return code
     finish(job_id, attempt, outcome="succeeded", exit_code=EXIT_SUCCEEDED)

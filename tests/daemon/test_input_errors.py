@@ -3,9 +3,12 @@ within seconds of starting do not trip the crash-loop guard and pause the queue 
 
 from __future__ import annotations
 
+import importlib
+
 from tests.conftest import DaemonProcess, wait_state, write_job
 from tests.daemon.conftest import job_named, probe, stop_daemon
-from torchbearer.worker import EXIT_INPUT
+from torchbearer.context import PathOutsideProject
+from torchbearer.worker import EXIT_INPUT, INPUT_ERRORS, is_input_error
 
 TRAIN_MISSING = "name: {name}\nkind: train\nscenes: [data/no-such-scene-*.tif]\nmasks: masks/none.tif\n"
 
@@ -22,3 +25,12 @@ def test_missing_inputs_do_not_trip_the_crash_loop_guard(project, store):
         assert store.queue_paused() is None
     finally:
         stop_daemon(daemon)
+
+
+def test_every_named_input_error_exists_and_is_recognised():
+    for name in sorted(INPUT_ERRORS):
+        module, _, cls = name.rpartition(".")
+        error = getattr(importlib.import_module(module), cls)  # a renamed class would silently count as a crash
+        assert is_input_error(error("x")), name
+    assert is_input_error(PathOutsideProject("x")) and is_input_error(FileNotFoundError("x"))
+    assert not is_input_error(RuntimeError("x")) and not is_input_error(MemoryError())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from tests.cli.conftest import flat, tb_process
 from tests.conftest import DaemonProcess, wait_for, wait_state, write_job
 from tests.daemon.conftest import completions, job_named, logged, probe, stop_daemon
 from torchbearer.settings import Settings
-from torchbearer.store import NewJob, Store, pid_alive
+from torchbearer.store import NewJob, Store, is_transient, pid_alive
 
 
 def _filled_database(path: Path, jobs: int = 300) -> Path:
@@ -44,8 +45,8 @@ def _damage(path: Path, how: str) -> None:
         path.write_bytes(bytes(data))
 
 
-def _daemon_error(project: Settings) -> str:
-    result = tb_process("daemon", env={"TORCHBEARER_PROJECT": str(project.project_dir)})
+def _daemon_error(project: Settings, *command: str | Path) -> str:
+    result = tb_process(*(command or ["daemon"]), env={"TORCHBEARER_PROJECT": str(project.project_dir)})
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
     return flat(result.stderr)
@@ -57,6 +58,16 @@ def test_a_damaged_database_gives_a_clean_error_from_daemon(project, how):
     error = _daemon_error(project)
     assert error.startswith(f"error: {project.state_path} is not a usable SQLite database"), error
     assert f"mv {project.state_path} {project.state_path}.broken" in error
+
+
+def test_a_damaged_database_gives_a_clean_error_from_run_and_status_too(project, tmp_path):
+    _damage(_filled_database(project.state_path), "bad pages")  # opens, but fails the daemon's check
+    job = tmp_path / "one.yaml"
+    job.write_text("name: one\nkind: probe\n")
+    for command in (["run", job], ["status"]):
+        result = tb_process(*command, env={"TORCHBEARER_PROJECT": str(project.project_dir)})
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "is not a usable SQLite database" in flat(result.stderr)
 
 
 def test_the_damaged_database_error_names_the_migration_backup(project):
@@ -142,3 +153,16 @@ def test_a_store_that_refuses_writes_mid_run_pauses_and_the_job_still_finishes(p
     finally:
         stop_daemon(daemon)
         store.close()
+
+
+def test_real_refused_writes_are_transient_and_damage_is_not(tmp_path):
+    path = _filled_database(tmp_path / "state.db")
+    read_only = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as refused:
+        read_only.execute("UPDATE jobs SET priority = 1")
+    read_only.close()
+    assert is_transient(refused.value)  # "attempt to write a readonly database": waited out
+    _damage(path, "bad pages")
+    with pytest.raises(sqlite3.DatabaseError) as damaged:
+        sqlite3.connect(path).execute("PRAGMA quick_check").fetchall()
+    assert not is_transient(damaged.value)  # "database disk image is malformed": an error with what to do

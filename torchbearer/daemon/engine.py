@@ -190,7 +190,12 @@ class Engine:
                 self.cron.shutdown()
             self.supervisor.stop_all()
             if self.watch:
-                self.store.set_meta("daemon", None)
+                try:
+                    self.store.set_meta("daemon", None)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    log.error("could not clear the daemon's record (%s): its stale heartbeat says it stopped", exc)
         finally:
             self.lock.release()
             self.state_lock.release()
@@ -225,6 +230,11 @@ class Engine:
     def step(self) -> None:
         """One turn of the loop; cheap when nothing changed."""
         changed = False  # our own commits do not move data_version: note them here
+        if self.watcher is not None and self.store_fault is not None:
+            # a file claimed while the store refused writes is still in accepted/ under its .ingesting- name
+            for result in recover_claimed(self.settings.queue_dir, self.store, paths=self.paths):
+                changed = True
+                log.info("finished ingesting %s after the store fault", result.source)
         if self.watcher is not None:
             for path in self.watcher.ready(_parses):
                 changed |= ingest_queue_file(path, self.settings.queue_dir, self.store, paths=self.paths).accepted

@@ -20,7 +20,7 @@ from torchbearer.daemon.executors import Executor, WorkerHandle
 from torchbearer.daemon.executors.local import LocalExecutor, signal_process_group
 from torchbearer.daemon.oom import oom_evidence, oom_kill_count
 from torchbearer.settings import Settings
-from torchbearer.store import Job, JobState, Store, pid_alive
+from torchbearer.store import Job, JobState, Store, is_transient, pid_alive
 from torchbearer.worker import EXIT_INPUT, EXIT_INTERRUPTED
 
 log = logging.getLogger("torchbearer.supervisor")
@@ -274,14 +274,28 @@ class Supervisor:
                 self._terminate(running)
         deadline = time.monotonic() + grace_s
         while self.running and time.monotonic() < deadline:
-            self.poll()
+            self._poll_while_stopping()
             time.sleep(0.1)
         for running in self.running.values():
             running.killed_by_us = True
             running.handle.kill()
         while self.running:
-            self.poll()
+            self._poll_while_stopping()
             time.sleep(0.05)
+
+    def _poll_while_stopping(self) -> None:
+        """:meth:`poll`; if the store refuses writes, forget the workers that ended: the next start settles
+        their jobs (:meth:`recover`), and the daemon must not hang on its way out."""
+        try:
+            self.poll()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            for job_id, running in list(self.running.items()):
+                if running.handle.poll() is not None:
+                    log.error("%s (#%d) ended while the store refused writes (%s): settled at the next start",
+                              running.name, job_id, exc)  # fmt: skip
+                    del self.running[job_id]
 
     # -- outcomes -------------------------------------------------------------------------------------------
 

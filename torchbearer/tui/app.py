@@ -332,7 +332,7 @@ class TorchbearerApp(App):
 
         def chosen(value: str | None) -> None:
             if value:
-                self.run_command(submit_job_file, Path(value), self.settings.queue_dir)
+                self.run_command(submit_job_file, Path(value), self.settings.queue_dir, self.settings)
 
         self.push_screen(ChoiceDialog(f"Submit a job file from {configs.name}/", choices), chosen)
 
@@ -384,14 +384,16 @@ def pause_or_resume(store: Store) -> str:
     return commands.pause(store, "paused from the dashboard")
 
 
-def submit_job_file(store: Store, path: Path, queue_dir: Path) -> str:
-    """Validate and queue a job file, as ``torchbearer submit`` does; a refused file is a command error."""
+def submit_job_file(store: Store, path: Path, queue_dir: Path, settings: Settings | None = None) -> str:
+    """Validate and queue a job file, as ``torchbearer submit`` does; a refused file is a command error.
+
+    With ``settings``, paths outside the project folder are refused too."""
     from torchbearer.ingest import submit_file
-    from torchbearer.spec import JobFileError
+    from torchbearer.spec import JobFileError, PathRules
     from torchbearer.store import DependencyError
 
     try:
-        ids = submit_file(path, queue_dir, store)
+        ids = submit_file(path, queue_dir, store, paths=PathRules.of(settings) if settings is not None else None)
     except (JobFileError, DependencyError) as exc:
         raise commands.CommandError(str(exc)) from None
     return f"{path.name}: queued {', '.join(f'#{i}' for i in ids) or 'a schedule'}"
