@@ -134,17 +134,37 @@ def test_scaling_guard_refuses_a_chip_set_scaled_twice(sample_project, store, da
     assert not (Path(job.run_dir) / "checkpoints").exists()
 
 
-def test_foreground_plot_command_on_a_scene(sample_project, tmp_path) -> None:
-    """``torchbearer plot CKPT SCENE N``: N plots of windows of the scene, with its mask."""
-    from torchbearer.ml.checkpoint import ModelCard, save_checkpoint
-    from torchbearer.ml.models import build_model
-
-    root = sample_project.project_dir
-    card = ModelCard("fcn", None, 4, 2, ["clear", "cloud"], "binary", ["B02", "B03", "B04", "B8A"], 60.0,
-                     {"mean": [0.1] * 4, "std": [0.1] * 4})  # fmt: skip
-    ckpt = save_checkpoint(build_model("fcn", None, 4, 1), card, tmp_path / "fcn.ckpt")
-    args = [sys.executable, "-m", "torchbearer", "plot", str(ckpt), f"data/{SAMPLE_NAME}", "2",
-            "--masks", "masks/t29unu_cloud.tif", "--patch-size", "128", "--out", "shots"]  # fmt: skip
+def test_foreground_plot_command_on_a_chip_folder(chip_project, tmp_path) -> None:
+    """``torchbearer plot CKPT CHIPS N``: N plots, validation chips first, in the foreground."""
+    root = chip_project.project_dir
+    ckpt = _made_checkpoint(tmp_path / "fcn.ckpt")
+    args = [sys.executable, "-m", "torchbearer", "plot", str(ckpt), "data/chips", "2", "--out", "shots"]
     done = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (root / "shots").iterdir()) == ["plot_0.png", "plot_1.png"]
+    assert done.stdout.split() == ["shots/plot_0.png", "shots/plot_1.png"]
+
+    args = [sys.executable, "-m", "torchbearer", "plot", str(ckpt), "data/nowhere", "2"]
+    done = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "input data/nowhere does not exist" in " ".join(done.stderr.split())
+
+
+def _made_checkpoint(path: Path) -> Path:
+    """An untrained FCN on the chips' four bands, saved with its card (the plots need a model, not a good one)."""
+    from torchbearer.ml.checkpoint import ModelCard, save_checkpoint
+    from torchbearer.ml.models import build_model
+
+    card = ModelCard("fcn", None, 4, 2, ["clear", "cloud"], "binary", ["B02", "B03", "B04", "B8A"], 60.0,
+                     {"mean": [0.1] * 4, "std": [0.1] * 4})  # fmt: skip
+    return save_checkpoint(build_model("fcn", None, 4, 1), card, path)
+
+
+def test_plot_job_writes_n_pngs(chip_project, store, daemon) -> None:
+    """A plot job draws ``count`` chips of a chip folder with a checkpoint file (a network the test made)."""
+    _made_checkpoint(chip_project.project_dir / "fcn.ckpt")
+    write_job(chip_project.queue_dir, "look.yaml",
+              "name: look\nkind: plot\nmodel: {checkpoint: fcn.ckpt}\ninput: data/chips\ncount: 3\n")  # fmt: skip
+    job = _succeeded(store, "look")
+    plots = sorted(p.name for p in Path(job.run_dir).glob("plot_*.png"))
+    assert plots == ["plot_0.png", "plot_1.png", "plot_2.png"]
+    assert sorted(Path(o["path"]).name for o in store.outputs(job.id, "plot")) == plots

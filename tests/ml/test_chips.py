@@ -192,3 +192,16 @@ def test_plot_spec_needs_something_to_draw() -> None:
         parse_job_text("name: p\nkind: plot\n", "p.yaml")
     [job] = parse_job_text("name: p\nkind: plot\nmodel: {job: unet}\ninput: data/chips\ncurves: fcn\n", "p.yaml")
     assert job.spec.after == ["fcn", "unet"]
+
+
+def test_plots_of_a_scene_show_its_windows_masks_and_predictions(stack: Path, tmp_path: Path) -> None:
+    from torchbearer.ml.checkpoint import ModelCard
+    from torchbearer.ml.models import build_model
+    from torchbearer.ml.plots import plot_scene
+
+    card = ModelCard("fcn", None, 4, 2, CLASSES, "binary", ["B02", "B03", "B04", "B8A"], 60.0,
+                     {"mean": [0.1] * 4, "std": [0.1] * 4})  # fmt: skip
+    model = build_model("fcn", None, 4, 1).eval()
+    paths = plot_scene(model, card, stack, 3, tmp_path, masks=[MASKS / "t29unu_cloud.tif"], patch_size=96)
+    assert [p.name for p in paths] == ["plot_0.png", "plot_1.png", "plot_2.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)

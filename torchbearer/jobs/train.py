@@ -178,7 +178,9 @@ class TrainSpec(JobSpec):
                     f"a dataset (chip folder) has its own frames and masks: drop {', '.join(scene_fields)}"
                 )
         elif bool(self.scenes) == (self.imagery is not None):
-            raise ValueError("give either scenes (paths), an imagery block or a dataset (chip folder)")
+            raise ValueError(
+                "give either scenes (paths) or an imagery block, not both and not neither; or a dataset (chip folder)"
+            )
         elif self.masks is None:
             raise ValueError("masks: the labels of the scenes are missing")
         if self.imagery is not None and self.resolution is not None:
