@@ -162,7 +162,7 @@ def _read_chip(frame: Path, mask: Path, default_domain: str | None) -> tuple[Chi
     if mask_count != 1 or mask_shape != shape:
         raise ChipError(f"{mask}: {mask_count} bands of {mask_shape[0]}×{mask_shape[1]} px; its frame is "
                         f"{shape[0]}×{shape[1]} px: a mask is one band on its frame's grid")  # fmt: skip
-    bands = list(descriptions) if all(descriptions) else [f"band{i}" for i in range(1, count + 1)]
+    bands = list(descriptions) if all(descriptions) else [f"band_{i}" for i in range(1, count + 1)]
     domain = frame_domain(tags, dtype, default_domain, frame)
     if domain == "dn" and nodata is None:
         nodata = 0.0  # DN 0 is no data in Sentinel-2 products
