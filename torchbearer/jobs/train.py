@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 class ModelSpec(StrictModel):
-    """Which network: ``arch``, its ``backbone`` (default per arch), initial ``weights``."""
+    """Which model: ``arch``, its ``backbone`` (default per arch), initial ``weights``; a random forest's options."""
 
     arch: Literal["fcn", "farseg", "unet", "random-forest"] = "fcn"
     backbone: str | None = Field(None, description="farseg: resnet18/34/50/101; unet: an smp encoder; fcn: none")
