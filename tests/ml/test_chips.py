@@ -205,3 +205,20 @@ def test_plots_of_a_scene_show_its_windows_masks_and_predictions(stack: Path, tm
     paths = plot_scene(model, card, stack, 3, tmp_path, masks=[MASKS / "t29unu_cloud.tif"], patch_size=96)
     assert [p.name for p in paths] == ["plot_0.png", "plot_1.png", "plot_2.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_nan_pixels_of_float_chips_are_no_data(tmp_path: Path) -> None:
+    """Reflectance chips whose no data is NaN: those pixels are ignored, never NaN in a batch."""
+    folder = make_chip_folder(tmp_path / "f", domain="reflectance")
+    for frame in (folder / "train_frames").iterdir():
+        with rasterio.open(frame, "r+") as ds:
+            values = ds.read()
+            values[:, :8, :] = np.nan
+            ds.nodata = None
+            ds.write(values)
+    dm = ChipDataModule(open_chips(folder), CLASSES, patch_size=64, batch_size=4, samples_per_epoch=4)
+    dm.setup()
+    assert all(np.isfinite(dm.mean)) and all(np.isfinite(dm.std))
+    batch = next(iter(dm.train_dataloader()))
+    assert np.isfinite(batch["image"].numpy()).all()
+    assert (batch["mask"].numpy() == 255).sum(axis=(1, 2)).min() >= 8 * 64  # the NaN rows carry no label

@@ -188,6 +188,11 @@ def read_chip(chip: Chip, window: Window | None = None, out_size: int | None = N
     with rasterio.open(chip.mask) as ms:
         mask = ms.read(1, out_shape=shape, resampling=Resampling.nearest, fill_value=IGNORE, **kwargs)
     nodata = (values == chip.nodata).any(axis=0) if chip.nodata is not None else np.zeros(mask.shape, bool)
+    if values.dtype.kind == "f":  # NaN as no data (or a NaN nodata value, which == never matches)
+        finite = np.isfinite(values)
+        if not finite.all():
+            nodata |= ~finite.all(axis=0)
+            values[~finite] = 0  # no-data pixels are zeroed after standardising; NaN × 0 would stay NaN
     if window is not None:  # outside the chip: no data whatever the nodata value
         outside = np.ones(mask.shape, bool)
         outside[: max(0, chip.height - int(window.row_off)), : max(0, chip.width - int(window.col_off))] = False
