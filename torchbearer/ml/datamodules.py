@@ -1,4 +1,6 @@
-"""The Lightning DataModule of segmentation training: patches of scenes in memory (``ml/scenes.py``).
+"""The Lightning DataModules of segmentation training: :class:`PatchDataModule` (what they share) and
+:class:`SegmentationDataModule`, patches of scenes in memory (``ml/scenes.py``); chip folders are read by
+``ml/chips.py::ChipDataModule`` into the same batches.
 
 Batches leave the DataLoader normalised and augmented: the collate function copies each patch once into the
 batch through its flip/rotation view, turning DN into reflectance with the scene's offset and standardising it
