@@ -15,7 +15,8 @@ same standardised input as it does from scenes, with statistics of the training 
 in the model card (``extra.value_domain``) so a prediction can refuse input of another domain.
 
 Chips are read from disk per patch (a chip folder may be larger than memory): random crops of ``patch_size``
-for training (or the whole chip resized to it), non-overlapping crops covering each chip for validation.
+for training (or the whole chip resized to it), a grid of crops covering each chip for validation
+(a patch apart, the last flush with the edge).
 Nothing here imports torch at module level except through the DataModule below.
 """
 
