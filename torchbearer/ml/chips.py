@@ -17,7 +17,7 @@ in the model card (``extra.value_domain``) so a prediction can refuse input of a
 Chips are read from disk per patch (a chip folder may be larger than memory): random crops of ``patch_size``
 for training (or the whole chip resized to it), a grid of crops covering each chip for validation
 (a patch apart, the last flush with the edge).
-Nothing here imports torch at module level except through the DataModule below.
+The module imports torch and Lightning (the DataModule): job specs must not import it.
 """
 
 from __future__ import annotations
