@@ -673,5 +673,46 @@ def entry_point() -> None:
         raise SystemExit(fail(str(unusable(state, exc))).exit_code) from None
 
 
+@app.command()
+def plot(
+    ctx: typer.Context,
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoint (.ckpt / .joblib), or 'curves'")],
+    source: Annotated[str, typer.Argument(help="A scene (SAFE folder, GeoTIFF) or chip folder; with curves: a job")],
+    count: Annotated[int, typer.Argument(help="How many plot_{i}.png to draw")] = 4,
+    masks: Annotated[list[Path] | None, typer.Option(help="With a scene: its mask files or folders")] = None,
+    patch_size: Annotated[int, typer.Option(help="With a scene: window edge, pixels")] = 256,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the PNGs (default: plots/; curves: the job's run)")
+    ] = None,
+) -> None:
+    """Draw a model on a scene or chip folder (plot_{i}.png: image, mask, prediction), in the foreground.
+
+    `torchbearer plot curves JOB` draws a job's learning curves (curves_loss.png with the loss on a log axis,
+    curves_metrics.png, curves_lr.png) from its stored metrics.
+    """
+    from torchbearer.jobs.plot import draw_curves, draw_samples
+
+    settings: Settings = ctx.obj
+    if checkpoint == "curves":
+        store = _store(ctx)
+        job = store.find_job(source)
+        if job is None:
+            raise fail(f"no job {source!r}")
+        try:
+            paths = draw_curves(store, job.id, out or Path(job.run_dir or settings.runs_dir))
+        except LookupError as exc:
+            raise fail(str(exc)) from None
+    else:
+        report = imagery_cli.RichReport(err)
+        try:
+            with report.progress:
+                paths = draw_samples(Path(checkpoint), Path(source), count, out or Path("plots"), masks=masks,
+                                     patch_size=patch_size, data_dir=settings.data_dir, report=report)  # fmt: skip
+        except (OSError, ValueError, LookupError) as exc:  # bad checkpoint, input, masks or domain: say which
+            raise fail(str(exc)) from None
+    for path in paths:
+        console.print(str(path), highlight=False)
+
+
 if __name__ == "__main__":
     entry_point()

@@ -52,6 +52,7 @@ from torchbearer.inference.writer import (
     quantise,
 )
 from torchbearer.ml.checkpoint import ModelCard, standardising_terms
+from torchbearer.ml.domains import DomainError, check_domain
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,10 @@ def _group_members(members: Sequence[Member], stacks: Sequence[Path], context: E
         differences = getattr(member.card, "input_differences", lambda *_: [])
         for difference in differences(infos[res].product_level, infos[res].offset):
             log.warning("model %r, scene %s: %s", member.name, infos[res].path.name, difference)
+        try:  # a model trained on reflectance or 8-bit chips must not see DN (nor the reverse)
+            check_domain(member.card.value_domain, infos[res].path, repr(member.name))
+        except DomainError as exc:
+            raise EnsembleError(str(exc)) from None
         chosen.setdefault(res, []).append(i)
     groups = []
     for res in sorted(chosen):
@@ -255,8 +260,11 @@ def prepare_model(model: nn.Module, device: torch.device, optimize: bool) -> nn.
     channels-last layout (oneDNN's fast convolution kernels) and batch norms folded into the convolutions
     (``torch.fx``); together 1.3–2× the eager forward of FCN, FarSeg and U-Net on the CPUs here, for well under
     a second of preparation (TorchScript freezing gains about as much but costs seconds per model and warm-up
-    calls). A model ``torch.fx`` cannot trace stays eager, channels-last.
+    calls). A model ``torch.fx`` cannot trace stays eager, channels-last. A classical member (``is_classical``:
+    a random forest on pixels, ``ml/forest.py``) runs as it is.
     """
+    if getattr(model, "is_classical", False):
+        return model.eval()
     model = model.to(device).eval()
     if device.type == "cuda" or optimize:
         model = model.to(memory_format=torch.channels_last)

@@ -29,6 +29,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "sweep": "torchbearer.jobs.sweep",
     "prepare": "torchbearer.jobs.prepare",
     "explain": "torchbearer.jobs.explain",
+    "plot": "torchbearer.jobs.plot",
 }
 
 

@@ -8,8 +8,13 @@ resolution: 60                              # with scenes: 20 (10 bands) or 60 (
 masks: masks/t29unu_cloud.tif               # GeoTIFF (any CRS), vector labels, or a folder of them
 classes: [clear, cloud]
 model: {arch: fcn}                          # fcn | farseg (backbone resnet18…101) | unet (any smp encoder)
+                                            # | random-forest (scikit-learn, on sampled pixels)
 train: {epochs: 20, batch_size: 16, patch_size: 64, lr: 1.0e-3, early_stopping: {monitor: val/iou, patience: 5}}
 ```
+Instead of ``scenes`` + ``masks``, ``dataset:`` names a chip folder (``train_frames/ train_masks/ val_frames/
+val_masks/``, see ``ml/chips.py``): chips of any band count and size, random-cropped (``train.chip_fit: crop``)
+or resized (``resize``) to the patch size. A ``random-forest`` model is trained on pixels of the same training
+patches (``ml/forest.py``) and saved as ``checkpoints/forest.joblib`` with the same model card.
 The run folder gets ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt`` (each with the model card),
 TensorBoard and CSV logs under ``logs/``, and ``plot_{i}.png``. ``last.ckpt`` is rewritten atomically at the end
 of every epoch; a job stopped by SIGTERM saves it after its current step; its next attempt (or one after a
@@ -33,22 +38,33 @@ from torchbearer.spec import JobSpec, StrictModel
 
 if TYPE_CHECKING:
     from torchbearer.context import JobContext
-    from torchbearer.ml.datamodules import SegmentationDataModule
+    from torchbearer.ml.checkpoint import ModelCard
+    from torchbearer.ml.chips import ChipSet
+    from torchbearer.ml.datamodules import PatchDataModule
     from torchbearer.ml.scenes import Scene
-    from torchbearer.ml.tasks import SegmentationTask
 
 log = logging.getLogger(__name__)
 
 
 class ModelSpec(StrictModel):
-    """Which network: ``arch``, its ``backbone`` (default per arch), initial ``weights``."""
+    """Which model: ``arch``, its ``backbone`` (default per arch), initial ``weights``; a random forest's options."""
 
-    arch: Literal["fcn", "farseg", "unet"] = "fcn"
+    arch: Literal["fcn", "farseg", "unet", "random-forest"] = "fcn"
     backbone: str | None = Field(None, description="farseg: resnet18/34/50/101; unet: an smp encoder; fcn: none")
     weights: str | None = Field(None, description="null (random), imagenet, or a checkpoint path")
+    trees: int | None = Field(None, ge=1, le=5000, description="random-forest: trees (default 100)")
+    max_depth: int | None = Field(None, ge=1, le=200, description="random-forest: deepest split (default 16)")
+    pixels: int | None = Field(
+        None, ge=100, le=50_000_000, description="random-forest: training pixels sampled, balanced (default 200 000)"
+    )
 
     @model_validator(mode="after")
     def _backbone(self) -> ModelSpec:
+        forest_options = [k for k in ("trees", "max_depth", "pixels") if getattr(self, k) is not None]
+        if self.arch != "random-forest" and forest_options:
+            raise ValueError(f"{', '.join(forest_options)}: options of arch random-forest, not {self.arch}")
+        if self.arch == "random-forest" and (self.backbone is not None or self.weights is not None):
+            raise ValueError("random-forest has no backbone or weights: leave them out")
         if self.arch == "fcn" and self.backbone is not None:
             raise ValueError("fcn has no backbone: leave backbone out")
         if self.arch == "farseg" and self.backbone not in (None, *FARSEG_BACKBONES):
@@ -114,6 +130,9 @@ class TrainOptions(StrictModel):
     seed: int = Field(0, ge=0)
     plots: int = Field(4, ge=0, le=100, description="validation patches drawn as plot_{i}.png")
     log_images: int = Field(0, ge=0, le=32, description="validation patches logged to TensorBoard each epoch")
+    chip_fit: Literal["crop", "resize"] = Field(
+        "crop", description="dataset chips: random crops of patch_size, or each chip resized to it"
+    )
 
     @field_validator("patch_size")
     @classmethod
@@ -134,13 +153,14 @@ class TrainSpec(JobSpec):
     """A training job. ``scenes`` is shorthand for ``imagery: {source: local, paths: …, resolution: …}``."""
 
     kind: Literal["train"] = "train"
-    path_fields = ("scenes", "masks", "imagery.paths", "imagery.aoi", "model.weights", "train.split.val_regions",
-                   "train.split.test_regions")  # fmt: skip
+    path_fields = ("scenes", "masks", "dataset", "imagery.paths", "imagery.aoi", "model.weights",
+                   "train.split.val_regions", "train.split.test_regions")  # fmt: skip
+    dataset: str | None = Field(None, description="a chip folder (train_frames/ train_masks/ val_…) instead of scenes")
     imagery: ImagerySpec | None = Field(None, description="where the scenes come from")
     scenes: list[str] = Field(default_factory=list, description="SAFE folders or GeoTIFFs, globs allowed")
     resolution: Literal[10, 20, 60] | None = Field(None, description="metres, with scenes (default 20)")
     bands: list[str] | None = Field(None, description="a subset of the stack's bands (default: all)")
-    masks: str | list[str] = Field(description="mask GeoTIFFs / vector labels, or folders of them")
+    masks: str | list[str] | None = Field(None, description="mask GeoTIFFs / vector labels, or folders of them")
     class_field: str | None = Field(None, description="vector attribute holding the class (name or index)")
     task: Literal["binary", "multiclass"] = "binary"
     classes: list[str] | None = Field(None, description="class names; binary default [background, target]")
@@ -153,8 +173,19 @@ class TrainSpec(JobSpec):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainSpec:
-        if bool(self.scenes) == (self.imagery is not None):
-            raise ValueError("give either scenes (paths) or an imagery block, not both and not neither")
+        if self.dataset is not None:
+            scene_fields = [k for k in ("scenes", "imagery", "masks", "resolution", "class_field", "bands")
+                            if getattr(self, k)]  # fmt: skip
+            if scene_fields:
+                raise ValueError(
+                    f"a dataset (chip folder) has its own frames and masks: drop {', '.join(scene_fields)}"
+                )
+        elif bool(self.scenes) == (self.imagery is not None):
+            raise ValueError(
+                "give either scenes (paths) or an imagery block, not both and not neither; or a dataset (chip folder)"
+            )
+        elif self.masks is None:
+            raise ValueError("masks: the labels of the scenes are missing")
         if self.imagery is not None and self.resolution is not None:
             raise ValueError("resolution goes inside the imagery block")
         classes = self.class_names
@@ -194,7 +225,7 @@ class TrainSpec(JobSpec):
 
     @property
     def backbone(self) -> str | None:
-        return self.model.backbone or ARCHITECTURES[self.model.arch]
+        return self.model.backbone or ARCHITECTURES.get(self.model.arch)
 
 
 # -- running ---------------------------------------------------------------------------------------------------
@@ -240,6 +271,23 @@ def stacks_resolution(stacks: list[Path], default: int) -> int:
     return default
 
 
+def training_data(spec: TrainSpec, ctx: JobContext) -> tuple[list[Scene] | ChipSet, float]:
+    """The scenes with their targets, or the indexed chip folder; and the pixel size in metres."""
+    if spec.dataset is not None:
+        from torchbearer.ml.chips import open_chips
+
+        chips = open_chips(ctx.resolve(spec.dataset))
+        return chips, chips.resolution
+    from torchbearer.ml.scenes import load_scenes
+
+    stacks, resolution = scene_stacks(spec, ctx)
+    assert spec.masks is not None  # checked by the spec
+    masks = [ctx.resolve(m) for m in ([spec.masks] if isinstance(spec.masks, str) else spec.masks)]
+    scenes = load_scenes(stacks, masks, spec.class_names, bands=spec.bands, class_field=spec.class_field,
+                         resolution=resolution)  # fmt: skip
+    return scenes, resolution
+
+
 def _num_workers(spec: TrainSpec, cuda: bool) -> int:
     if spec.train.num_workers != "auto":
         return int(spec.train.num_workers)
@@ -257,38 +305,43 @@ def _precision(spec: TrainSpec, cuda: bool) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def build_datamodule(spec: TrainSpec, ctx: JobContext, scenes: list[Scene], cuda: bool) -> SegmentationDataModule:
-    """The DataModule of ``spec`` over ``scenes``, set up (split made, statistics computed and checked)."""
+def build_datamodule(spec: TrainSpec, ctx: JobContext, data: list[Scene] | ChipSet, cuda: bool) -> PatchDataModule:
+    """The DataModule of ``spec`` over scenes or a chip folder, set up (split made, statistics computed and
+    the inputs checked: the scaling guard)."""
+    from torchbearer.ml.chips import ChipDataModule, ChipSet
     from torchbearer.ml.datamodules import SegmentationDataModule
     from torchbearer.ml.scenes import SplitOptions
 
-    split = spec.train.split
-    datamodule = SegmentationDataModule(
-        scenes,
-        patch_size=spec.train.patch_size,
-        batch_size=spec.train.batch_size,
-        split=SplitOptions(
+    common = {"patch_size": spec.train.patch_size, "batch_size": spec.train.batch_size,
+              "samples_per_epoch": spec.train.samples_per_epoch, "num_workers": _num_workers(spec, cuda),
+              "seed": spec.train.seed, "augment": spec.train.augment}  # fmt: skip
+    datamodule: PatchDataModule
+    if isinstance(data, ChipSet):
+        datamodule = ChipDataModule(data, spec.class_names, fit=spec.train.chip_fit, **common)
+    else:
+        split = spec.train.split
+        options = SplitOptions(
             split.block_size or 2 * spec.train.patch_size,
             split.val_fraction,
             split.test_fraction,
             val_regions=ctx.resolve(split.val_regions) if split.val_regions else None,
             test_regions=ctx.resolve(split.test_regions) if split.test_regions else None,
-        ),
-        samples_per_epoch=spec.train.samples_per_epoch,
-        num_workers=_num_workers(spec, cuda),
-        seed=spec.train.seed,
-        augment=spec.train.augment,
-    )
+        )
+        datamodule = SegmentationDataModule(data, classes=spec.class_names, split=options, **common)
     datamodule.setup()
     return datamodule
 
 
-def build_task(spec: TrainSpec, ctx: JobContext, datamodule: SegmentationDataModule, resolution: int, resuming: bool):
-    """The LightningModule with its model card (bands, classes, normalisation of this training data)."""
+def model_card(spec: TrainSpec, datamodule: PatchDataModule, resolution: float) -> ModelCard:
+    """The card of the model ``spec`` trains on ``datamodule``: bands, classes, the training data's
+    normalisation, the value domain of its input (``extra.value_domain``) and, for scenes, their product
+    level and reflectance offset (``extra.product_level``, ``extra.reflectance_offset``)."""
     from torchbearer.ml.checkpoint import ModelCard, input_description
-    from torchbearer.ml.tasks import SegmentationTask
 
-    card = ModelCard(
+    scenes = getattr(datamodule, "scenes", [])  # a chip folder has no scenes: level and offset unknown
+    described = input_description([s.info.product_level for s in scenes], [s.info.offset for s in scenes])
+
+    return ModelCard(
         arch=spec.model.arch,
         backbone=spec.backbone,
         in_channels=datamodule.in_channels,
@@ -298,15 +351,19 @@ def build_task(spec: TrainSpec, ctx: JobContext, datamodule: SegmentationDataMod
         bands=datamodule.bands,
         resolution=float(resolution),
         norm={"mean": datamodule.mean, "std": datamodule.std},
-        extra=input_description(
-            [s.info.product_level for s in datamodule.scenes], [s.info.offset for s in datamodule.scenes]
-        ),
+        extra={**described, "value_domain": datamodule.value_domain},
     )
+
+
+def build_task(spec: TrainSpec, ctx: JobContext, datamodule: PatchDataModule, resolution: float, resuming: bool):
+    """The LightningModule with its model card (bands, classes, normalisation of this training data)."""
+    from torchbearer.ml.tasks import SegmentationTask
+
     weights = spec.model.weights
     if weights not in (None, "imagenet"):
         weights = str(ctx.resolve(weights))
     return SegmentationTask(
-        card.to_dict(),
+        model_card(spec, datamodule, resolution).to_dict(),
         weights=None if resuming else weights,  # a resumed run takes every weight from last.ckpt
         loss=spec.loss_name,
         class_weights=spec.class_weights,
@@ -318,35 +375,33 @@ def build_task(spec: TrainSpec, ctx: JobContext, datamodule: SegmentationDataMod
     )
 
 
-def write_plots(task: SegmentationTask, datamodule: SegmentationDataModule, count: int, run_dir: Path) -> list[Path]:
-    """``plot_{i}.png`` for the first ``count`` validation patches, predicted by ``task``'s model."""
+def write_plots(model: Any, card: ModelCard, datamodule: PatchDataModule, count: int, run_dir: Path) -> list[Path]:
+    """``plot_{i}.png`` for the first ``count`` validation patches, predicted by ``model`` (a network or a
+    forest: standardised batch → logits, as ``card`` describes)."""
     import torch
 
     from torchbearer.ml.plots import save_plot
+    from torchbearer.ml.tasks import predicted_classes
 
     paths: list[Path] = []
-    task.eval()
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.inference_mode():
         for batch in datamodule.val_dataloader():
-            predicted = task.predict_classes(task(batch["image"].to(task.device))).cpu().numpy()
+            predicted = predicted_classes(model(batch["image"].to(device)), card.task).cpu().numpy()
             for image, mask, prediction in zip(batch["image"].numpy(), batch["mask"].numpy(), predicted, strict=True):
                 if len(paths) == count:
                     return paths
                 path = run_dir / f"plot_{len(paths)}.png"
-                paths.append(save_plot(path, image, mask, prediction, task.card.bands, task.card.classes))
+                paths.append(save_plot(path, image, mask, prediction, card.bands, card.classes))
     return paths
 
 
 def run(spec: TrainSpec, ctx: JobContext) -> None:
     """Prepare the data, train (resuming from ``last.ckpt`` when there is one), record the products."""
-    from torchbearer.ml.scenes import load_scenes
-
     # Scenes and masks first, without torch: a bad input fails the job in a second, not after the imports.
     ctx.progress("preparing data", force=True)
-    stacks, resolution = scene_stacks(spec, ctx)
-    masks = [ctx.resolve(m) for m in ([spec.masks] if isinstance(spec.masks, str) else spec.masks)]
-    scenes = load_scenes(stacks, masks, spec.class_names, bands=spec.bands, class_field=spec.class_field,
-                         resolution=resolution)  # fmt: skip
+    data, resolution = training_data(spec, ctx)
     ctx.check_stop()
 
     import lightning as L
@@ -360,7 +415,12 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
 
     cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(spec, ctx, scenes, cuda)
+    datamodule = build_datamodule(spec, ctx, data, cuda)
+    if spec.model.arch == "random-forest":
+        from torchbearer.ml.forest import train_forest_job
+
+        train_forest_job(spec, ctx, datamodule, model_card(spec, datamodule, resolution))
+        return
 
     checkpoints = ctx.run_dir / "checkpoints"
     last = checkpoints / "last.ckpt"
@@ -423,7 +483,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     if spec.train.plots:
         ctx.progress("writing", force=True)
         task.load_state_dict(torch.load(best_path, map_location=task.device, weights_only=True)["state_dict"])
-        for path in write_plots(task, datamodule, spec.train.plots, ctx.run_dir):
+        for path in write_plots(task, task.card, datamodule, spec.train.plots, ctx.run_dir):
             ctx.output(path, "plot")
     score = float(best.best_model_score) if best.best_model_score is not None else float("nan")
     log.info("best %s = %.4g at %s", monitor, score, best_path)

@@ -24,6 +24,8 @@ CARD_KEY = "torchbearer"
 CARD_VERSION = 1
 #: Prefix of the network's tensors in a Lightning checkpoint (the task keeps the network as ``self.model``).
 MODEL_PREFIX = "model."
+#: Suffix of a random-forest checkpoint (``ml/forest.py``): the estimator and its card, saved with joblib.
+FOREST_SUFFIX = ".joblib"
 
 
 class CheckpointError(ValueError):
@@ -49,6 +51,13 @@ class ModelCard:
     norm: dict[str, list[float]]
     card_version: int = CARD_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def value_domain(self) -> str:
+        """What the model's raw input was (``dn``, ``reflectance``, ``uint8``: ``ml/domains.py``)."""
+        from torchbearer.ml.domains import card_domain
+
+        return card_domain(self.extra)
 
     @property
     def out_channels(self) -> int:
@@ -207,6 +216,10 @@ def load_member(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Modu
     from torchbearer.ml.models import ModelError, build_model
 
     path = Path(path)
+    if path.suffix == FOREST_SUFFIX:  # a classical model on pixels (``ml/forest.py``), not a network's tensors
+        from torchbearer.ml.forest import load_forest
+
+        return load_forest(path)
     checkpoint = read_checkpoint(path)
     card = ModelCard.from_dict(checkpoint.get(CARD_KEY), str(path))
     try:

@@ -1,4 +1,6 @@
-"""The Lightning DataModule of segmentation training: patches of scenes in memory (``ml/scenes.py``).
+"""The Lightning DataModules of segmentation training: :class:`PatchDataModule` (what they share) and
+:class:`SegmentationDataModule`, patches of scenes in memory (``ml/scenes.py``); chip folders are read by
+``ml/chips.py::ChipDataModule`` into the same batches.
 
 Batches leave the DataLoader normalised and augmented: the collate function copies each patch once into the
 batch through its flip/rotation view, turning DN into reflectance with the scene's offset and standardising it
@@ -18,7 +20,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from torchbearer.ml.checkpoint import standardising_terms
-from torchbearer.ml.scenes import TRAIN, Scene, Split, SplitOptions, band_stats, check_inputs, make_split
+from torchbearer.ml.scenes import (
+    TRAIN,
+    Scene,
+    Split,
+    SplitOptions,
+    band_stats,
+    check_classes,
+    check_inputs,
+    make_split,
+    train_class_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +91,14 @@ class RandomPatchSampler(Sampler):
 class Collate:
     """Batch patches into ``image`` (normalised float32 B × bands × H × W) and ``mask`` (uint8 B × H × W).
 
-    Per scene, reflectance = DN × scale + shift; standardised with the band statistics; no-data pixels → 0.
+    Per source (a scene, or a chip), reflectance = value × scale + shift (``reflectance_terms``, by the item's
+    source index); standardised with the band statistics; no-data pixels → 0.
     Augmentation code a: bit 0 flips left-right, bit 1 flips up-down, bit 2 transposes (the 8 symmetries).
     """
 
-    def __init__(self, scenes: list[Scene], mean: list[float], std: list[float]) -> None:
-        # One multiply-add a pixel: ((DN × scale + shift) - mean) / std = DN × a + b.
-        self.terms = [standardising_terms(s.info.reflectance_terms, mean, std) for s in scenes]
+    def __init__(self, reflectance_terms: list[tuple[float, float]], mean: list[float], std: list[float]) -> None:
+        # One multiply-add a pixel: ((DN × scale + shift) - mean) / std = DN × a + b; one pair per source.
+        self.terms = [standardising_terms(terms, mean, std) for terms in reflectance_terms]
 
     def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
         bands, rows, cols = items[0][1].shape
@@ -120,55 +133,27 @@ def _augment(x: np.ndarray, code: int) -> np.ndarray:
 # -- the DataModule --------------------------------------------------------------------------------------------
 
 
-class SegmentationDataModule(L.LightningDataModule):
-    """Scenes in memory → train / val / test DataLoaders of normalised, augmented patches.
+class PatchDataModule(L.LightningDataModule):
+    """What every patch DataModule shares: the split's origins, the statistics, and the DataLoaders.
 
-    Args:
-        scenes: from :func:`~torchbearer.ml.scenes.load_scenes` (one resolution, the same bands).
-        patch_size: patch edge, pixels; batch_size: patches a batch.
-        split: the spatial split (default: blocks of twice the patch size, 20 % for validation).
-        samples_per_epoch: training patches an epoch (None: the training area divided by a patch, at least
-            one batch).
-        num_workers: DataLoader worker processes (forked: they share the scenes' memory).
+    A subclass sets :attr:`split` (with ``train`` / ``val`` / ``test`` origin lists), :attr:`bands`,
+    :attr:`mean` and :attr:`std` in :meth:`setup`, and gives :meth:`dataset` (patches at origins),
+    :attr:`reflectance_terms` (one pair per source index) and :attr:`train_samples`.
     """
 
-    def __init__(
-        self,
-        scenes: list[Scene],
-        *,
-        patch_size: int = 256,
-        batch_size: int = 16,
-        split: SplitOptions | None = None,
-        samples_per_epoch: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        augment: bool = True,
-    ) -> None:
+    def __init__(self, *, patch_size: int, batch_size: int, num_workers: int, seed: int, augment: bool) -> None:
         super().__init__()
-        self.scenes = scenes
-        self.bands = list(scenes[0].info.bands)
         self.patch_size = patch_size
         self.batch_size = batch_size
-        self.split_options = split or SplitOptions(block_size=2 * patch_size)
-        self.samples_per_epoch = samples_per_epoch
         self.num_workers = num_workers
         self.seed = seed
         self.augment = augment
         self.split: Split | None = None
+        self.bands: list[str] = []
         self.mean: list[float] = []
         self.std: list[float] = []
-
-    def setup(self, stage: str | None = None) -> None:
-        """Split, compute and check the statistics (once)."""
-        if self.split is not None:
-            return
-        self.split = make_split(self.scenes, self.patch_size, self.split_options, self.seed)
-        self.mean, self.std = band_stats(self.scenes, self.split)
-        check_inputs(self.bands, self.mean, self.std)
-        log.info(
-            "%d scenes, %d bands; patches: %d train origins, %d val, %d test",
-            len(self.scenes), len(self.bands), len(self.split.train), len(self.split.val), len(self.split.test),
-        )  # fmt: skip
+        #: What the raw input values are (``dn``, ``reflectance``, ``uint8``): recorded in the model card.
+        self.value_domain = "dn"
 
     @property
     def in_channels(self) -> int:
@@ -176,21 +161,23 @@ class SegmentationDataModule(L.LightningDataModule):
 
     @property
     def train_samples(self) -> int:
-        """Training patches an epoch."""
-        assert self.split is not None, "call setup() first"
-        if self.samples_per_epoch:
-            return self.samples_per_epoch
-        area = sum(int((part == TRAIN).sum()) for part in self.split.parts)
-        return max(self.batch_size, area // self.patch_size**2)
+        raise NotImplementedError
+
+    @property
+    def reflectance_terms(self) -> list[tuple[float, float]]:
+        raise NotImplementedError
+
+    def dataset(self, origins: list[tuple[int, int, int]]) -> Dataset:
+        raise NotImplementedError
 
     def _loader(self, origins: list[tuple[int, int, int]], sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
-            PatchDataset(self.scenes, self.patch_size, origins),
+            self.dataset(origins),
             batch_size=self.batch_size,
             sampler=sampler,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=Collate(self.scenes, self.mean, self.std),
+            collate_fn=Collate(self.reflectance_terms, self.mean, self.std),
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             multiprocessing_context="fork" if self.num_workers > 0 and os.name == "posix" else None,
@@ -208,3 +195,68 @@ class SegmentationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         assert self.split is not None, "call setup() first"
         return self._loader(self.split.test)
+
+
+class SegmentationDataModule(PatchDataModule):
+    """Scenes in memory → train / val / test DataLoaders of normalised, augmented patches.
+
+    Args:
+        scenes: from :func:`~torchbearer.ml.scenes.load_scenes` (one resolution, the same bands).
+        patch_size: patch edge, pixels; batch_size: patches a batch.
+        split: the spatial split (default: blocks of twice the patch size, 20 % for validation).
+        samples_per_epoch: training patches an epoch (None: the training area divided by a patch, at least
+            one batch).
+        num_workers: DataLoader worker processes (forked: they share the scenes' memory).
+        classes: class names, for messages (default: their indices).
+    """
+
+    def __init__(
+        self,
+        scenes: list[Scene],
+        *,
+        classes: list[str] | None = None,
+        patch_size: int = 256,
+        batch_size: int = 16,
+        split: SplitOptions | None = None,
+        samples_per_epoch: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        augment: bool = True,
+    ) -> None:
+        super().__init__(
+            patch_size=patch_size, batch_size=batch_size, num_workers=num_workers, seed=seed, augment=augment
+        )
+        self.scenes = scenes
+        self.bands = list(scenes[0].info.bands)
+        self.split_options = split or SplitOptions(block_size=2 * patch_size)
+        self.samples_per_epoch = samples_per_epoch
+        self.classes = classes
+
+    def setup(self, stage: str | None = None) -> None:
+        """Split, compute and check the statistics and the training classes (once)."""
+        if self.split is not None:
+            return
+        self.split = make_split(self.scenes, self.patch_size, self.split_options, self.seed)
+        self.mean, self.std = band_stats(self.scenes, self.split)
+        check_inputs(self.bands, self.mean, self.std)
+        check_classes(train_class_counts(self.scenes, self.split), self.classes)
+        log.info(
+            "%d scenes, %d bands; patches: %d train origins, %d val, %d test",
+            len(self.scenes), len(self.bands), len(self.split.train), len(self.split.val), len(self.split.test),
+        )  # fmt: skip
+
+    @property
+    def train_samples(self) -> int:
+        """Training patches an epoch."""
+        assert self.split is not None, "call setup() first"
+        if self.samples_per_epoch:
+            return self.samples_per_epoch
+        area = sum(int((part == TRAIN).sum()) for part in self.split.parts)
+        return max(self.batch_size, area // self.patch_size**2)
+
+    @property
+    def reflectance_terms(self) -> list[tuple[float, float]]:
+        return [s.info.reflectance_terms for s in self.scenes]
+
+    def dataset(self, origins: list[tuple[int, int, int]]) -> Dataset:
+        return PatchDataset(self.scenes, self.patch_size, origins)

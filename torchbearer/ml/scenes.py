@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 STATS_SAMPLES = 2_000_000
 #: Sane range of a band's mean reflectance. Far above: DN were not scaled; far below: scaled twice.
 MEAN_REFLECTANCE_RANGE = (0.002, 2.0)
+#: Smallest standard deviation of a band's reflectance over the training pixels that still carries a signal:
+#: imagery rescaled twice (and rounded back to integers) varies far less, whatever its mean.
+MIN_REFLECTANCE_STD = 1e-3
 
 
 class DataError(ValueError):
@@ -224,10 +227,48 @@ def check_inputs(bands: list[str], mean: list[float], std: list[float]) -> None:
             problems.append(f"{band} mean reflectance {m:.3g}, std {s:.3g}: double-scaled or empty input")
         elif s == 0:
             problems.append(f"{band} is constant ({m:.4g}) over the training pixels")
+        elif s < MIN_REFLECTANCE_STD:
+            problems.append(
+                f"{band} varies by a std of {s:.2g} reflectance only: normalised, the input has almost no "
+                "variance (rescaled twice?)"
+            )
     if len(problems) > len(bands) // 2 or any("constant" in p for p in problems):
         raise InputCheckError("inputs look wrong: " + "; ".join(problems))
     for problem in problems:
         log.warning("input check: %s", problem)
+
+
+def train_class_counts(scenes: list[Scene], split: Split) -> np.ndarray:
+    """Pixels of each class value (0 … 254) in the training part of the split (ignored pixels left out)."""
+    counts = np.zeros(IGNORE, np.int64)
+    for index, scene in enumerate(scenes):
+        values = scene.target[(split.parts[index] == TRAIN) & (scene.target != IGNORE)]
+        counts += np.bincount(values, minlength=IGNORE)[:IGNORE]
+    return counts
+
+
+def check_classes(counts: np.ndarray, classes: list[str] | None = None) -> None:
+    """Refuse training masks that hold a single class: the model would learn to draw it everywhere.
+
+    The classic cause: masks made from imagery that was rescaled twice come out blank (all background).
+    ``counts`` holds the labelled training pixels per class value; ``classes`` names them in the message.
+
+    Raises:
+        InputCheckError: fewer than two classes have a pixel in the training split.
+    """
+    present = np.nonzero(counts)[0]
+    if len(present) >= 2:
+        return
+
+    def name(value: int) -> str:
+        return f"{classes[value]!r} ({value})" if classes and value < len(classes) else str(value)
+
+    if len(present) == 0:
+        raise InputCheckError("the training split holds no labelled pixel (every mask pixel is 255, no label)")
+    raise InputCheckError(
+        f"the training masks hold a single class: {name(int(present[0]))} in all {int(counts.sum())} labelled "
+        "pixels; blank masks (made from imagery rescaled twice?) or the wrong mask files: nothing to learn"
+    )
 
 
 def load_scenes(

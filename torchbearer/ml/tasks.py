@@ -57,6 +57,38 @@ def make_loss(name: str, task: str, ignore_index: int, class_weights: list[float
     return loss(mode, ignore_index=ignore_index)
 
 
+def make_metrics(num_classes: int, ignore_index: int) -> nn.ModuleDict:
+    """The metrics of one stage: per-class IoU and F1, overall accuracy (ignored pixels skipped)."""
+    return nn.ModuleDict(
+        {
+            "iou": MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore_index),
+            "f1": MulticlassF1Score(num_classes, average="none", ignore_index=ignore_index),
+            "accuracy": MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index),
+        }
+    )
+
+
+def metric_values(stage: str, metrics: nn.ModuleDict, card: ModelCard) -> dict[str, torch.Tensor]:
+    """``<stage>/accuracy``, ``<stage>/iou``, ``<stage>/f1`` and per class ``<stage>/iou/<class>`` … from the
+    metrics' state (``iou``/``f1``: the target class's for a binary task, the mean over classes otherwise)."""
+    iou, f1 = metrics["iou"].compute(), metrics["f1"].compute()
+    values = {f"{stage}/accuracy": metrics["accuracy"].compute()}
+    for i, name in enumerate(card.classes):
+        values[f"{stage}/iou/{name}"] = iou[i]
+        values[f"{stage}/f1/{name}"] = f1[i]
+    binary = card.task == "binary"
+    values[f"{stage}/iou"] = iou[1] if binary else iou.mean()
+    values[f"{stage}/f1"] = f1[1] if binary else f1.mean()
+    return values
+
+
+def predicted_classes(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Class index per pixel (B × H × W) from logits: a binary model's one channel > 0, else the argmax."""
+    if task == "binary":
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(dim=1)
+
+
 class SegmentationTask(L.LightningModule):
     """Segmentation training of one model.
 
@@ -89,18 +121,8 @@ class SegmentationTask(L.LightningModule):
             self.card.arch, self.card.backbone, self.card.in_channels, self.card.out_channels, weights
         )
         self.loss = make_loss(loss, self.card.task, ignore_index, class_weights)
-        classes = self.card.num_classes
         self.metrics = nn.ModuleDict(
-            {
-                stage: nn.ModuleDict(
-                    {
-                        "iou": MulticlassJaccardIndex(classes, average="none", ignore_index=ignore_index),
-                        "f1": MulticlassF1Score(classes, average="none", ignore_index=ignore_index),
-                        "accuracy": MulticlassAccuracy(classes, average="micro", ignore_index=ignore_index),
-                    }
-                )
-                for stage in ("val", "test")
-            }
+            {stage: make_metrics(self.card.num_classes, ignore_index) for stage in ("val", "test")}
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,9 +130,7 @@ class SegmentationTask(L.LightningModule):
 
     def predict_classes(self, logits: torch.Tensor) -> torch.Tensor:
         """Class index per pixel (B × H × W)."""
-        if self.card.task == "binary":
-            return (logits[:, 0] > 0).long()
-        return logits.argmax(dim=1)
+        return predicted_classes(logits, self.card.task)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
@@ -128,15 +148,7 @@ class SegmentationTask(L.LightningModule):
 
     def _report(self, stage: str) -> None:
         metrics = self.metrics[stage]
-        iou, f1 = metrics["iou"].compute(), metrics["f1"].compute()
-        values = {f"{stage}/accuracy": metrics["accuracy"].compute()}
-        for i, name in enumerate(self.card.classes):
-            values[f"{stage}/iou/{name}"] = iou[i]
-            values[f"{stage}/f1/{name}"] = f1[i]
-        binary = self.card.task == "binary"
-        values[f"{stage}/iou"] = iou[1] if binary else iou.mean()
-        values[f"{stage}/f1"] = f1[1] if binary else f1.mean()
-        self.log_dict(values)
+        self.log_dict(metric_values(stage, metrics, self.card))
         for metric in metrics.values():
             metric.reset()
 
