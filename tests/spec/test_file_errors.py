@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+import tests.kinds  # noqa: F401 - registers the probe kind, whatever ran before
 from tests.conftest import write_job
 from torchbearer.ingest import ingest_queue_file
 from torchbearer.settings import Settings
@@ -86,3 +87,29 @@ def test_a_huge_value_is_quoted_short(project, store):
     assert error_file.stat().st_size < 2_000, error_file.read_text()[:300]
     assert "name: String should match pattern" in error_file.read_text()
     assert "(100,003 characters)" in error_file.read_text()  # the quote says how long the value was
+
+
+OUTSIDE_NEW_KINDS = """\
+jobs:
+  - name: prep
+    kind: prepare
+    scene: data/scene.tif
+    steps:
+      - rasterize: {labels: /srv/labels.gpkg, output: masks/m.tif}
+      - chip: {output: ../chips, size: 64}
+  - {name: why, kind: explain, model: {checkpoint: /opt/best.ckpt}, scene: data/scene.tif}
+  - {name: draw, kind: plot, model: {checkpoint: runs/best.ckpt}, input: /data/chips, output: plots}
+"""
+
+
+def test_outside_paths_of_the_later_kinds_are_refused_when_queued(project, tmp_path):
+    path = project.project_dir / "kinds.yaml"
+    path.write_text(OUTSIDE_NEW_KINDS)
+    with pytest.raises(JobFileError) as caught:
+        load_job_file(path, paths=PathRules.of(project))
+    message = str(caught.value)
+    for where, value in [("jobs[0].steps[0].rasterize.labels", "/srv/labels.gpkg"),
+                         ("jobs[0].steps[1].chip.output", "../chips"), ("jobs[1].model.checkpoint", "/opt/best.ckpt"),
+                         ("jobs[2].input", "/data/chips")]:  # fmt: skip
+        assert f"{where}: '{value}' is outside the project folder" in message, message
+    assert "masks/m.tif" not in message and "plots'" not in message

@@ -80,6 +80,7 @@ class ExplainSpec(JobSpec):
     """An explanation job: which model, which class, which inputs, which explanations."""
 
     kind: Literal["explain"] = "explain"
+    path_fields = ("model.checkpoint", "patches.folder", "scene")
     model: ModelRef = Field(description="the checkpoint to explain (a file, or a train job's best)")
     target_class: str | None = Field(None, description="class name to explain (default: a binary target)")
     layer: str = Field("auto", description="target layer: auto (per architecture) or a module name")

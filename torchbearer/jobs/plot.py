@@ -33,6 +33,7 @@ class PlotSpec(JobSpec):
     """A plot job: ``model`` on ``input`` (``count`` plots), and/or the learning ``curves`` of a job."""
 
     kind: Literal["plot"] = "plot"
+    path_fields = ("model.checkpoint", "input", "masks", "output")
     model: ModelRef | None = Field(None, description="a checkpoint, or a train job whose best checkpoint to use")
     input: str | None = Field(None, description="a chip folder, or a scene (SAFE folder or stacked GeoTIFF)")
     masks: str | list[str] | None = Field(None, description="with a scene: mask files or folders (optional)")

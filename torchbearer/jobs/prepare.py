@@ -35,6 +35,11 @@ class PrepareSpec(JobSpec):
     """A preparation job: the scene the steps start from (optional: a mosaic can make one) and the steps."""
 
     kind: Literal["prepare"] = "prepare"
+    path_fields = ("scene", "imagery.paths", "imagery.aoi", "steps.rasterize.labels", "steps.rasterize.output",
+                   "steps.rasterize.scene", "steps.chip.output", "steps.chip.scene", "steps.chip.mask",
+                   "steps.split.chips", "steps.mosaic.inputs", "steps.mosaic.output", "steps.flatten.output",
+                   "steps.flatten.scene", "steps.flatten.mask", "steps.summarize.output", "steps.summarize.source",
+                   "steps.summarize.mask")  # fmt: skip
     scene: str | None = Field(None, description="SAFE folder or zip, stacked GeoTIFF, or any GDAL raster")
     imagery: ImagerySpec | None = Field(None, description="fetch the scene instead of naming it (the first one)")
     resolution: Literal[10, 20, 60] = Field(20, description="metres: the stack made of a SAFE scene")
