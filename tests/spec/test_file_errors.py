@@ -65,14 +65,14 @@ def test_a_missing_field_does_not_hide_cycles_self_waits_or_duplicate_names(tmp_
         "defaults: {kind: probe}\njobs:\n"
         "  - {name: a, after: [b], steps: many}\n"  # a wrong value as well
         "  - {name: b, after: [a]}\n"
-        "  - {name: c, kind: train, after: [c]}\n"  # train misses masks and scenes
+        "  - {name: c, kind: train, after: [c]}\n"  # train misses its data (scenes, imagery or dataset)
         "  - {name: b}\n"
     )
     with pytest.raises(JobFileError) as caught:
         load_job_file(path)
     message = str(caught.value)
     assert "jobs[0].steps: Input should be a valid integer" in message
-    assert "jobs[2].masks: Field required" in message
+    assert "jobs[2]: Value error, give either scenes (paths) or an imagery block" in message  # no input data
     assert f"{path}:5: jobs[2].after: job 'c' waits for itself" in message
     assert "job name 'b' is used more than once in this file" in message
     assert "after: dependency cycle: a → b → a" in message
