@@ -565,10 +565,18 @@ def fetch_files(
     tally, cancel = _Tally(done=partial), threading.Event()
 
     def run(task: FileTask) -> None:
-        client.fetch_file(
-            task.url, task.dest, size=task.size, check=task.check, on_bytes=tally.add, authorized=authorized,
-            cancel=cancel,
-        )  # fmt: skip
+        if cancel.is_set():  # another file failed (or a stop came): this one does not start
+            return
+        try:
+            client.fetch_file(
+                task.url, task.dest, size=task.size, check=task.check, on_bytes=tally.add, authorized=authorized,
+                cancel=cancel,
+            )  # fmt: skip
+        except BaseException:
+            # Set here, in the failing thread, before the pool hands it the next file: the main thread only
+            # notices the failure on its next wake-up, by which time a queued file could already have started.
+            cancel.set()
+            raise
         with tally.lock:
             tally.files += 1
 
