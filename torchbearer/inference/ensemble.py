@@ -112,6 +112,9 @@ class PredictOptions:
     device: str = "cpu"
     optimize: bool = True
     """Speed up the forward: see :func:`prepare_model`."""
+    runtime: str = "torch"
+    """What runs the members' forward, one entry per member joined by commas (``torch`` / ``onnx``, as
+    ``inference.onnx.choose_runtimes`` set them): part of the fingerprint, so a resumed run uses the same."""
 
 
 @dataclass
@@ -257,6 +260,8 @@ def prepare_model(model: nn.Module, device: torch.device, optimize: bool) -> nn.
     a second of preparation (TorchScript freezing gains about as much but costs seconds per model and warm-up
     calls). A model ``torch.fx`` cannot trace stays eager, channels-last.
     """
+    if getattr(model, "prepared", False):  # an ONNX Runtime session (inference/onnx.py): nothing to convert
+        return model
     model = model.to(device).eval()
     if device.type == "cuda" or optimize:
         model = model.to(memory_format=torch.channels_last)
