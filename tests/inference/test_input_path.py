@@ -1,5 +1,6 @@
 """The input path: a product's bands decoded side by side when stacked, windows of a stack decoded by several
-threads ahead of the model; both give exactly what the serial path gives."""
+threads ahead of the model, the forward on its own thread beside blending; all give exactly what the serial
+path gives."""
 
 from __future__ import annotations
 
@@ -44,14 +45,15 @@ def test_bands_decoded_in_parallel_stack_to_the_same_file(tmp_path: Path, monkey
         assert (a.descriptions, a.tags(), a.profile) == (b.descriptions, b.tags(), b.profile)
 
 
-def test_window_reader_threads_write_the_same_map(
+def test_reader_and_forward_threads_write_the_same_map(
     part60: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ckpt = save_checkpoint(tmp_path / "a.ckpt", card_for(part60, "unet", "resnet18"), seed=3)
     model, card = load_member(ckpt)
     # Small windows and batches over the no-data wedge: many windows, some partly no data, batches ending mid-row.
     options = PredictOptions(window=64, overlap=0.25, batch_size=3, optimize=False)
-    results, threads = {}, {}
+    results, threads, forwards = {}, {}, []
+    model.register_forward_hook(lambda *_: forwards.append(threading.current_thread().name))
     for readers in (1, 3):
         monkeypatch.setattr(stream, "READERS", readers)
         threads[readers] = _spy(monkeypatch, stream.GroupStream, "_read_window")
@@ -61,6 +63,7 @@ def test_window_reader_threads_write_the_same_map(
     assert set(threads[1]) == {"window-reader"}
     assert threads[3] and all(t.startswith("window-decoder") for t in threads[3])
     assert len(threads[1]) == len(threads[3]) == results[1].windows
+    assert set(forwards) == {"model-forward"}, "the forward runs on its own thread, beside blending and reading"
     one, three = results[1], results[3]
     assert one.stats[60.0].batches == three.stats[60.0].batches and one.windows_skipped == three.windows_skipped
     digest = [hashlib.sha256(r.output.read_bytes()).hexdigest() for r in (one, three)]

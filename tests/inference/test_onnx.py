@@ -74,8 +74,8 @@ def test_a_bad_checkpoint_is_refused_by_name(tmp_path: Path, small60: Path) -> N
     model, card = load_member(good)
     member = Member("b", model, card, source=str(broken))
     with pytest.raises(CheckpointError, match=r"broken\.ckpt"):
-        choose_runtimes([member], "onnx", "cpu", window=64, batch_size=1)
-    assert choose_runtimes([member], "auto", "cpu", window=64, batch_size=1) == ["torch"], "auto falls back"
+        choose_runtimes([member], "onnx", "cpu", window=64)
+    assert choose_runtimes([member], "auto", "cpu", window=64) == ["torch"], "auto falls back"
 
 
 def test_predict_job_records_its_runtime_choice(project, store, small60, caplog) -> None:

@@ -45,6 +45,8 @@ PARITY_TOLERANCE = 1e-3
 """Largest absolute difference of logits (ONNX Runtime vs PyTorch, float32) an export may show."""
 PARITY_SIZE = 64
 """Side (pixels) of the parity check's input: a multiple of 32, which U-Net's encoders need."""
+MEASURE_SIZE = 128
+"""Largest window side (pixels) of ``runtime: auto``'s measurement (a multiple of 32, for U-Net)."""
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -222,15 +224,15 @@ def choose_runtimes(
     device: str,
     *,
     window: int,
-    batch_size: int,
     optimize: bool = True,
 ) -> list[str]:
     """Put each member on PyTorch or ONNX Runtime (replacing its ``model``); returns the runtime of each.
 
     ``torch``: all stay. ``onnx``: all through ONNX Runtime (an export that fails is an error). ``auto``: on a
-    GPU all stay; on a CPU each member whose export works runs one batch (``min(batch_size, 2)`` windows of
-    ``window`` pixels) through its prepared PyTorch model and through ONNX Runtime, and keeps the faster; the
-    choice and both times are logged. Members without a checkpoint file stay on PyTorch.
+    GPU all stay; on a CPU each member whose export works runs one window (``window`` pixels, at most
+    :data:`MEASURE_SIZE`) through its prepared PyTorch model and through ONNX Runtime (after a warm-up call,
+    best of two), and keeps the faster; the choice and both times are logged. Members without a checkpoint
+    file stay on PyTorch.
     """
     from torchbearer.inference.ensemble import EnsembleError, channels_last, prepare_model
 
@@ -259,16 +261,19 @@ def choose_runtimes(
         if runtime == "onnx":
             log.info("model %r: runtime onnx (set; max |ONNX − PyTorch| %.2g)", member.name, export.max_abs_diff)
         else:
-            x = torch.randn(min(batch_size, 2), member.card.in_channels, window, window)
+            # One window of at most MEASURE_SIZE² pixels: both runtimes scale alike with size and batch, and the
+            # measurement must stay short next to the prediction (a 256² FCN window takes seconds on 2 cores).
+            side = min(window, MEASURE_SIZE)
+            x = torch.randn(1, member.card.in_channels, side, side)
             torch_model = prepare_model(member.model, torch.device("cpu"), optimize)
             layout = torch.channels_last if channels_last(torch.device("cpu"), optimize) else torch.contiguous_format
             t_torch = _seconds(torch_model, x.contiguous(memory_format=layout))
             t_onnx = _seconds(onnx_model, x)
             pick = "onnx" if t_onnx < t_torch else "torch"
             log.info(
-                "model %r: runtime %s (auto: ONNX Runtime %.3f s, PyTorch %.3f s per batch of %d × %d²; "
+                "model %r: runtime %s (auto: ONNX Runtime %.3f s, PyTorch %.3f s per %d window of %d²; "
                 "max |ONNX − PyTorch| %.2g)",
-                member.name, pick, t_onnx, t_torch, x.shape[0], window, export.max_abs_diff,
+                member.name, pick, t_onnx, t_torch, x.shape[0], side, export.max_abs_diff,
             )  # fmt: skip
             if pick == "torch":
                 chosen.append("torch")

@@ -1,9 +1,11 @@
 """One resolution's members run over their stack in windows, blended into finished strips of rows.
 
 A :class:`GroupStream` owns the members that share a resolution (and so a stack): a reader thread reads each
-window once (the union of the members' bands), skips windows that are all no data, and hands batches of windows
-to the compute loop, which runs every member on them, adds the normalised-weighted probabilities into a buffer
-one window high and as wide as the scene, and yields the rows no later window touches, a few at a time. Memory
+window once (the union of the members' bands; decoded by several threads, in order), skips windows that are all
+no data, and hands batches of windows to a forward thread, which runs every member on them and hands the
+probabilities to the blending loop (the caller's thread, overlapping the next forward), which adds them,
+normalised-weighted, into a buffer one window high and as wide as the scene, and yields the rows no later window
+touches, a few at a time. Memory
 is that buffer plus a few batches in flight, whatever the scene's height.
 
 Batches never span two rows of windows, so a stream restarted at a row of windows (to resume) feeds the models
@@ -146,6 +148,8 @@ class GroupStream:
         self.start_index = self.grid.row_index(start_row)
         self.stats = StreamStats(windows_done=self.start_index * len(self.grid.cols))
         self._queue: queue.Queue[_Batch | BaseException | None] = queue.Queue(prefetch)
+        self._computed: queue.Queue[tuple[_Batch, list[torch.Tensor] | None] | BaseException | None]
+        self._computed = queue.Queue(prefetch)
         self._stop = threading.Event()
 
     # -- reading (a thread) -----------------------------------------------------------------------------------
@@ -230,7 +234,29 @@ class GroupStream:
         except BaseException as exc:  # noqa: BLE001 - handed to the compute loop, which re-raises it
             self._queue.put(exc)
 
-    # -- computing ------------------------------------------------------------------------------------------
+    # -- the forward (a thread) ------------------------------------------------------------------------------
+
+    def _forwarder(self) -> None:
+        """Runs the members on each batch the reader hands on, while the consumer blends the previous one."""
+        try:
+            while (batch := self._queue.get()) is not None:
+                if isinstance(batch, BaseException):
+                    raise batch
+                probs = None
+                if batch.cols:
+                    if self.should_stop():
+                        raise StopRequested
+                    probs = self.forward(torch.from_numpy(np.stack(batch.data)))
+                    r = self.grid.rows[batch.index]
+                    self.stats.batches.append([(r, self.grid.cols[j]) for j in batch.cols])
+                if self._stop.is_set():
+                    return
+                self._computed.put((batch, probs))
+            self._computed.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the blending loop, which re-raises it
+            self._computed.put(exc)
+
+    # -- blending ---------------------------------------------------------------------------------------------
 
     def strips(self) -> Iterator[Strip]:
         """Yield the blended rows from ``start_row`` to the bottom of the grid, in order, ``strip_rows`` at most
@@ -241,13 +267,16 @@ class GroupStream:
         acc = torch.zeros(self.members, self.classes, size, grid.width)
         valid_acc = np.zeros((size, grid.width), dtype=bool)
         top = grid.rows[self.start_index]
-        reader = threading.Thread(target=self._reader, name="window-reader", daemon=True)
-        reader.start()
+        threads = [threading.Thread(target=self._reader, name="window-reader", daemon=True),
+                   threading.Thread(target=self._forwarder, name="model-forward", daemon=True)]  # fmt: skip
+        for thread in threads:
+            thread.start()
         try:
-            while (batch := self._queue.get()) is not None:
-                if isinstance(batch, BaseException):
-                    raise batch
-                self._accumulate(batch, acc, valid_acc, top)
+            while (item := self._computed.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                batch, probs = item
+                self._accumulate(batch, probs, acc, valid_acc, top)
                 if not batch.last:
                     continue
                 end = grid.finished_until(batch.index)
@@ -262,9 +291,10 @@ class GroupStream:
                 top = end
         finally:
             self._stop.set()
-            while reader.is_alive():  # unblock a reader waiting on a full queue
-                with contextlib.suppress(queue.Empty):
-                    self._queue.get(timeout=0.05)
+            while any(t.is_alive() for t in threads):  # unblock threads waiting on a full queue
+                for waiting in (self._queue, self._computed):
+                    with contextlib.suppress(queue.Empty):
+                        waiting.get(timeout=0.05)
 
     @staticmethod
     def _shift(acc: torch.Tensor, valid_acc: np.ndarray, shift: int) -> None:
@@ -281,18 +311,17 @@ class GroupStream:
         acc[:, :, max(keep, 0) :] = 0
         valid_acc[max(keep, 0) :] = False
 
-    def _accumulate(self, batch: _Batch, acc: torch.Tensor, valid_acc: np.ndarray, top: int) -> None:
+    def _accumulate(
+        self, batch: _Batch, probs: list[torch.Tensor] | None, acc: torch.Tensor, valid_acc: np.ndarray, top: int
+    ) -> None:
+        """Add a batch's weighted probabilities (None: it held no window) into the row buffer."""
         grid, size = self.grid, self.grid.size
         self.stats.windows_done += len(batch.cols) + batch.skipped
         self.stats.windows_skipped += batch.skipped
-        if not batch.cols:
+        if probs is None:
             return
-        if self.should_stop():
-            raise StopRequested
         r = grid.rows[batch.index]
         h = min(size, grid.height - r)
-        probs = self.forward(torch.from_numpy(np.stack(batch.data)))
-        self.stats.batches.append([(r, grid.cols[j]) for j in batch.cols])
         for k, j in enumerate(batch.cols):
             c = grid.cols[j]
             w = min(size, grid.width - c)

@@ -170,8 +170,7 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     members = load_members(spec, ctx, device)
-    runtimes = choose_runtimes(members, spec.runtime, device, window=spec.window, batch_size=spec.batch_size,
-                               optimize=spec.optimize)  # fmt: skip
+    runtimes = choose_runtimes(members, spec.runtime, device, window=spec.window, optimize=spec.optimize)
     scenes = scene_inputs(spec, ctx, sorted({int(m.card.resolution) for m in members}))
     options = PredictOptions(
         window=spec.window, overlap=spec.overlap, batch_size=spec.batch_size, combine=spec.combine, tta=spec.tta,
