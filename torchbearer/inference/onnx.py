@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -156,7 +158,7 @@ def export_checkpoint(checkpoint: Path, output: Path | None = None, *, reuse: bo
         return Export(onnx, card_path(onnx), float(meta["max_abs_diff"]), cached=True)
 
     sample = _parity_input(card)
-    tmp = onnx.with_name(onnx.name + ".tmp")
+    tmp = onnx.with_name(f"{onnx.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # two jobs may export at once
     try:
         onnx.parent.mkdir(parents=True, exist_ok=True)
         with torch.no_grad(), warnings.catch_warnings():
