@@ -14,8 +14,18 @@ back. Figures, all from this one run (so the machine's speed cancels out):
 - ``rss_growth_big``: peak RSS above the loaded model for a 6 × 6 mosaic of the scene (a VRT) ÷ for the scene
   itself, each in a fresh process, with a 1 × 1 convolution as the only member.
 - ``mpx_per_s``: scene Mpx/s of the three-member ensemble, stack building included.
+- ``onnx_over_torch``: the members' forward on the pipeline's batches through PyTorch's prepared models (folded,
+  channels-last) ÷ through the runtime the pipeline chose per member (``runtime: auto``: ONNX Runtime or
+  PyTorch), same inputs; CPU-time ratio beside.
+- ``io_over_decode``: with a 1 × 1 convolution as the only member (what a GPU forward costs the CPU), decoding the
+  needed JPEG 2000 bands alone (rasterio, a thread per band) ÷ the whole pipeline from the SAFE folder (cold
+  cache: stacking included) to the finished COG. Needs a SAFE folder (null for a GeoTIFF scene).
+- ``warm_io_mpx_per_s``: the same 1 × 1 convolution from the ready stack, scene Mpx/s.
 
-The last line is one JSON object of these figures.
+``e2e_over_forward`` and ``vs_torchgeo`` use the runtimes the pipeline chose; ``e2e_over_forward`` is the CPU-time
+ratio with stacking from the SAFE folder (cold) included (``e2e_over_forward_wall``: wall time, from the stack).
+Every ratio has its CPU-time twin (``…_cpu``) or wall-time twin (``…_wall``) beside it. The last line is one JSON
+object of these figures.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from torchbearer.imagery.cache import band_indexes, build_stack, stack_info  # noqa: E402
+from torchbearer.imagery.safe import read_safe  # noqa: E402
 from torchbearer.imagery.spec import BANDS_BY_RESOLUTION  # noqa: E402
 from torchbearer.inference.ensemble import (  # noqa: E402
     Member,
@@ -47,6 +58,7 @@ from torchbearer.inference.ensemble import (  # noqa: E402
     predict_scene,
     prepare_model,
 )
+from torchbearer.inference.onnx import choose_runtimes  # noqa: E402
 from torchbearer.inference.windows import pad_to_window  # noqa: E402
 from torchbearer.ml.checkpoint import ModelCard, load_member, save_checkpoint  # noqa: E402
 from torchbearer.ml.models import build_model  # noqa: E402
@@ -76,26 +88,52 @@ def make_members(folder: Path) -> list[Member]:
     return members
 
 
-def stack_of(scene: Path, cache: Path) -> tuple[Path, float]:
-    """The scene's 60 m stack and the seconds it took to build (0 for a ready GeoTIFF)."""
+def stack_of(scene: Path, cache: Path) -> tuple[Path, float, float]:
+    """The scene's 60 m stack and the (wall, CPU) seconds it took to build into ``cache`` (0 for a GeoTIFF)."""
     if scene.is_file():
-        return scene, 0.0
-    start = time.perf_counter()
+        return scene, 0.0, 0.0
+    start, cpu = time.perf_counter(), time.process_time()
     path = build_stack(scene, 60, cache)
-    return path, time.perf_counter() - start
+    return path, time.perf_counter() - start, time.process_time() - cpu
+
+
+def decode_alone(scene: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of decoding the 60 m stack's JPEG 2000 bands into memory, a thread per band (the
+    floor of any pipeline that starts from the SAFE folder)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    product = read_safe(scene)
+    files = [product.band_file(b, 60) for b in product.bands(60)]
+
+    def decode(path: Path) -> int:
+        with rasterio.open(path) as src:
+            return int(src.read(1).shape[0])
+
+    start, cpu = time.perf_counter(), time.process_time()
+    with ThreadPoolExecutor(len(files)) as pool:
+        list(pool.map(decode, files))
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def conv1x1_member(bands: tuple[str, ...]) -> Member:
+    """A near-free member: what a GPU's forward looks like from the CPU's side."""
+    torch.manual_seed(0)
+    return Member("conv1x1", nn.Conv2d(len(bands), 1, 1), card("conv1x1", None, bands))
 
 
 # -- the members' forward alone ----------------------------------------------------------------------------------
 
 
-def forward_alone(members: list[Member], stack: Path, batches: list, options: PredictOptions) -> tuple[float, float]:
+def forward_alone(
+    members: list[Member], stack: Path, batches: list, options: PredictOptions, models: list[nn.Module] | None = None
+) -> tuple[float, float]:
     """Seconds (wall, CPU) of the members' forward passes on the pipeline's batches, inputs already in memory.
 
     The models are prepared afresh as the pipeline prepares them (preparation not timed), so the first calls
     pay the same one-time costs (oneDNN kernel set-up) as the pipeline's did.
     """
     device = torch.device(options.device)
-    models = [prepare_model(m.model, device, options.optimize) for m in members]
+    models = [prepare_model(m, device, options.optimize) for m in (models or [m.model for m in members])]
     info = stack_info(stack)
     layout = torch.channels_last if channels_last(torch.device(options.device), options.optimize) else None
     inputs = []
@@ -225,9 +263,7 @@ def reset_peak_rss() -> None:
 
 def rss_child(stack: Path, out: Path, window: int, overlap: float, batch_size: int) -> None:
     """Runs in its own process: peak RSS above the loaded 1 × 1 convolution while predicting ``stack``."""
-    torch.manual_seed(0)
-    bands = stack_info(stack).bands
-    member = Member("conv1x1", nn.Conv2d(len(bands), 1, 1), card("conv1x1", None, bands))
+    member = conv1x1_member(stack_info(stack).bands)
     base = psutil.Process().memory_info().rss
     reset_peak_rss()
     start = time.perf_counter()
@@ -266,38 +302,70 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-inference-"))
     scene = args.scene.resolve()
     members = make_members(tmp)
+    torch_models = [m.model for m in members]
     stride = args.window - round(args.window * args.overlap)
-    options = PredictOptions(window=args.window, overlap=args.overlap, batch_size=args.batch_size,
-                             device=args.device)  # fmt: skip
     print(f"scene {scene.name}, members {[m.name for m in members]}, window {args.window}, overlap {args.overlap}, "
           f"batch {args.batch_size}, {torch.get_num_threads()} torch threads", flush=True)  # fmt: skip
 
     baseline_s = torchgeo_baseline(scene, members, args.window, stride, args.batch_size, tmp / "torchgeo.tif")
     print(f"plain TorchGeo: {baseline_s:.1f} s", flush=True)
 
-    stack, stack_s = stack_of(scene, tmp / "cache")
-    # The pipeline and the bare forward alternate, best of --repeats each: the machine is shared, and a burst of
-    # someone else's work during one of them would otherwise decide the ratio.
-    predict_times, forward_times = [], []  # (wall, CPU of the whole process) seconds
+    # What a predict job with runtime: auto does: export, measure, keep the faster per member (logged).
+    start = time.perf_counter()
+    runtimes = choose_runtimes(members, "auto", args.device, window=args.window)
+    choose_s = time.perf_counter() - start
+    print(f"runtimes {dict(zip([m.name for m in members], runtimes, strict=True))} (chosen in {choose_s:.1f} s, "
+          "exports included)", flush=True)  # fmt: skip
+    options = PredictOptions(window=args.window, overlap=args.overlap, batch_size=args.batch_size,
+                             device=args.device, runtime=",".join(runtimes))  # fmt: skip
+
+    # The pipeline (from the SAFE folder, cold cache each time) and the bare forward alternate, best of --repeats
+    # each: the machine may be shared, and a burst of someone else's work would otherwise decide the ratio.
+    predict_times, stack_times, forward_times, torch_times = [], [], [], []  # (wall, CPU) seconds
     for repeat in range(args.repeats):
+        stack, stack_s, stack_cpu = stack_of(scene, tmp / f"cache-{repeat}")
+        stack_times.append((stack_s, stack_cpu))
         start, cpu = time.perf_counter(), time.process_time()
         result = predict_scene(members, [stack], tmp / f"ensemble-{repeat}.tif", options)
         predict_times.append((time.perf_counter() - start, time.process_time() - cpu))
         (stats,) = result.stats.values()
         forward_times.append(forward_alone(members, stack, stats.batches, options))
+        torch_times.append(forward_alone(members, stack, stats.batches, options, torch_models))
         print(
-            f"torchbearer: predict {predict_times[-1][0]:.1f} s (CPU {predict_times[-1][1]:.1f} s; stack "
-            f"{stack_s:.1f} s before the first); {result.windows} windows, {result.windows_skipped} all no data "
+            f"torchbearer: stack {stack_s:.1f} s (CPU {stack_cpu:.1f} s), predict {predict_times[-1][0]:.1f} s "
+            f"(CPU {predict_times[-1][1]:.1f} s); {result.windows} windows, {result.windows_skipped} all no data "
             f"(skipped), {len(stats.batches)} batches; members' forward alone on the same batches: "
-            f"{forward_times[-1][0]:.1f} s (CPU {forward_times[-1][1]:.1f} s)",
+            f"{forward_times[-1][0]:.1f} s (CPU {forward_times[-1][1]:.1f} s), through PyTorch "
+            f"{torch_times[-1][0]:.1f} s (CPU {torch_times[-1][1]:.1f} s)",
             flush=True,
         )
-    predict_s, forward_s = min(t[0] for t in predict_times), min(t[0] for t in forward_times)
-    cpu_ratio = min(t[1] for t in forward_times) / min(t[1] for t in predict_times)
+    best = lambda times, k: min(t[k] for t in times)  # noqa: E731
+    predict_s, forward_s, stack_s = best(predict_times, 0), best(forward_times, 0), best(stack_times, 0)
+    e2e_cpu = best(forward_times, 1) / (best(stack_times, 1) + best(predict_times, 1))
 
     info = stack_info(stack)
     mpx = info.width * info.height / 1e6
     ours_s = stack_s + predict_s
+
+    # The near-free member: from the SAFE folder (cold) against decoding alone, then from the ready stack (warm).
+    io: dict[str, float | None] = {"io_over_decode": None, "io_over_decode_cpu": None}
+    conv = conv1x1_member(info.bands)
+    if scene.is_dir():
+        decode = decode_alone(scene)
+        cold_stack, cold_s, cold_cpu = stack_of(scene, tmp / "cache-io")
+        start, cpu = time.perf_counter(), time.process_time()
+        predict_scene([conv], [cold_stack], tmp / "io-cold.tif", PredictOptions(window=args.window,
+                      overlap=args.overlap, batch_size=args.batch_size, device=args.device))  # fmt: skip
+        cold = (cold_s + time.perf_counter() - start, cold_cpu + time.process_time() - cpu)
+        io = {"io_over_decode": decode[0] / cold[0], "io_over_decode_cpu": decode[1] / cold[1]}
+        print(f"1×1 conv from the SAFE folder to the COG {cold[0]:.2f} s (CPU {cold[1]:.2f} s); decoding the "
+              f"bands alone {decode[0]:.2f} s (CPU {decode[1]:.2f} s)", flush=True)  # fmt: skip
+    start, cpu = time.perf_counter(), time.process_time()
+    predict_scene([conv], [stack], tmp / "io-warm.tif", PredictOptions(window=args.window, overlap=args.overlap,
+                  batch_size=args.batch_size, device=args.device))  # fmt: skip
+    warm = (time.perf_counter() - start, time.process_time() - cpu)
+    print(f"1×1 conv from the ready stack {warm[0]:.2f} s (CPU {warm[1]:.2f} s)", flush=True)
+
     small = rss_growth(stack, tmp / "rss-scene.tif", args)
     big = rss_growth(mosaic_vrt(stack, tmp / "mosaic.vrt", args.mosaic), tmp / "rss-mosaic.tif", args)
     print(f"1×1 conv: scene {info.width}² peak RSS +{small['growth'] / 2**20:.0f} MB above the model "
@@ -305,14 +373,24 @@ def main() -> None:
           f"+{big['growth'] / 2**20:.0f} MB ({big['seconds']:.1f} s); base RSS {small['base'] / 2**20:.0f} MB",
           flush=True)  # fmt: skip
 
+    def r(x: float | None, digits: int = 3) -> float | None:
+        return None if x is None else round(x, digits)
+
     figures = {
         "mpx_per_s": round(mpx / ours_s, 4),
-        "e2e_over_forward": round(forward_s / predict_s, 3),
         "vs_torchgeo": round(baseline_s / ours_s, 2),
+        "e2e_over_forward": r(e2e_cpu),
+        "e2e_over_forward_wall": r(forward_s / predict_s),
+        "io_over_decode": r(io["io_over_decode"]),
+        "io_over_decode_cpu": r(io["io_over_decode_cpu"]),
+        "warm_io_mpx_per_s": round(mpx / warm[0], 2),
+        "onnx_over_torch": r(best(torch_times, 0) / forward_s),
+        "onnx_over_torch_cpu": r(best(torch_times, 1) / best(forward_times, 1)),
         "rss_growth_big": round(big["growth"] / small["growth"], 3),
+        "runtimes": ",".join(runtimes),
     }
     print(f"scene {mpx:.2f} Mpx: torchbearer {mpx / ours_s:.3f} Mpx/s ({mpx / predict_s:.3f} from the stack), "
-          f"plain TorchGeo {mpx / baseline_s:.3f} Mpx/s; forward ÷ pipeline in CPU time {cpu_ratio:.3f}")  # fmt: skip
+          f"plain TorchGeo {mpx / baseline_s:.3f} Mpx/s")  # fmt: skip
     print(json.dumps(figures))
 
 

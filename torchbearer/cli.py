@@ -653,6 +653,24 @@ def explain(ctx: typer.Context, files: Annotated[list[Path], typer.Argument(help
     run_in_foreground(ctx.obj, files, kinds={"explain"})
 
 
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A torchbearer .ckpt (with its model card)")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="The .onnx (default: beside it)")] = None,
+) -> None:
+    """Export a checkpoint's model to ONNX, with its model card as JSON beside it, checked against PyTorch."""
+    from torchbearer.inference.onnx import OnnxExportError, export_checkpoint
+    from torchbearer.ml.checkpoint import CheckpointError
+
+    try:
+        done = export_checkpoint(checkpoint, output, reuse=False)
+    except (CheckpointError, OnnxExportError) as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"{done.onnx}\n{done.card}\nmax |ONNX − PyTorch| on the logits: {done.max_abs_diff:.2g}", highlight=False
+    )
+
+
 app.command("download")(imagery_cli.download)
 app.add_typer(prepare_cli.app, name="prepare")
 

@@ -76,7 +76,7 @@ def test_members_from_a_train_job_and_a_corrupt_checkpoint(project, store, stack
     kind = get_kind("predict")
     spec = kind.spec.model_validate({
         "name": "ens", "models": [{"job": "unet"}], "scenes": [f"scenes/{CROP.name}"], "output": "out/ens.tif",
-        "window": 128, "optimize": False,
+        "window": 128, "optimize": False, "runtime": "torch",
     })  # fmt: skip
     ctx = _context(project, store, "ens")
     kind.run(spec, ctx)
@@ -108,7 +108,7 @@ def test_sigterm_mid_scene_resumes_to_the_same_bytes(project, store, patient_dae
     # seconds on a CPU, stopped after the first strip.
     write_job(project.queue_dir, "ens.yaml", (
         "name: ens\nkind: predict\nmodels: [{checkpoint: a.ckpt}]\nscenes: [part_60m.tif]\n"
-        "output: outputs/ens.tif\nwindow: 64\nbatch_size: 1\ntta: flips\noptimize: false\n"
+        "output: outputs/ens.tif\nwindow: 64\nbatch_size: 1\ntta: flips\noptimize: false\nruntime: torch\n"
     ))  # fmt: skip
     job = wait_state(store, wait_for(lambda: store.find_job("ens"), 15).id, "running", timeout=60)
     wait_for(lambda: ((store.latest_progress(job.id) or {}).get("done") or 0) > 0, 120, what="a strip done")
@@ -139,7 +139,7 @@ def test_scenes_from_an_imagery_block(project, store, small60) -> None:
     kind = get_kind("predict")
     spec = kind.spec.model_validate({
         "name": "ens", "models": [{"checkpoint": "a.ckpt"}], "output": "out/ens.tif", "window": 64,
-        "optimize": False, "imagery": {"source": "local", "paths": ["scenes"], "resolution": 20},
+        "optimize": False, "runtime": "torch", "imagery": {"source": "local", "paths": ["scenes"], "resolution": 20},
     })  # fmt: skip
     kind.run(spec, _context(project, store, "ens"))  # the members' resolution (60 m) wins over the block's
     with rasterio.open(project.project_dir / "out" / "ens.tif") as out, rasterio.open(small60) as scene:

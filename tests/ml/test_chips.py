@@ -137,6 +137,7 @@ def test_prediction_refuses_a_scene_of_another_domain(stack: Path, tmp_path: Pat
 def test_forest_on_chips_predicts_the_scene_as_an_ensemble_member(chips: Path, stack: Path, tmp_path: Path) -> None:
     """Sampled balanced pixels → forest → joblib checkpoint → ``load_member`` → a map like a network's."""
     from torchbearer.inference.ensemble import Member, PredictOptions, predict_scene
+    from torchbearer.inference.onnx import choose_runtimes
     from torchbearer.ml.checkpoint import ModelCard, load_member
     from torchbearer.ml.forest import ForestModel, evaluate, fit_forest, sample_pixels, save_forest
     from torchbearer.ml.tasks import make_loss
@@ -153,7 +154,11 @@ def test_forest_on_chips_predicts_the_scene_as_an_ensemble_member(chips: Path, s
 
     model, loaded = load_member(save_forest(forest, card, tmp_path / "forest.joblib"))
     assert loaded == card and isinstance(model, ForestModel)
-    result = predict_scene([Member("rf", model, loaded, str(tmp_path / "forest.joblib"))], [stack],
+    member = Member("rf", model, loaded, str(tmp_path / "forest.joblib"))
+    for runtime in ("auto", "onnx"):  # nothing to export: a forest runs as it is, whatever the setting
+        assert choose_runtimes([member], runtime, "cpu", window=128, optimize=True) == ["sklearn"]
+    assert member.model is model
+    result = predict_scene([member], [stack],
                            tmp_path / "map.tif", PredictOptions(window=128, class_map=True))  # fmt: skip
     with rasterio.open(MASKS / "t29unu_cloud.tif") as ds:
         truth = ds.read(1)

@@ -17,7 +17,9 @@ import fcntl
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,8 @@ from torchbearer.imagery.spec import BANDS_BY_RESOLUTION
 
 log = logging.getLogger(__name__)
 
+#: Threads decoding a product's bands when stacking it (one band each).
+DECODE_THREADS = max(1, os.cpu_count() or 1)
 #: Tile edge of a stack, pixels.
 TILE = 256
 #: Creation options of a stack: tiles for window reads, ZSTD (decodes about twice as fast as DEFLATE here)
@@ -128,10 +132,12 @@ def _write_stack(
     profile = {**CREATION_OPTIONS, "crs": crs, "transform": transform, "width": width, "height": height}
     profile["count"] = len(sources)
     with rasterio.open(part, "w", **profile) as dst:
-        for index, (band, source) in enumerate(sources.items(), 1):
+        for index, (band, data) in enumerate(
+            zip(sources, _decoded(list(sources.values()), width, height), strict=True), 1
+        ):
             if report is not None:
                 report(stage="preparing data", done=index - 1, total=len(sources), unit="bands", scene=product.name)
-            dst.write(_read_band(source, width, height), index)
+            dst.write(data, index)
             dst.set_band_description(index, band)
         dst.update_tags(
             BOA_ADD_OFFSET=str(offset),
@@ -142,6 +148,30 @@ def _write_stack(
         )
     if report is not None:
         report(stage="preparing data", done=len(sources), total=len(sources), unit="bands", scene=product.name)
+
+
+def _decoded(sources: list[Path], width: int, height: int) -> Iterator[np.ndarray]:
+    """The bands decoded by :data:`DECODE_THREADS` threads, one band per thread, yielded in order.
+
+    JPEG 2000 decoding holds no lock, so bands decode side by side (OpenJPEG also spreads a band's tiles over
+    GDAL's own threads); at most one band per thread is held decoded ahead of the one being written.
+    """
+    workers = max(1, min(DECODE_THREADS, len(sources)))
+    if workers == 1:
+        yield from (_read_band(source, width, height) for source in sources)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="band-decoder") as pool:
+        pending = deque(pool.submit(_read_band, source, width, height) for source in sources[:workers])
+        rest = iter(sources[workers:])
+        try:
+            while pending:
+                data = pending.popleft().result()
+                if (source := next(rest, None)) is not None:
+                    pending.append(pool.submit(_read_band, source, width, height))
+                yield data
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _read_band(source: Path, width: int, height: int) -> np.ndarray:

@@ -113,6 +113,9 @@ class PredictOptions:
     device: str = "cpu"
     optimize: bool = True
     """Speed up the forward: see :func:`prepare_model`."""
+    runtime: str = "torch"
+    """What runs the members' forward, one entry per member joined by commas (``torch`` / ``onnx``, as
+    ``inference.onnx.choose_runtimes`` set them): part of the fingerprint, so a resumed run uses the same."""
 
 
 @dataclass
@@ -265,6 +268,8 @@ def prepare_model(model: nn.Module, device: torch.device, optimize: bool) -> nn.
     """
     if getattr(model, "is_classical", False):
         return model.eval()
+    if getattr(model, "prepared", False):  # an ONNX Runtime session (inference/onnx.py): nothing to convert
+        return model
     model = model.to(device).eval()
     if device.type == "cuda" or optimize:
         model = model.to(memory_format=torch.channels_last)

@@ -1,9 +1,11 @@
 """One resolution's members run over their stack in windows, blended into finished strips of rows.
 
 A :class:`GroupStream` owns the members that share a resolution (and so a stack): a reader thread reads each
-window once (the union of the members' bands), skips windows that are all no data, and hands batches of windows
-to the compute loop, which runs every member on them, adds the normalised-weighted probabilities into a buffer
-one window high and as wide as the scene, and yields the rows no later window touches, a few at a time. Memory
+window once (the union of the members' bands; decoded by several threads, in order), skips windows that are all
+no data, and hands batches of windows to a forward thread, which runs every member on them and hands the
+probabilities to the blending loop (the caller's thread, overlapping the next forward), which adds them,
+normalised-weighted, into a buffer one window high and as wide as the scene, and yields the rows no later window
+touches, a few at a time. Memory
 is that buffer plus a few batches in flight, whatever the scene's height.
 
 Batches never span two rows of windows, so a stream restarted at a row of windows (to resume) feeds the models
@@ -13,9 +15,12 @@ exactly the same batches and yields bit-identical values.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +32,9 @@ from rasterio.windows import Window
 from torchbearer.imagery.cache import valid_pixels
 from torchbearer.inference.blending import GridWeights
 from torchbearer.inference.windows import WindowGrid, overlap_pixels, pad_to_window
+
+READERS = max(1, min(4, os.cpu_count() or 1))
+"""Threads decoding windows of a stack ahead of the model (:class:`GroupStream`'s ``readers``)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,9 @@ class GroupStream:
             on a CPU, a strip minutes, and a stop request must be answered within the supervisor's grace).
         strip_rows: most rows per yielded strip.
         prefetch: batches the reader may read ahead.
+        readers: threads decoding windows of the stack (each its own handle on it; default :data:`READERS`);
+            1 reads in the reader thread itself. Several keep a fast model (a GPU's) fed: decoding a
+            window's tiles costs more than its forward there.
     """
 
     def __init__(
@@ -120,6 +131,7 @@ class GroupStream:
         should_stop: Callable[[], bool] | None = None,
         strip_rows: int = 64,
         prefetch: int = 2,
+        readers: int | None = None,
     ) -> None:
         self.dataset = dataset
         self.indexes = indexes
@@ -127,6 +139,7 @@ class GroupStream:
         self.members = members
         self.classes = classes
         self.batch_size = batch_size
+        self.readers = readers or READERS
         self.grid = WindowGrid.over(dataset.height, dataset.width, size, overlap)
         self.weights = GridWeights(self.grid, overlap_pixels(size, overlap))
         self.start_row = start_row
@@ -135,44 +148,115 @@ class GroupStream:
         self.start_index = self.grid.row_index(start_row)
         self.stats = StreamStats(windows_done=self.start_index * len(self.grid.cols))
         self._queue: queue.Queue[_Batch | BaseException | None] = queue.Queue(prefetch)
+        self._computed: queue.Queue[tuple[_Batch, list[torch.Tensor] | None] | BaseException | None]
+        self._computed = queue.Queue(prefetch)
         self._stop = threading.Event()
 
     # -- reading (a thread) -----------------------------------------------------------------------------------
 
-    def _read_row(self, index: int) -> Iterator[_Batch]:
-        """The row's windows that have data, in batches; the queue holds a few batches whatever the width."""
-        size, r = self.grid.size, self.grid.rows[index]
-        h = min(size, self.grid.height - r)
-        batch = _Batch(index, [], [], [], 0, False)
-        for j, c in enumerate(self.grid.cols):
-            w = min(size, self.grid.width - c)
-            # In-bounds windows only (rasterio's boundless reads go through a slow VRT); pad_to_window does the rest.
-            block = self.dataset.read(self.indexes, window=Window(c, r, w, h))
+    def _read_window(self, dataset: rasterio.io.DatasetReader, index: int, j: int) -> np.ndarray:
+        """Window ``j`` of row ``index`` as DN (bands × h × w, clipped to the scene)."""
+        size, r, c = self.grid.size, self.grid.rows[index], self.grid.cols[j]
+        h, w = min(size, self.grid.height - r), min(size, self.grid.width - c)
+        # In-bounds windows only (rasterio's boundless reads go through a slow VRT); pad_to_window does the rest.
+        return dataset.read(self.indexes, window=Window(c, r, w, h))
+
+    def _blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(row index, column index, DN)`` of every window from the start row on, in order.
+
+        With ``readers`` > 1 the windows are decoded by that many threads, each with its own handle on the stack
+        (a GDAL dataset must not be shared between threads), up to ``2 × readers`` windows ahead of the one
+        handed on; the order, and so every batch, is the same as with one reader.
+        """
+        windows = ((i, j) for i in range(self.start_index, len(self.grid.rows)) for j in range(len(self.grid.cols)))
+        if self.readers <= 1:
+            for i, j in windows:
+                yield i, j, self._read_window(self.dataset, i, j)
+            return
+        local, opened, lock = threading.local(), [], threading.Lock()
+
+        def read(i: int, j: int) -> np.ndarray:
+            if not hasattr(local, "dataset"):
+                local.dataset = rasterio.open(self.dataset.name)
+                with lock:
+                    opened.append(local.dataset)
+            return self._read_window(local.dataset, i, j)
+
+        pending: deque[tuple[int, int, Future[np.ndarray]]] = deque()
+        try:
+            with ThreadPoolExecutor(self.readers, thread_name_prefix="window-decoder") as pool:
+                try:
+                    for i, j in windows:
+                        pending.append((i, j, pool.submit(read, i, j)))
+                        if len(pending) > 2 * self.readers:
+                            i0, j0, done = pending.popleft()
+                            yield i0, j0, done.result()
+                    while pending:
+                        i0, j0, done = pending.popleft()
+                        yield i0, j0, done.result()
+                finally:
+                    for *_, future in pending:
+                        future.cancel()
+        finally:
+            for dataset in opened:
+                dataset.close()
+
+    def _batches(self) -> Iterator[_Batch]:
+        """The windows that have data, in batches that never span two rows of windows (a row's last batch is
+        marked, and may hold no window); the queue holds a few batches whatever the width."""
+        size = self.grid.size
+        batch = None
+        for index, j, block in self._blocks():
+            if batch is None:
+                batch = _Batch(index, [], [], [], 0, False)
             valid = valid_pixels(block)
             if not valid.any():  # all no data: nothing to predict, its pixels stay no data
                 batch.skipped += 1
-                continue
-            batch.cols.append(j)
-            batch.data.append(pad_to_window(block, size))
-            batch.valid.append(valid)
-            if len(batch.cols) == self.batch_size:
+            else:
+                batch.cols.append(j)
+                batch.data.append(pad_to_window(block, size))
+                batch.valid.append(valid)
+            if j == len(self.grid.cols) - 1:
+                batch.last = True
+                yield batch
+                batch = None
+            elif len(batch.cols) == self.batch_size:
                 yield batch
                 batch = _Batch(index, [], [], [], 0, False)
-        batch.last = True
-        yield batch
 
     def _reader(self) -> None:
         try:
-            for index in range(self.start_index, len(self.grid.rows)):
-                for batch in self._read_row(index):
-                    if self._stop.is_set():
-                        return
-                    self._queue.put(batch)
+            for batch in self._batches():
+                if self._stop.is_set():
+                    return
+                self._queue.put(batch)
             self._queue.put(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the compute loop, which re-raises it
             self._queue.put(exc)
 
-    # -- computing ------------------------------------------------------------------------------------------
+    # -- the forward (a thread) ------------------------------------------------------------------------------
+
+    def _forwarder(self) -> None:
+        """Runs the members on each batch the reader hands on, while the consumer blends the previous one."""
+        try:
+            while (batch := self._queue.get()) is not None:
+                if isinstance(batch, BaseException):
+                    raise batch
+                probs = None
+                if batch.cols:
+                    if self.should_stop():
+                        raise StopRequested
+                    probs = self.forward(torch.from_numpy(np.stack(batch.data)))
+                    r = self.grid.rows[batch.index]
+                    self.stats.batches.append([(r, self.grid.cols[j]) for j in batch.cols])
+                if self._stop.is_set():
+                    return
+                self._computed.put((batch, probs))
+            self._computed.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the blending loop, which re-raises it
+            self._computed.put(exc)
+
+    # -- blending ---------------------------------------------------------------------------------------------
 
     def strips(self) -> Iterator[Strip]:
         """Yield the blended rows from ``start_row`` to the bottom of the grid, in order, ``strip_rows`` at most
@@ -183,13 +267,16 @@ class GroupStream:
         acc = torch.zeros(self.members, self.classes, size, grid.width)
         valid_acc = np.zeros((size, grid.width), dtype=bool)
         top = grid.rows[self.start_index]
-        reader = threading.Thread(target=self._reader, name="window-reader", daemon=True)
-        reader.start()
+        threads = [threading.Thread(target=self._reader, name="window-reader", daemon=True),
+                   threading.Thread(target=self._forwarder, name="model-forward", daemon=True)]  # fmt: skip
+        for thread in threads:
+            thread.start()
         try:
-            while (batch := self._queue.get()) is not None:
-                if isinstance(batch, BaseException):
-                    raise batch
-                self._accumulate(batch, acc, valid_acc, top)
+            while (item := self._computed.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                batch, probs = item
+                self._accumulate(batch, probs, acc, valid_acc, top)
                 if not batch.last:
                     continue
                 end = grid.finished_until(batch.index)
@@ -204,9 +291,10 @@ class GroupStream:
                 top = end
         finally:
             self._stop.set()
-            while reader.is_alive():  # unblock a reader waiting on a full queue
-                with contextlib.suppress(queue.Empty):
-                    self._queue.get(timeout=0.05)
+            while any(t.is_alive() for t in threads):  # unblock threads waiting on a full queue
+                for waiting in (self._queue, self._computed):
+                    with contextlib.suppress(queue.Empty):
+                        waiting.get(timeout=0.05)
 
     @staticmethod
     def _shift(acc: torch.Tensor, valid_acc: np.ndarray, shift: int) -> None:
@@ -223,18 +311,17 @@ class GroupStream:
         acc[:, :, max(keep, 0) :] = 0
         valid_acc[max(keep, 0) :] = False
 
-    def _accumulate(self, batch: _Batch, acc: torch.Tensor, valid_acc: np.ndarray, top: int) -> None:
+    def _accumulate(
+        self, batch: _Batch, probs: list[torch.Tensor] | None, acc: torch.Tensor, valid_acc: np.ndarray, top: int
+    ) -> None:
+        """Add a batch's weighted probabilities (None: it held no window) into the row buffer."""
         grid, size = self.grid, self.grid.size
         self.stats.windows_done += len(batch.cols) + batch.skipped
         self.stats.windows_skipped += batch.skipped
-        if not batch.cols:
+        if probs is None:
             return
-        if self.should_stop():
-            raise StopRequested
         r = grid.rows[batch.index]
         h = min(size, grid.height - r)
-        probs = self.forward(torch.from_numpy(np.stack(batch.data)))
-        self.stats.batches.append([(r, grid.cols[j]) for j in batch.cols])
         for k, j in enumerate(batch.cols):
             c = grid.cols[j]
             w = min(size, grid.width - c)

@@ -66,6 +66,9 @@ class PredictSpec(JobSpec):
     member_maps: bool = Field(False, description="also write each member's map (<output>.<name>.tif)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     optimize: bool = Field(True, description="trace and freeze the models for a faster CPU forward")
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="CPU forward: PyTorch, ONNX Runtime, or whichever a short measurement finds faster"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -166,13 +169,16 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
         map_paths,
         predict_scene,
     )
+    from torchbearer.inference.onnx import choose_runtimes
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     members = load_members(spec, ctx, device)
+    runtimes = choose_runtimes(members, spec.runtime, device, window=spec.window, optimize=spec.optimize)
     scenes = scene_inputs(spec, ctx, sorted({int(m.card.resolution) for m in members}))
     options = PredictOptions(
         window=spec.window, overlap=spec.overlap, batch_size=spec.batch_size, combine=spec.combine, tta=spec.tta,
         class_map=spec.class_map, member_maps=spec.member_maps, device=device, optimize=spec.optimize,
+        runtime=",".join(runtimes),
     )  # fmt: skip
     for i, stacks in enumerate(scenes):
         output = output_path(spec, ctx, stacks, len(scenes))
