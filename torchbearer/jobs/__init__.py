@@ -25,6 +25,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "train": "torchbearer.jobs.train",
     "predict": "torchbearer.jobs.predict",
     "download": "torchbearer.jobs.download",
+    "classify": "torchbearer.jobs.classify",
 }
 
 

@@ -65,6 +65,9 @@ class PredictSpec(JobSpec):
     member_maps: bool = Field(False, description="also write each member's map (<output>.<name>.tif)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     optimize: bool = Field(True, description="trace and freeze the models for a faster CPU forward")
+    # Classification checkpoints (a classify job's): see jobs/classify_predict.py.
+    patches: str | None = Field(None, description="classifiers: a folder of patches → a CSV output")
+    stride: int | None = Field(None, ge=1, le=4096, description="classifiers on a scene: pixels between patches")
 
     @model_validator(mode="before")
     @classmethod
@@ -78,6 +81,12 @@ class PredictSpec(JobSpec):
 
     @model_validator(mode="after")
     def _input(self) -> PredictSpec:
+        if self.patches is not None:  # classifiers over a folder of patches
+            if self.scenes or self.imagery is not None:
+                raise ValueError("give patches (a folder) or scenes / imagery, not both")
+            if not self.output.lower().endswith(".csv"):
+                raise ValueError(f"output {self.output!r}: patches are classified into a CSV (.csv)")
+            return self
         if bool(self.scenes) == (self.imagery is not None):
             raise ValueError("give either scenes (paths) or an imagery block, not both and not neither")
         if not self.output.lower().endswith((".tif", ".tiff")):
@@ -162,7 +171,10 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
         map_paths,
         predict_scene,
     )
+    from torchbearer.jobs.classify_predict import is_classification, run_classification
 
+    if is_classification(spec, ctx):
+        return run_classification(spec, ctx)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     members = load_members(spec, ctx, device)
     scenes = scene_inputs(spec, ctx, sorted({int(m.card.resolution) for m in members}))
