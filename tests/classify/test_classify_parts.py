@@ -170,9 +170,32 @@ def test_scene_prediction_is_georeferenced_at_patch_resolution(tmp_path: Path) -
         assert out.descriptions == ("cloud", "shadow", "vegetation", "water", "class")
         assert out.transform.a == info.transform.a * 8 and out.transform.e == info.transform.e * 8
         # pixel (0, 0) is centred on the first patch's centre: 8 scene pixels from the scene's corner
-        assert out.xy(0, 0) == pytest.approx(info.transform * (8, 8))
+        assert out.xy(0, 0) == pytest.approx(info.transform @ (8, 8))
         data = out.read()
     valid = ~np.isnan(data[-1])
     assert 0.5 < valid.mean() < 1  # the no-data wedge in the east is left out
     assert np.allclose(data[:4, valid].sum(axis=0), 1, atol=1e-4)
     assert np.array_equal(data[-1, valid], data[:4, valid].argmax(axis=0))
+
+
+def test_multi_label_training_logs_micro_and_macro_f1_and_map(tmp_path: Path) -> None:
+    from torchbearer.ml.classify_report import predict_batches, write_report
+
+    patch_set = load_patch_set(BIGEARTHNET, tmp_path / "cache", layout="bigearthnet", bands=["B02", "B03", "B04"])
+    split = {"train": np.arange(6), "val": np.arange(6), "test": np.arange(6)}
+    mean, std = patch_set.band_stats(split["train"])
+    card = ModelCard("classifier", "resnet18", 3, len(patch_set.classes), patch_set.classes, "multilabel",
+                     patch_set.bands, 10.0, {"mean": mean, "std": std}, extra={"patch_size": 120})  # fmt: skip
+    task = ClassificationTask(card.to_dict(), lr=0.01, label_smoothing=0.1, max_epochs=1)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    datamodule = PatchDataModule(patch_set, split, batch_size=3)
+    trainer.fit(task, datamodule=datamodule)
+    logged = set(trainer.callback_metrics)
+    assert {"val/f1_micro", "val/f1_macro", "val/map", "val/accuracy", "val/f1/Water bodies"} <= logged
+    probabilities, labels = predict_batches(task, datamodule.test_dataloader())
+    assert probabilities.shape == labels.shape == (6, len(patch_set.classes))
+    paths = write_report(tmp_path, probabilities, labels, patch_set.classes, True, split="test")
+    report = json.loads(paths["report"].read_text())
+    assert report["task"] == "multilabel" and {"f1_micro", "map"} <= set(report)
+    assert paths["curves"].name == "pr.png" and paths["confusion"].is_file()

@@ -138,7 +138,7 @@ def scene_grid(transform: Any, height: int, width: int, patch: int, stride: int)
     if height < patch or width < patch:
         raise ValueError(f"scene of {width}×{height} pixels is smaller than one {patch}-pixel patch")
     shift = (patch - stride) / 2
-    grid = transform * Affine.translation(shift, shift) * Affine.scale(stride)
+    grid = transform @ Affine.translation(shift, shift) @ Affine.scale(stride)
     return grid, (height - patch) // stride + 1, (width - patch) // stride + 1
 
 
