@@ -103,7 +103,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = PATCHES
@@ -126,7 +128,7 @@ def main() -> None:
         torch.manual_seed(0)
         cached = PatchDataModule(patch_set, split, args.batch).train_dataloader()
         per_file = DataLoader(PerFilePatches(root, patch_set.paths, patch_set.labels), batch_size=args.batch,
-                              shuffle=True)  # fmt: skip
+                              shuffle=True, drop_last=True)  # fmt: skip
         print(f"{len(patch_set)} patches {patch_set.images.shape[1:]}, batch {args.batch}, {args.epochs} epochs; "
               f"scan into the cache {scan_s:.2f} s; {torch.get_num_threads()} torch threads", flush=True)  # fmt: skip
         cache_wall, cache_cpu, n = timed_epochs(cached, transform, args.epochs)
