@@ -199,3 +199,14 @@ def test_multi_label_training_logs_micro_and_macro_f1_and_map(tmp_path: Path) ->
     report = json.loads(paths["report"].read_text())
     assert report["task"] == "multilabel" and {"f1_micro", "map"} <= set(report)
     assert paths["curves"].name == "pr.png" and paths["confusion"].is_file()
+
+
+def test_imagenet_weights_that_cannot_be_fetched_fail_clearly(tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    from torchbearer.ml.models import ModelError
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as on a machine without network
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelError, match=r"could not fetch ImageNet weights for resnet18.*offline"):
+        build_classifier("resnet18", 11, 4, "imagenet")
