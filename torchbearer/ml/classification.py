@@ -103,8 +103,8 @@ class PatchDataModule(L.LightningDataModule):
             sampler: Any = SubsetRandomSampler(indexes.tolist(), generator=torch.Generator().manual_seed(self.seed))
         else:
             sampler = [int(i) for i in indexes]
-        # A training batch of one patch breaks batch norm: drop a short last batch when there are full ones.
-        drop_last = shuffle and len(indexes) > self.batch_size
+        # A training batch of one patch breaks batch norm: drop a last batch of one.
+        drop_last = shuffle and len(indexes) % self.batch_size == 1
         batches = BatchSampler(sampler if shuffle else SequentialSampler(sampler), self.batch_size, drop_last)
         if not shuffle:  # SequentialSampler yields positions: map them back to patch indexes
             batches = [[sampler[i] for i in batch] for batch in batches]
