@@ -31,5 +31,6 @@ def test_classify_resumes_after_sigterm(patch_project, store, daemon) -> None:
     assert sorted(m["epoch"] for m in store.metrics(job.id, "val/f1_macro")) == [0, 1, 2]
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 3 * 5  # 154 training patches: 5 batches of 32 an epoch
+    assert last["epoch"] == 2  # last.ckpt is the last epoch's, whether or not it improved the best score
     assert "resuming from" in (run_dir / "log.txt").read_text()
     assert (run_dir / "report.json").is_file()

@@ -299,10 +299,16 @@ def run(spec: ClassifySpec, ctx: JobContext) -> None:
 
     stopping = options.early_stopping
     monitor, mode = (stopping.monitor, stopping.direction) if stopping else ("val/f1_macro", "max")
+    # Saved when validation ends, before the epoch-end hooks where a stop request is honoured. last.ckpt has
+    # its own callback: Lightning's save_last only writes it in epochs that improve the best score.
     best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                           save_last=True, auto_insert_metric_name=False, save_on_train_epoch_end=False)  # fmt: skip
+                           auto_insert_metric_name=False, save_on_train_epoch_end=False,
+                           enable_version_counter=False)  # fmt: skip
+    latest = ModelCheckpoint(dirpath=checkpoints, filename="last", save_top_k=1, save_on_train_epoch_end=False,
+                             enable_version_counter=False)  # fmt: skip
     callbacks: list[Any] = [
         best,
+        latest,
         TwoPhaseFinetuning(phases, options.lr, sets_lr=options.scheduler in ("plateau", "none")),
         LearningRateMonitor(logging_interval="epoch"),
         ProgressReporter(ctx.progress, ctx.metrics),
