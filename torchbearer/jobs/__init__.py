@@ -30,6 +30,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "prepare": "torchbearer.jobs.prepare",
     "explain": "torchbearer.jobs.explain",
     "plot": "torchbearer.jobs.plot",
+    "classify": "torchbearer.jobs.classify",
 }
 
 

@@ -49,7 +49,7 @@ class PredictSpec(JobSpec):
     """A prediction job: which models, which scenes, how to combine, where to write."""
 
     kind: Literal["predict"] = "predict"
-    path_fields = ("scenes", "output", "models.checkpoint", "imagery.paths", "imagery.aoi")
+    path_fields = ("scenes", "patches", "output", "models.checkpoint", "imagery.paths", "imagery.aoi")
     models: list[ModelRef] = Field(min_length=1, description="the ensemble's members")
     scenes: list[str | list[str]] = Field(
         default_factory=list,
@@ -69,6 +69,9 @@ class PredictSpec(JobSpec):
     runtime: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="CPU forward: PyTorch, ONNX Runtime, or whichever a short measurement finds faster"
     )
+    # Classification checkpoints (a classify job's): see jobs/classify_predict.py.
+    patches: str | None = Field(None, description="classifiers: a folder of patches → a CSV output")
+    stride: int | None = Field(None, ge=1, le=4096, description="classifiers on a scene: pixels between patches")
 
     @model_validator(mode="before")
     @classmethod
@@ -82,6 +85,12 @@ class PredictSpec(JobSpec):
 
     @model_validator(mode="after")
     def _input(self) -> PredictSpec:
+        if self.patches is not None:  # classifiers over a folder of patches
+            if self.scenes or self.imagery is not None:
+                raise ValueError("give patches (a folder) or scenes / imagery, not both")
+            if not self.output.lower().endswith(".csv"):
+                raise ValueError(f"output {self.output!r}: patches are classified into a CSV (.csv)")
+            return self
         if bool(self.scenes) == (self.imagery is not None):
             raise ValueError("give either scenes (paths) or an imagery block, not both and not neither")
         if not self.output.lower().endswith((".tif", ".tiff")):
@@ -170,7 +179,10 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
         predict_scene,
     )
     from torchbearer.inference.onnx import choose_runtimes
+    from torchbearer.jobs.classify_predict import is_classification, run_classification
 
+    if is_classification(spec, ctx):
+        return run_classification(spec, ctx)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     members = load_members(spec, ctx, device)
     runtimes = choose_runtimes(members, spec.runtime, device, window=spec.window, optimize=spec.optimize)

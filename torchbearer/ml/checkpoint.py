@@ -45,7 +45,7 @@ class ModelCard:
     in_channels: int
     num_classes: int
     classes: list[str]
-    task: Literal["binary", "multiclass"]
+    task: Literal["binary", "multiclass", "multilabel"]  # multilabel: patch classifiers (one sigmoid a class)
     bands: list[str]
     resolution: float
     norm: dict[str, list[float]]
@@ -82,8 +82,8 @@ class ModelCard:
             raise CheckpointError(f"{where}: model card lacks {', '.join(missing)}")
         card = cls(**{k: v for k, v in data.items() if k in names})
         problems = []
-        if card.task not in ("binary", "multiclass"):
-            problems.append(f"task {card.task!r} is neither binary nor multiclass")
+        if card.task not in ("binary", "multiclass", "multilabel"):
+            problems.append(f"task {card.task!r} is not binary, multiclass or multilabel")
         if len(card.bands) != card.in_channels:
             problems.append(f"{len(card.bands)} bands for {card.in_channels} input channels")
         if len(card.classes) != card.num_classes:
