@@ -39,7 +39,8 @@ class PrepareSpec(JobSpec):
                    "steps.rasterize.scene", "steps.chip.output", "steps.chip.scene", "steps.chip.mask",
                    "steps.split.chips", "steps.mosaic.inputs", "steps.mosaic.output", "steps.flatten.output",
                    "steps.flatten.scene", "steps.flatten.mask", "steps.summarize.output", "steps.summarize.source",
-                   "steps.summarize.mask")  # fmt: skip
+                   "steps.summarize.mask", "steps.patches.labels", "steps.patches.output",
+                   "steps.patches.scene")  # fmt: skip
     scene: str | None = Field(None, description="SAFE folder or zip, stacked GeoTIFF, or any GDAL raster")
     imagery: ImagerySpec | None = Field(None, description="fetch the scene instead of naming it (the first one)")
     resolution: Literal[10, 20, 60] = Field(20, description="metres: the stack made of a SAFE scene")

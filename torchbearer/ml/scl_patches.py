@@ -19,8 +19,6 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 #: Classes of the patch set and the SCL values each gathers.
 CLASSES: dict[str, tuple[int, ...]] = {
     "water": (6,),
@@ -31,64 +29,26 @@ CLASSES: dict[str, tuple[int, ...]] = {
 SCL_NODATA = 0
 
 
-def patch_labels(scl: np.ndarray, size: int, purity: float) -> dict[tuple[int, int], str]:
-    """Class of each ``size``-pixel patch of an SCL grid, keyed by its (row, column) origin in pixels."""
-    labels = {}
-    for row in range(0, scl.shape[0] - size + 1, size):
-        for col in range(0, scl.shape[1] - size + 1, size):
-            window = scl[row : row + size, col : col + size]
-            if (window == SCL_NODATA).any():
-                continue
-            shares = {name: np.isin(window, values).mean() for name, values in CLASSES.items()}
-            name, share = max(shares.items(), key=lambda item: item[1])
-            if share >= purity:
-                labels[(row, col)] = name
-    return labels
-
-
 def make_patches(
     safe: Path, out: Path, *, size: int = 16, purity: float = 0.6, per_class: int | None = 100, seed: int = 0
 ) -> dict[str, int]:
-    """Write the patch set of the SAFE folder ``safe`` under ``out``; returns the patch count per class."""
-    import rasterio
-    from rasterio.windows import Window
+    """Write the patch set of the SAFE folder ``safe`` under ``out``; returns the patch count per class.
 
+    The same cut as the ``prepare`` kind's ``patches`` step (:func:`torchbearer.prepare.patches.label_patches`)
+    on the product's 60 m stack with its SCL band as the class raster."""
     from torchbearer.imagery.cache import build_stack
     from torchbearer.imagery.safe import read_safe
+    from torchbearer.prepare.patches import label_patches
 
     safe, out = Path(safe), Path(out)
     scl_files = sorted(safe.glob("GRANULE/*/IMG_DATA/R60m/*_SCL_60m.jp2"))
     if not scl_files:
         raise FileNotFoundError(f"{safe}: no 60 m SCL band (GRANULE/*/IMG_DATA/R60m/*_SCL_60m.jp2)")
-    with rasterio.open(scl_files[0]) as src:
-        scl = src.read(1)
-    labels = patch_labels(scl, size, purity)
-    rng = np.random.default_rng(seed)
-    chosen: dict[str, list[tuple[int, int]]] = {}
-    for name in CLASSES:
-        origins = sorted(o for o, label in labels.items() if label == name)
-        if per_class is not None and len(origins) > per_class:
-            origins = sorted(origins[i] for i in rng.choice(len(origins), per_class, replace=False))
-        chosen[name] = origins
     with tempfile.TemporaryDirectory() as cache:
         stack = build_stack(safe, 60, Path(cache))
-        with rasterio.open(stack) as src:
-            if (src.height, src.width) != scl.shape:
-                raise ValueError(f"{safe}: the 60 m stack is {src.shape}, its SCL {scl.shape}")
-            product = read_safe(safe).name
-            profile = {"driver": "GTiff", "width": size, "height": size, "count": src.count, "dtype": "uint16",
-                       "crs": src.crs, "compress": "deflate", "predictor": 2, "nodata": 0}  # fmt: skip
-            for name, origins in chosen.items():
-                (out / name).mkdir(parents=True, exist_ok=True)
-                for row, col in origins:
-                    window = Window(col, row, size, size)
-                    path = out / name / f"{row:04d}_{col:04d}.tif"
-                    with rasterio.open(path, "w", transform=src.window_transform(window), **profile) as dst:
-                        dst.write(src.read(window=window))
-                        dst.descriptions = src.descriptions
-                        dst.update_tags(**src.tags(), CLASS=name)
-    counts = {name: len(origins) for name, origins in chosen.items()}
-    (out / "README.md").write_text(_readme(product, size, purity, per_class, seed, counts))
+        counts = label_patches(stack, scl_files[0], out, classes=CLASSES, size=size, purity=purity,
+                               per_class=per_class, seed=seed, label_nodata=SCL_NODATA)  # fmt: skip
+    (out / "README.md").write_text(_readme(read_safe(safe).name, size, purity, per_class, seed, counts))
     return counts
 
 

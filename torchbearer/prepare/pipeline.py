@@ -152,6 +152,17 @@ class Runner:
         chain.outputs.append((output, "table"))
         chain.notes.append(f"flatten: {rows:,} pixels → {output}")
 
+    def _patches(self, o, chain: Chain) -> None:
+        from torchbearer.prepare.patches import label_patches
+
+        scene = self._grid_scene(o.scene, chain, "patches")
+        output = self.resolve(o.output)
+        counts = label_patches(scene, self.resolve(o.labels), output, classes=o.classes, size=o.size,
+                               purity=o.purity, per_class=o.per_class, seed=o.seed, label_nodata=o.label_nodata,
+                               report=self.report, should_stop=self.should_stop)  # fmt: skip
+        chain.outputs.append((output, "patches"))
+        chain.notes.append(f"patches: {sum(counts.values())} patches of {o.size}² px in {output}: {counts}")
+
     def _summarize(self, o, chain: Chain) -> None:
         from torchbearer.prepare.summarize import summarize
 

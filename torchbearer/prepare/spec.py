@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from torchbearer.spec import StrictModel
 
-STEP_NAMES = ("rasterize", "chip", "split", "mosaic", "flatten", "summarize")
+STEP_NAMES = ("rasterize", "chip", "split", "mosaic", "flatten", "summarize", "patches")
 
 
 class RasterizeStep(StrictModel):
@@ -119,6 +119,22 @@ class SummarizeStep(StrictModel):
     mask: str | None = Field(None, description="with a raster source: default the last rasterize output")
 
 
+class PatchesStep(StrictModel):
+    """Scene + a class raster on its grid → a EuroSAT-style patch set (a folder of GeoTIFFs per class), the
+    ``classify`` kind's input. A patch's class is the majority of the class raster's values that each class
+    gathers (e.g. an SCL band: ``cloud: [8, 9, 10]``)."""
+
+    labels: str = Field(description="class raster on the scene's grid (an SCL band, a rasterized mask)")
+    classes: dict[str, list[int]] = Field(min_length=2, description="class name → the raster values it gathers")
+    output: str = Field(description="the patch set's folder (a folder per class is made in it)")
+    size: int = Field(16, ge=2, le=4096, description="patch edge, pixels")
+    purity: float = Field(0.6, gt=0, le=1, description="least share of the majority class in a patch")
+    per_class: int | None = Field(100, ge=1, description="most patches per class (a seeded draw); null: all")
+    seed: int = Field(0, ge=0)
+    label_nodata: int | None = Field(None, description="no-data value of labels (default: the raster's own)")
+    scene: str | None = Field(None, description="default: the job's scene (or the last mosaic)")
+
+
 class Step(StrictModel):
     """One step: a mapping with exactly one of the step names as its key."""
 
@@ -128,6 +144,7 @@ class Step(StrictModel):
     mosaic: MosaicStep | None = None
     flatten: FlattenStep | None = None
     summarize: SummarizeStep | None = None
+    patches: PatchesStep | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Step:
@@ -155,7 +172,7 @@ def check_chain(steps: list[Step], has_scene: bool) -> None:
             scene = True
         elif step.name == "rasterize" and not (scene or o.scene or o.extent):  # type: ignore[attr-defined]
             raise ValueError(f"{where}: no grid: give the job a scene, or the step a scene or extent")
-        elif step.name in ("chip", "flatten") and not (scene or o.scene):  # type: ignore[attr-defined]
+        elif step.name in ("chip", "flatten", "patches") and not (scene or o.scene):  # type: ignore[attr-defined]
             raise ValueError(f"{where}: no scene: give the job a scene, the step a scene, or mosaic first")
         elif step.name == "split" and not (chips or o.chips):  # type: ignore[attr-defined]
             raise ValueError(f"{where}: no chip folder: chip first or give chips")
