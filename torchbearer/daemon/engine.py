@@ -21,9 +21,10 @@ from typing import Any
 from torchbearer.commands import spawned_jobs
 from torchbearer.daemon.executors import Executor
 from torchbearer.daemon.scheduler import CronSchedules, place_jobs, promote_waiting
-from torchbearer.daemon.supervisor import Supervisor
+from torchbearer.daemon.supervisor import Supervisor, read_tail
 from torchbearer.daemon.watcher import QueueWatcher
 from torchbearer.ingest import ingest_queue_file, recover_claimed
+from torchbearer.notify import LOG_LINES, Notifier, job_event, jobs_left, queue_event
 from torchbearer.settings import Settings
 from torchbearer.spec import JobFileError, PathRules, load_job_file
 from torchbearer.store import TERMINAL_STATES, Store, is_transient
@@ -118,7 +119,9 @@ class Engine:
         self.store = Store(settings.state_path)
         self.store.check()  # a damaged file is refused here, with what to do, not mid-night as a traceback
         self.paths = PathRules.of(settings)
-        self.supervisor = Supervisor(settings, self.store, executor)
+        self.notifier = Notifier(settings)
+        self.supervisor = Supervisor(settings, self.store, executor, on_event=self.notify)
+        self._had_work = False  # a job ran since the queue was last empty: tell when it empties again
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.watcher = QueueWatcher(settings.queue_dir, on_change=self.wake.set) if watch else None
@@ -150,6 +153,7 @@ class Engine:
                 self.watcher.start()
             if self.cron is not None:
                 self.cron.start()
+            self.notifier.start()
             log.info("serving %s (state %s, %d slot%s)", self.settings.queue_dir, self.settings.state_path,
                      len(self.settings.slots), "s" if len(self.settings.slots) > 1 else "")  # fmt: skip
             while not self.stopping.is_set():
@@ -191,6 +195,7 @@ class Engine:
             self.supervisor.stop_all()
             if self.watch:
                 self.store.set_meta("daemon", None)
+            self.notifier.close()
         finally:
             self.lock.release()
             self.state_lock.release()
@@ -253,6 +258,31 @@ class Engine:
         free = self.supervisor.free_slots()  # even with none free, a devices: 0 job may start
         for placement in place_jobs(self.store, free, self.settings.slots, only_ids=self.only_ids):
             self.supervisor.start(placement.job_id, placement.slots)
+        self._check_queue_empty()
+
+    # -- notifications --------------------------------------------------------------------------------------
+
+    def notify(self, event: str, job_id: int | None = None, message: str | None = None) -> None:
+        """Hand an event to the notifier (which sends it on its own thread); never raises."""
+        if not self.notifier.wants(event):
+            return
+        try:
+            job = self.store.job(job_id) if job_id is not None else None
+            if job is not None:
+                tail = read_tail(Path(job.run_dir) / "log.txt", LOG_LINES) if job.run_dir else None
+                self.notifier.send(job_event(self.store, job, event, tail))
+            else:
+                self.notifier.send(queue_event(self.store, event, message or event))
+        except Exception:  # telling about a job must never cost the daemon
+            log.exception("could not build the %s notification", event)
+
+    def _check_queue_empty(self) -> None:
+        """Send ``queue-empty`` once, when the last job of a busy spell has ended (daemon only)."""
+        if self.supervisor.running:
+            self._had_work = True
+        elif self._had_work and self.watch and self.notifier.wants("queue-empty") and not jobs_left(self.store):
+            self._had_work = False
+            self.notify("queue-empty", message="the queue is empty: nothing left to run")
 
     def _all_done(self) -> bool:
         jobs = self.store.jobs(ids=self.only_ids)

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,8 +139,16 @@ def executor_for(settings: Settings) -> Executor:
 class Supervisor:
     """Owns the running workers of one daemon (or one foreground ``run``)."""
 
-    def __init__(self, settings: Settings, store: Store, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        executor: Executor | None = None,
+        on_event: Callable[..., None] | None = None,
+    ) -> None:
         self.settings = settings
+        #: ``on_event(event, job_id=None, message=None)``: a job failed/succeeded/stalled, the queue paused.
+        self.on_event = on_event or (lambda *args, **kwargs: None)
         self.store = store
         self.executor = executor or executor_for(settings)
         self.running: dict[int, RunningJob] = {}
@@ -322,6 +331,8 @@ class Supervisor:
         self.store.finish_attempt(running.job_id, running.attempt, outcome=outcome, exit_code=code, reason=reason)
         self.store.transition(running.job_id, state, expect=[JobState.RUNNING], reason=reason, **columns)
         log.info("%s (#%d) %s%s", running.name, running.job_id, state, f": {reason}" if reason else "")
+        if state in (JobState.FAILED, JobState.SUCCEEDED):
+            self.on_event(str(state), running.job_id)
 
     def _fail(self, job, running: RunningJob, reason: str, code: int | None, columns: dict) -> None:
         columns = {**columns, "error_tail": read_tail(running.log_path)}
@@ -348,6 +359,7 @@ class Supervisor:
             )
             self.store.set_queue_paused(reason)
             log.error("queue paused: %s", reason)
+            self.on_event("paused", message=f"queue paused: {reason}")
             self.quick_failures.clear()
 
     # -- recovery -------------------------------------------------------------------------------------------
