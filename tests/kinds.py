@@ -26,6 +26,7 @@ class ProbeSpec(JobSpec):
     step_s: float = Field(0.05, ge=0, le=60)
     action: Literal["succeed", "raise", "segfault", "sigkill", "hang", "exit3"] = "succeed"
     at_step: int = Field(0, ge=0, description="step at which the action happens")
+    action_attempts: int = Field(0, ge=0, description="the action happens only in the first N attempts; 0: all")
     ignore_sigterm: bool = False
     echo_env: str | None = Field(None, description="print this environment variable (and put it in a failure)")
 
@@ -39,7 +40,7 @@ def run(spec: ProbeSpec, ctx: JobContext) -> None:
     if echoed:  # a careless job printing a secret: the scrubbing must catch it
         print(f"{spec.echo_env}={echoed}", flush=True)
     for step in range(done, spec.steps):
-        if step == spec.at_step:
+        if step == spec.at_step and (not spec.action_attempts or ctx.attempt <= spec.action_attempts):
             _act(spec)
         time.sleep(spec.step_s)
         state_file.write_text(json.dumps({"done": step + 1}))

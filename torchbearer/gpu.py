@@ -77,3 +77,14 @@ def _optional(read):
         return read()
     except Exception:  # noqa: BLE001 - some boards do not report power or temperature
         return None
+
+
+def utilisation(index: str) -> float | None:
+    """GPU ``index``'s utilisation in % (NVML's figure over its last sample period); None without NVML."""
+    nvml = _nvml()
+    if nvml is None or not index.isdigit():
+        return None
+    try:
+        return float(nvml.nvmlDeviceGetUtilizationRates(nvml.nvmlDeviceGetHandleByIndex(int(index))).gpu)
+    except Exception:  # noqa: BLE001 - a GPU that fell off the bus reports nothing
+        return None

@@ -99,6 +99,9 @@ class Settings:
     notify_command: str | None = field(default=None, repr=False)
     #: Which events are sent (``notify.EVENTS``).
     notify_events: frozenset[str] = frozenset(DEFAULT_NOTIFY_EVENTS.split(","))
+    #: Seconds without a progress event before a running job (one holding a device slot) counts as stalled;
+    #: a job's ``stall_after`` overrides it; 0: never.
+    stall_after_s: float = 1800.0
     env_file_values: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -171,6 +174,7 @@ class Settings:
             notify_urls=split_urls(get("TORCHBEARER_NOTIFY_URLS", "") or ""),
             notify_command=(get("TORCHBEARER_NOTIFY_COMMAND") or "").strip() or None,
             notify_events=notify_events,
+            stall_after_s=number("TORCHBEARER_STALL_AFTER_S", 1800.0),
             env_file_values=file_values,
         )
 

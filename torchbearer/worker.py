@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -19,6 +20,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again later
 EXIT_INPUT = 65  # EX_DATAERR: the job's input is wrong (a user error, not a crash)
+#: The supervisor's stall watchdog sends this to have every thread's Python stack written into log.txt.
+STACK_SIGNAL = signal.SIGUSR1
 
 log = logging.getLogger("torchbearer.worker")
 
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m torchbearer.worker <job-id> <attempt>", file=sys.stderr)
         return EXIT_USAGE
     faulthandler.enable()  # a segfault leaves its Python traceback in log.txt
+    faulthandler.register(STACK_SIGNAL, all_threads=True, chain=False)  # a stalled job's stacks, ditto
     from torchbearer.redact import ScrubbingStream
 
     # everything printed goes to the run folder's log.txt: scrub known secrets on the way (register_settings)
