@@ -186,7 +186,15 @@ def up(
 
 
 @app.command()
-def validate(ctx: typer.Context, files: Annotated[list[Path], typer.Argument(help="Job files to check")]) -> None:
+def validate(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Argument(help="Job files to check")],
+    deep: Annotated[
+        bool,
+        typer.Option("--deep", help="Also the pre-flight check: inputs, overlap, members, credentials, disk, outputs"),
+    ] = False,
+    online: Annotated[bool, typer.Option("--online", help="With --deep: ask for a Copernicus token")] = False,
+) -> None:
     """Check job files without queueing them; exit 1 if any is refused."""
     from torchbearer.spec import JobFileError, PathRules, load_job_file
 
@@ -194,6 +202,8 @@ def validate(ctx: typer.Context, files: Annotated[list[Path], typer.Argument(hel
     for path in files:
         try:
             jobs = load_job_file(path, paths=PathRules.of(ctx.obj))
+            if deep or online:
+                _print_warnings(path, _preflight(ctx, jobs, path, online=online))
         except JobFileError as exc:
             bad += 1
             err.print(f"[red]✗[/] {exc}", highlight=False)
@@ -204,6 +214,19 @@ def validate(ctx: typer.Context, files: Annotated[list[Path], typer.Argument(hel
         raise typer.Exit(1)
 
 
+def _preflight(ctx: typer.Context, jobs: list, path: Path, *, online: bool = False) -> list:
+    """The pre-flight check of a file's jobs: raises JobFileError on certain failures, returns the warnings."""
+    from torchbearer.preflight import apply, check_jobs
+
+    store = Store(ctx.obj.state_path) if ctx.obj.state_path.exists() else None
+    return apply(check_jobs(jobs, ctx.obj, store, online=online), str(path))
+
+
+def _print_warnings(path: Path, warnings: list) -> None:
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/] {path}: {warning.format()}", highlight=False)
+
+
 @app.command()
 def submit(
     ctx: typer.Context,
@@ -212,15 +235,21 @@ def submit(
 ) -> None:
     """Validate job files and queue them through the store (the daemon need not run)."""
     from torchbearer.ingest import submit_file
+    from torchbearer.preflight import check_jobs
     from torchbearer.spec import JobFileError, PathRules
     from torchbearer.store import DependencyError
 
     settings: Settings = ctx.obj
     store = _store(ctx)
+
+    def deep(jobs: list) -> list:
+        return check_jobs(jobs, settings, store)
+
     bad = 0
     for path in files:
         try:
-            ids = submit_file(path, settings.queue_dir, store, held=held, paths=PathRules.of(settings))
+            ids = submit_file(path, settings.queue_dir, store, held=held, paths=PathRules.of(settings),
+                              preflight=deep if settings.preflight else None)  # fmt: skip
         except (JobFileError, DependencyError) as exc:
             bad += 1
             err.print(f"[red]✗[/] {exc}", highlight=False)
@@ -333,6 +362,8 @@ def show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """One job: state, history, attempts, spec, latest progress, metrics and outputs."""
+    from torchbearer.preflight import job_warnings
+
     store = _store(ctx)
     job = _job_or_exit(store, job_ref)
     document = {
@@ -341,6 +372,7 @@ def show(
         "transitions": store.transitions(job.id), "attempts": store.attempts(job.id),
         "progress": store.latest_progress(job.id), "outputs": store.outputs(job.id),
         "metrics": {name: store.metrics(job.id, name)[-1]["value"] for name in store.metric_names(job.id)},
+        "warnings": job_warnings(store, job.id),
     }  # fmt: skip
     if as_json:
         sys.stdout.write(json.dumps(document, default=str) + "\n")
@@ -352,6 +384,8 @@ def show(
     if job.reason:
         console.print(f"reason: {job.reason}", highlight=False)
     console.print(f"run folder: {job.run_dir or '(not started)'}   attempts: {job.attempts}", highlight=False)
+    for warning in document["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     for t in document["transitions"]:
         console.print(f"  {_when(t['time'])}  {t['from_state'] or '—'} → {t['to_state']}  {t['reason'] or ''}",
                       highlight=False, style="dim")  # fmt: skip

@@ -102,6 +102,10 @@ class Settings:
     #: Seconds without a progress event before a running job (one holding a device slot) counts as stalled;
     #: a job's ``stall_after`` overrides it; 0: never.
     stall_after_s: float = 1800.0
+    #: Bytes of free disk the pre-flight check keeps aside: a file whose estimated writes need them is warned of.
+    disk_reserve_bytes: int = 0
+    #: Whether the daemon and ``submit`` run the pre-flight check on each file they queue.
+    preflight: bool = True
     env_file_values: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -175,6 +179,8 @@ class Settings:
             notify_command=(get("TORCHBEARER_NOTIFY_COMMAND") or "").strip() or None,
             notify_events=notify_events,
             stall_after_s=number("TORCHBEARER_STALL_AFTER_S", 1800.0),
+            disk_reserve_bytes=int(number("TORCHBEARER_DISK_RESERVE_GB", 0.0) * 1024**3),
+            preflight=(get("TORCHBEARER_PREFLIGHT", "1") or "1").lower() not in {"0", "false", "no"},
             env_file_values=file_values,
         )
 

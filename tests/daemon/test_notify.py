@@ -152,6 +152,7 @@ def _lines(path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow  # ~20 s: Apprise waits out the slow receiver's read timeout, the daemon its last sends
 def test_bad_receivers_fail_no_job(project: Settings, store: Store) -> None:
     """A receiver that is down, one that answers 500 and one that hangs: every job still succeeds."""
     servers = [Receiver(status=500), Receiver(delay_s=10)]

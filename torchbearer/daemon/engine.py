@@ -148,7 +148,8 @@ class Engine:
             self._install_signal_handlers()
             self.supervisor.recover()
             if self.watcher is not None:
-                for result in recover_claimed(self.settings.queue_dir, self.store, paths=self.paths):
+                for result in recover_claimed(self.settings.queue_dir, self.store, paths=self.paths,
+                                              preflight=self.preflight):  # fmt: skip
                     log.info("finished ingesting %s left by a previous daemon", result.source)
                 self.watcher.start()
             if self.cron is not None:
@@ -232,7 +233,9 @@ class Engine:
         changed = False  # our own commits do not move data_version: note them here
         if self.watcher is not None:
             for path in self.watcher.ready(_parses):
-                changed |= ingest_queue_file(path, self.settings.queue_dir, self.store, paths=self.paths).accepted
+                result = ingest_queue_file(path, self.settings.queue_dir, self.store, paths=self.paths,
+                                           preflight=self.preflight)  # fmt: skip
+                changed |= result.accepted
         changed |= bool(self.supervisor.poll())
         now = time.monotonic()
         version = self.store.data_version()
@@ -283,6 +286,12 @@ class Engine:
         elif self._had_work and self.watch and self.notifier.wants("queue-empty") and not jobs_left(self.store):
             self._had_work = False
             self.notify("queue-empty", message="the queue is empty: nothing left to run")
+
+    def preflight(self, parsed: list) -> list:
+        """The pre-flight check of a file being queued (``preflight.py``), against this daemon's store."""
+        from torchbearer.preflight import check_jobs
+
+        return check_jobs(parsed, self.settings, self.store) if self.settings.preflight else []
 
     def _all_done(self) -> bool:
         jobs = self.store.jobs(ids=self.only_ids)
