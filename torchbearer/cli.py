@@ -264,6 +264,34 @@ def submit(
 # -- looking -----------------------------------------------------------------------------------------------
 
 
+@app.command()
+def report(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None,
+        typer.Option(help="From how long ago (12h, 2d) or when (ISO 8601); default: the last report, else 24 h"),
+    ] = None,
+) -> None:
+    """The morning report: the night's jobs as Markdown and HTML in reports/ (curves of train jobs as PNG)."""
+    from datetime import datetime
+
+    from torchbearer.report import build_report
+    from torchbearer.spec import parse_duration
+
+    start = None
+    if since:
+        try:
+            start = time.time() - parse_duration(since)
+        except ValueError:
+            try:
+                start = datetime.fromisoformat(since).astimezone().timestamp()
+            except ValueError:
+                raise fail(f"--since {since!r}: give a duration (12h, 2d) or a date-time (2026-06-01T20:00)") from None
+    result = build_report(_store(ctx), ctx.obj, start)
+    console.print(result.summary(), highlight=False)
+    console.print(f"written: {result.markdown} and {result.html}", highlight=False)
+
+
 def _when(ts: float | None) -> str:
     if not ts:
         return ""

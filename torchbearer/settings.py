@@ -104,6 +104,8 @@ class Settings:
     stall_after_s: float = 1800.0
     #: Bytes of free disk the pre-flight check keeps aside: a file whose estimated writes need them is warned of.
     disk_reserve_bytes: int = 0
+    #: Cron expression (minute hour day month weekday, local time) of the daemon's morning report; None: none.
+    report_at: str | None = None
     #: Whether the daemon and ``submit`` run the pre-flight check on each file they queue.
     preflight: bool = True
     env_file_values: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -180,6 +182,7 @@ class Settings:
             notify_events=notify_events,
             stall_after_s=number("TORCHBEARER_STALL_AFTER_S", 1800.0),
             disk_reserve_bytes=int(number("TORCHBEARER_DISK_RESERVE_GB", 0.0) * 1024**3),
+            report_at=(get("TORCHBEARER_REPORT_AT") or "").strip() or None,
             preflight=(get("TORCHBEARER_PREFLIGHT", "1") or "1").lower() not in {"0", "false", "no"},
             env_file_values=file_values,
         )

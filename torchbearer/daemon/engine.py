@@ -122,6 +122,7 @@ class Engine:
         self.notifier = Notifier(settings)
         self.supervisor = Supervisor(settings, self.store, executor, on_event=self.notify)
         self._had_work = False  # a job ran since the queue was last empty: tell when it empties again
+        self._report_due = threading.Event()  # set by the report's cron trigger (APScheduler's thread)
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.watcher = QueueWatcher(settings.queue_dir, on_change=self.wake.set) if watch else None
@@ -154,6 +155,7 @@ class Engine:
                 self.watcher.start()
             if self.cron is not None:
                 self.cron.start()
+                self._arm_report()
             self.notifier.start()
             log.info("serving %s (state %s, %d slot%s)", self.settings.queue_dir, self.settings.state_path,
                      len(self.settings.slots), "s" if len(self.settings.slots) > 1 else "")  # fmt: skip
@@ -246,6 +248,9 @@ class Engine:
         if self.watch and now - self._last_heartbeat >= HEARTBEAT_INTERVAL_S:
             self._last_heartbeat = now
             self.store.record_daemon(started_at=self._started_at, executor=self.supervisor.executor.name)
+        if self._report_due.is_set():
+            self._report_due.clear()
+            self._morning_report()
         if self.on_tick is not None:
             self.on_tick(self)
 
@@ -278,6 +283,38 @@ class Engine:
                 self.notifier.send(queue_event(self.store, event, message or event))
         except Exception:  # telling about a job must never cost the daemon
             log.exception("could not build the %s notification", event)
+
+    def _arm_report(self) -> None:
+        """The morning report's cron trigger (``TORCHBEARER_REPORT_AT``); a bad expression is logged, not fatal."""
+        if not self.settings.report_at or self.cron is None:
+            return
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            trigger = CronTrigger.from_crontab(self.settings.report_at)
+        except ValueError as exc:
+            log.error("TORCHBEARER_REPORT_AT=%r is not a cron expression (%s): no morning report",
+                      self.settings.report_at, exc)  # fmt: skip
+            return
+        self.cron.scheduler.add_job(lambda: (self._report_due.set(), self.wake.set()), trigger, id="morning-report",
+                                    misfire_grace_time=3600, coalesce=True, max_instances=1)  # fmt: skip
+        log.info("morning report armed (%s)", self.settings.report_at)
+
+    def _morning_report(self) -> None:
+        """Write the report (``report.py``) and send it through the notifiers, the HTML file attached."""
+        from torchbearer.report import build_report
+
+        try:
+            report = build_report(self.store, self.settings)
+        except Exception:  # a report that cannot be written must not stop the night
+            log.exception("the morning report failed")
+            return
+        log.info("morning report: %s (%s)", report.summary(), report.markdown)
+        if self.notifier.wants("report"):
+            event = queue_event(self.store, "report", "morning report")
+            event.message = report.markdown.read_text(encoding="utf-8") if report.markdown else report.summary()
+            event.attachments = [str(p) for p in (report.html, *report.pictures) if p is not None]
+            self.notifier.send(event)
 
     def _check_queue_empty(self) -> None:
         """Send ``queue-empty`` once, when the last job of a busy spell has ended (daemon only)."""
