@@ -107,12 +107,16 @@ def daemon(
     executor: Annotated[
         str | None, typer.Option(help="Where workers run: local or slurm (default: $TORCHBEARER_EXECUTOR or local)")
     ] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Run in the background; return once it answers")] = False,
 ) -> None:
     """Run the daemon in the foreground: watch the queue folder and run jobs one by one."""
     from torchbearer.daemon.engine import Engine, QueueLockedError
 
-    _setup_logging(verbose)
     settings: Settings = ctx.obj
+    if detach:
+        _detach(settings, ["--executor", executor] if executor else [])
+        return
+    _setup_logging(verbose)
     executor = executor or settings.executor
     devices = ",".join(settings.devices)
     if not devices and executor == "local":  # on a cluster, Slurm picks the GPUs
@@ -129,6 +133,46 @@ def daemon(
         Engine(settings).run()
     except (QueueLockedError, SettingsError, StoreError) as exc:
         raise fail(str(exc)) from None
+
+
+def _detach(settings: Settings, args: list[str]) -> None:
+    from torchbearer.service import ServiceError, detach, log_path, pid_path
+
+    try:
+        pid = detach(settings, args)
+    except ServiceError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"daemon started (pid {pid}; pid file {pid_path(settings)}, log {log_path(settings)})",
+                  highlight=False)  # fmt: skip
+
+
+@app.command()
+def stop(ctx: typer.Context) -> None:
+    """Stop the daemon cleanly: running jobs save at a safe point and run again at the next start."""
+    from torchbearer.service import ServiceError
+    from torchbearer.service import stop as stop_daemon
+
+    try:
+        pid = stop_daemon(ctx.obj)
+    except ServiceError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"daemon (pid {pid}) stopped" if pid else "no daemon is running", highlight=False)
+
+
+service_app = typer.Typer(help="Run the daemon as a systemd user service.", no_args_is_help=True)
+app.add_typer(service_app, name="service")
+
+
+@service_app.command("install")
+def service_install(ctx: typer.Context) -> None:
+    """Write a systemd user unit for this project's daemon (~/.config/systemd/user/) and say how to enable it."""
+    from torchbearer.service import install_unit
+
+    settings: Settings = ctx.obj
+    path = install_unit(settings)
+    console.print(f"wrote {path}\nenable it, and keep it running after you log out of SSH:\n"
+                  f"  systemctl --user daemon-reload\n  systemctl --user enable --now {path.name}\n"
+                  "  loginctl enable-linger $USER", highlight=False)  # fmt: skip
 
 
 def start_daemon_background(settings: Settings) -> int | None:
