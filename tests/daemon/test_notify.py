@@ -178,3 +178,25 @@ def test_bad_receivers_fail_no_job(project: Settings, store: Store) -> None:
             server.shutdown()
             server.server_close()
     assert daemon.process.returncode == 0
+
+
+def test_crash_loop_pause_is_notified_and_success_is_opt_in(project: Settings, store: Store) -> None:
+    """Default events: a success (not asked for) → nothing, but the queue then empty → ``queue-empty``; two jobs
+    dying at once → ``failed`` twice and the crash-loop pause → ``paused``. Through the command hook."""
+    env = {"TORCHBEARER_NOTIFY_COMMAND": "cat >> events.jsonl && echo >> events.jsonl",
+           "TORCHBEARER_CRASH_LOOP_COUNT": "2"}  # fmt: skip
+    daemon = DaemonProcess(project, extra_env=env).start()
+    events_file = project.project_dir / "events.jsonl"
+    try:
+        write_job(project.queue_dir, "ok.yaml", "name: ok\nkind: probe\nsteps: 1\n")
+        wait_state(store, job_named(store, "ok").id, "succeeded")
+        write_job(project.queue_dir, "crash.yaml", "defaults: {kind: probe, action: exit3}\n"
+                  "jobs:\n  - {name: c1}\n  - {name: c2}\n")  # fmt: skip
+        wait_for(store.queue_paused, 30, what="the queue paused")
+        events = wait_for(lambda: events_file.exists() and len(_lines(events_file)) >= 4 and _lines(events_file))
+    finally:
+        stop_daemon(daemon)
+    names = [json.loads(line)["event"] for line in events]
+    assert names[:4] == ["queue-empty", "failed", "failed", "paused"]  # no "succeeded" for ok: opt-in
+    paused = json.loads(events[3])
+    assert "crash loop" in paused["message"] and paused["job_id"] is None
