@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torchbearer.imagery.spec import aoi_kind
 from torchbearer.spec import JobSpec, ParsedJob, PathRules, SpecIssue, _path_values
 
 #: Kinds whose jobs write a checkpoint a predict member may name.
@@ -99,7 +100,7 @@ def _inputs(spec: JobSpec, rules: PathRules, **_: Any) -> list[Finding]:
         for value in _values(spec, dotted):
             if dotted.endswith("weights") and value == "imagenet":
                 continue
-            if dotted.endswith("aoi") and not Path(value).suffix:  # a WKT or a bbox, not a file
+            if dotted.endswith("aoi") and aoi_kind(value) != "file":  # a WKT, not a file
                 continue
             paths = _expand(value, rules)
             # a job waiting on others may read what they write: then a missing input is only a warning

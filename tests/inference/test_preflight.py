@@ -117,3 +117,13 @@ def test_missing_credentials_and_small_disk_are_warnings_kept_with_the_job(
     shown = flat(tb("show", str(job_id), env=env).stdout)
     assert "warning: scenes: imagery.source: source copernicus needs COPERNICUS_USER" in shown
     assert "GiB will be written" in shown
+
+
+def test_a_wkt_aoi_is_not_taken_for_a_missing_file(project: Settings, tmp_path: Path) -> None:
+    night = _write(tmp_path, "name: scenes\nkind: download\nimagery: {source: earth-search, dates: 2022-10-01, "
+                   "aoi: 'POLYGON ((-8.2 52.9, -8.0 52.9, -8.0 53.0, -8.2 52.9))'}\n")  # fmt: skip
+    result = tb("validate", "--deep", night)
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    (tmp_path / "night.yaml").write_text(night.read_text().replace("'POLYGON ((-8.2 52.9, -8.0 52.9, -8.0 53.0, "
+                                         "-8.2 52.9))'", "aoi/field.geojson"))  # fmt: skip
+    assert "aoi/field.geojson does not exist" in flat(tb("validate", "--deep", night).stderr)
