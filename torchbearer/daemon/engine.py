@@ -235,8 +235,13 @@ class Engine:
         changed = False  # our own commits do not move data_version: note them here
         if self.watcher is not None:
             for path in self.watcher.ready(_parses):
-                result = ingest_queue_file(path, self.settings.queue_dir, self.store, paths=self.paths,
-                                           preflight=self.preflight)  # fmt: skip
+                try:
+                    result = ingest_queue_file(path, self.settings.queue_dir, self.store, paths=self.paths,
+                                               preflight=self.preflight)  # fmt: skip
+                except Exception:
+                    if path.exists():  # a store refusing writes: ingest put it back; take it again promptly
+                        self.watcher.put_back(path)
+                    raise
                 changed |= result.accepted
         changed |= bool(self.supervisor.poll())
         now = time.monotonic()

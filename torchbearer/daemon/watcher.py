@@ -61,6 +61,7 @@ class QueueWatcher(FileSystemEventHandler):
         self.rescan_s = rescan_s
         self.on_change = on_change or (lambda: None)
         self._seen: dict[Path, _Seen] = {}
+        self._returned: set[Path] = set()  # put back by a failed ingest: complete, whatever inotify says of it
         self._lock = threading.Lock()
         self._observer: Observer | None = None
         self._last_scan = 0.0
@@ -75,7 +76,11 @@ class QueueWatcher(FileSystemEventHandler):
             return
         with self._lock:
             seen = self._seen.setdefault(path, _Seen(changed_at=time.monotonic()))
-            if event.event_type in ("closed", "moved"):
+            if path in self._returned and event.event_type in ("created", "moved"):
+                # the rename back out of accepted/ shows as a creation here (a move from an unwatched folder)
+                self._returned.discard(path)
+                seen.closed, seen.writing, seen.size = True, False, -1
+            elif event.event_type in ("closed", "moved"):
                 seen.closed, seen.writing = True, False
                 seen.size = -1  # the writes before this close are not news: ready() must not undo the close
             elif event.event_type in ("created", "modified"):
@@ -149,6 +154,13 @@ class QueueWatcher(FileSystemEventHandler):
             for path in complete:
                 self._seen.pop(path, None)
         return sorted(complete, key=lambda p: (p.stat().st_mtime_ns if p.exists() else 0, p.name))
+
+    def put_back(self, path: Path) -> None:
+        """``path`` was handed out by :meth:`ready` but returned to the folder (the store refused it for now):
+        take it again as complete, not as a file someone is writing (which waits ``open_settle_s``)."""
+        with self._lock:
+            self._returned.add(path)
+            self._seen[path] = _Seen(changed_at=time.monotonic(), closed=True)
 
     @property
     def pending(self) -> int:
