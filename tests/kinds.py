@@ -26,7 +26,9 @@ class ProbeSpec(JobSpec):
     step_s: float = Field(0.05, ge=0, le=60)
     action: Literal["succeed", "raise", "segfault", "sigkill", "hang", "exit3"] = "succeed"
     at_step: int = Field(0, ge=0, description="step at which the action happens")
+    action_attempts: int = Field(0, ge=0, description="the action happens only in the first N attempts; 0: all")
     ignore_sigterm: bool = False
+    echo_env: str | None = Field(None, description="print this environment variable (and put it in a failure)")
 
 
 def run(spec: ProbeSpec, ctx: JobContext) -> None:
@@ -34,8 +36,11 @@ def run(spec: ProbeSpec, ctx: JobContext) -> None:
     done = json.loads(state_file.read_text())["done"] if state_file.exists() else 0
     if spec.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    echoed = os.environ.get(spec.echo_env, "") if spec.echo_env else ""
+    if echoed:  # a careless job printing a secret: the scrubbing must catch it
+        print(f"{spec.echo_env}={echoed}", flush=True)
     for step in range(done, spec.steps):
-        if step == spec.at_step:
+        if step == spec.at_step and (not spec.action_attempts or ctx.attempt <= spec.action_attempts):
             _act(spec)
         time.sleep(spec.step_s)
         state_file.write_text(json.dumps({"done": step + 1}))
@@ -54,7 +59,8 @@ def run(spec: ProbeSpec, ctx: JobContext) -> None:
 
 def _act(spec: ProbeSpec) -> None:
     if spec.action == "raise":
-        raise RuntimeError(f"probe {spec.name} failed on purpose")
+        echoed = f" ({os.environ.get(spec.echo_env, '')})" if spec.echo_env else ""
+        raise RuntimeError(f"probe {spec.name} failed on purpose{echoed}")
     if spec.action == "segfault":
         ctypes.string_at(0)
     if spec.action == "sigkill":

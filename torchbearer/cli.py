@@ -113,12 +113,16 @@ def daemon(
     executor: Annotated[
         str | None, typer.Option(help="Where workers run: local or slurm (default: $TORCHBEARER_EXECUTOR or local)")
     ] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Run in the background; return once it answers")] = False,
 ) -> None:
     """Run the daemon in the foreground: watch the queue folder and run jobs one by one."""
     from torchbearer.daemon.engine import Engine, QueueLockedError
 
-    _setup_logging(verbose)
     settings: Settings = ctx.obj
+    if detach:
+        _detach(settings, ["--executor", executor] if executor else [])
+        return
+    _setup_logging(verbose)
     executor = executor or settings.executor
     devices = ",".join(settings.devices)
     if not devices and executor == "local":  # on a cluster, Slurm picks the GPUs
@@ -135,6 +139,46 @@ def daemon(
         Engine(settings).run()
     except (QueueLockedError, SettingsError, StoreError) as exc:
         raise fail(str(exc)) from None
+
+
+def _detach(settings: Settings, args: list[str]) -> None:
+    from torchbearer.service import ServiceError, detach, log_path, pid_path
+
+    try:
+        pid = detach(settings, args)
+    except ServiceError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"daemon started (pid {pid}; pid file {pid_path(settings)}, log {log_path(settings)})",
+                  highlight=False)  # fmt: skip
+
+
+@app.command()
+def stop(ctx: typer.Context) -> None:
+    """Stop the daemon cleanly: running jobs save at a safe point and run again at the next start."""
+    from torchbearer.service import ServiceError
+    from torchbearer.service import stop as stop_daemon
+
+    try:
+        pid = stop_daemon(ctx.obj)
+    except ServiceError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"daemon (pid {pid}) stopped" if pid else "no daemon is running", highlight=False)
+
+
+service_app = typer.Typer(help="Run the daemon as a systemd user service.", no_args_is_help=True)
+app.add_typer(service_app, name="service")
+
+
+@service_app.command("install")
+def service_install(ctx: typer.Context) -> None:
+    """Write a systemd user unit for this project's daemon (~/.config/systemd/user/) and say how to enable it."""
+    from torchbearer.service import install_unit
+
+    settings: Settings = ctx.obj
+    path = install_unit(settings)
+    console.print(f"wrote {path}\nenable it, and keep it running after you log out of SSH:\n"
+                  f"  systemctl --user daemon-reload\n  systemctl --user enable --now {path.name}\n"
+                  "  loginctl enable-linger $USER", highlight=False)  # fmt: skip
 
 
 def start_daemon_background(settings: Settings) -> int | None:
@@ -240,7 +284,15 @@ def up(
 
 
 @app.command()
-def validate(ctx: typer.Context, files: Annotated[list[Path], typer.Argument(help="Job files to check")]) -> None:
+def validate(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Argument(help="Job files to check")],
+    deep: Annotated[
+        bool,
+        typer.Option("--deep", help="Also the pre-flight check: inputs, overlap, members, credentials, disk, outputs"),
+    ] = False,
+    online: Annotated[bool, typer.Option("--online", help="With --deep: ask for a Copernicus token")] = False,
+) -> None:
     """Check job files without queueing them; exit 1 if any is refused."""
     from torchbearer.spec import JobFileError, PathRules, load_job_file
 
@@ -248,6 +300,8 @@ def validate(ctx: typer.Context, files: Annotated[list[Path], typer.Argument(hel
     for path in files:
         try:
             jobs = load_job_file(path, paths=PathRules.of(ctx.obj))
+            if deep or online:
+                _print_warnings(path, _preflight(ctx, jobs, path, online=online))
         except JobFileError as exc:
             bad += 1
             err.print(f"[red]✗[/] {exc}", highlight=False)
@@ -258,6 +312,19 @@ def validate(ctx: typer.Context, files: Annotated[list[Path], typer.Argument(hel
         raise typer.Exit(1)
 
 
+def _preflight(ctx: typer.Context, jobs: list, path: Path, *, online: bool = False) -> list:
+    """The pre-flight check of a file's jobs: raises JobFileError on certain failures, returns the warnings."""
+    from torchbearer.preflight import apply, check_jobs
+
+    store = Store(ctx.obj.state_path) if ctx.obj.state_path.exists() else None
+    return apply(check_jobs(jobs, ctx.obj, store, online=online), str(path))
+
+
+def _print_warnings(path: Path, warnings: list) -> None:
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/] {path}: {warning.format()}", highlight=False)
+
+
 @app.command()
 def submit(
     ctx: typer.Context,
@@ -266,15 +333,21 @@ def submit(
 ) -> None:
     """Validate job files and queue them through the store (the daemon need not run)."""
     from torchbearer.ingest import submit_file
+    from torchbearer.preflight import check_jobs
     from torchbearer.spec import JobFileError, PathRules
     from torchbearer.store import DependencyError
 
     settings: Settings = ctx.obj
     store = _store(ctx)
+
+    def deep(jobs: list) -> list:
+        return check_jobs(jobs, settings, store)
+
     bad = 0
     for path in files:
         try:
-            ids = submit_file(path, settings.queue_dir, store, held=held, paths=PathRules.of(settings))
+            ids = submit_file(path, settings.queue_dir, store, held=held, paths=PathRules.of(settings),
+                              preflight=deep if settings.preflight else None)  # fmt: skip
         except (JobFileError, DependencyError) as exc:
             bad += 1
             err.print(f"[red]✗[/] {exc}", highlight=False)
@@ -287,6 +360,34 @@ def submit(
 
 
 # -- looking -----------------------------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None,
+        typer.Option(help="From how long ago (12h, 2d) or when (ISO 8601); default: the last report, else 24 h"),
+    ] = None,
+) -> None:
+    """The morning report: the night's jobs as Markdown and HTML in reports/ (curves of train jobs as PNG)."""
+    from datetime import datetime
+
+    from torchbearer.report import build_report
+    from torchbearer.spec import parse_duration
+
+    start = None
+    if since:
+        try:
+            start = time.time() - parse_duration(since)
+        except ValueError:
+            try:
+                start = datetime.fromisoformat(since).astimezone().timestamp()
+            except ValueError:
+                raise fail(f"--since {since!r}: give a duration (12h, 2d) or a date-time (2026-06-01T20:00)") from None
+    result = build_report(_store(ctx), ctx.obj, start)
+    console.print(result.summary(), highlight=False)
+    console.print(f"written: {result.markdown} and {result.html}", highlight=False)
 
 
 def _when(ts: float | None) -> str:
@@ -420,6 +521,8 @@ def show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """One job: state, history, attempts, spec, latest progress, metrics and outputs."""
+    from torchbearer.preflight import job_warnings
+
     store = _store(ctx)
     job = _job_or_exit(store, job_ref)
     document = {
@@ -428,6 +531,7 @@ def show(
         "transitions": store.transitions(job.id), "attempts": store.attempts(job.id),
         "progress": store.latest_progress(job.id), "outputs": store.outputs(job.id),
         "metrics": {name: store.metrics(job.id, name)[-1]["value"] for name in store.metric_names(job.id)},
+        "warnings": job_warnings(store, job.id),
     }  # fmt: skip
     if as_json:
         sys.stdout.write(json.dumps(document, default=str) + "\n")
@@ -439,6 +543,8 @@ def show(
     if job.reason:
         console.print(f"reason: {job.reason}", highlight=False)
     console.print(f"run folder: {job.run_dir or '(not started)'}   attempts: {job.attempts}", highlight=False)
+    for warning in document["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     for t in document["transitions"]:
         console.print(f"  {_when(t['time'])}  {t['from_state'] or '—'} → {t['to_state']}  {t['reason'] or ''}",
                       highlight=False, style="dim")  # fmt: skip

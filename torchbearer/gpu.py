@@ -99,3 +99,14 @@ def _processes(nvml, handle) -> tuple[GpuProcess, ...]:
                 int(process.pid), GpuProcess(int(process.pid), int(used) if isinstance(used, int) else None)
             )
     return tuple(seen.values())
+
+
+def utilisation(index: str) -> float | None:
+    """GPU ``index``'s utilisation in % (NVML's figure over its last sample period); None without NVML."""
+    nvml = _nvml()
+    if nvml is None or not index.isdigit():
+        return None
+    try:
+        return float(nvml.nvmlDeviceGetUtilizationRates(nvml.nvmlDeviceGetHandleByIndex(int(index))).gpu)
+    except Exception:  # noqa: BLE001 - a GPU that fell off the bus reports nothing
+        return None

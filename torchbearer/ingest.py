@@ -14,11 +14,15 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from torchbearer.spec import JobFileError, JobSpec, ParsedJob, PathRules, SpecIssue, load_job_file
 from torchbearer.store import DependencyError, NewJob, Store
+
+#: The pre-flight check a caller runs on a file's parsed jobs (``preflight.check_jobs`` bound to its settings).
+Preflight = Callable[[list[ParsedJob]], list]
 
 log = logging.getLogger("torchbearer.ingest")
 
@@ -97,10 +101,13 @@ def _unique(path: Path) -> Path:
     raise FileExistsError(path)
 
 
-def ingest_queue_file(path: Path, queue_dir: Path, store: Store, *, paths: PathRules | None = None) -> IngestResult:
+def ingest_queue_file(
+    path: Path, queue_dir: Path, store: Store, *, paths: PathRules | None = None, preflight: Preflight | None = None
+) -> IngestResult:
     """Take one complete file out of the queue folder and queue its jobs, or refuse it.
 
     ``paths``: where its paths may point (see :class:`~torchbearer.spec.PathRules`); None skips that check.
+    ``preflight``: the deep check (``preflight.py``): certain problems refuse the file, warnings stay with its jobs.
     """
     accepted_dir, rejected_dir = queue_dir / "accepted", queue_dir / "rejected"
     accepted_dir.mkdir(exist_ok=True)
@@ -112,7 +119,14 @@ def ingest_queue_file(path: Path, queue_dir: Path, store: Store, *, paths: PathR
         os.rename(path, claimed)
     except FileNotFoundError:
         return IngestResult(path.name, error="vanished before it could be read")
-    return _ingest_claimed(claimed, name, token, rejected_dir, store, paths)
+    return _ingest_claimed(claimed, name, token, rejected_dir, store, paths, preflight)
+
+
+def _checked(parsed: list[ParsedJob], source: str, preflight: Preflight | None) -> list:
+    """The pre-flight warnings of a file's jobs; raises JobFileError when it finds certain failures."""
+    from torchbearer.preflight import apply
+
+    return apply(preflight(parsed), source) if preflight is not None else []
 
 
 def storable_name(name: str) -> str:
@@ -128,12 +142,24 @@ def storable_name(name: str) -> str:
 
 
 def _ingest_claimed(
-    claimed: Path, name: str, token: str, rejected_dir: Path, store: Store, paths: PathRules | None = None
+    claimed: Path,
+    name: str,
+    token: str,
+    rejected_dir: Path,
+    store: Store,
+    paths: PathRules | None = None,
+    preflight: Preflight | None = None,
 ) -> IngestResult:
     source = f"{name}#{token}"
     try:
         parsed = load_job_file(claimed, paths=paths)
+        warnings = _checked(parsed, str(claimed), preflight)
         ids = queue_parsed(store, parsed, source)
+        if warnings:
+            from torchbearer.preflight import keep_warnings
+
+            keep_warnings(store, parsed, ids, warnings)
+            log.warning("%s: pre-flight warnings:\n%s", name, "\n".join(w.format() for w in warnings))
     except (JobFileError, DependencyError) as exc:
         error = str(exc).replace(str(claimed), name)
         if isinstance(exc, DependencyError):
@@ -149,7 +175,9 @@ def _ingest_claimed(
     return IngestResult(name, job_ids=tuple(ids), moved_to=target)
 
 
-def recover_claimed(queue_dir: Path, store: Store, *, paths: PathRules | None = None) -> list[IngestResult]:
+def recover_claimed(
+    queue_dir: Path, store: Store, *, paths: PathRules | None = None, preflight: Preflight | None = None
+) -> list[IngestResult]:
     """Finish files a previous daemon claimed but did not file away (it died in between)."""
     results = []
     accepted_dir = queue_dir / "accepted"
@@ -164,12 +192,18 @@ def recover_claimed(queue_dir: Path, store: Store, *, paths: PathRules | None = 
             os.rename(claimed, target)
             results.append(IngestResult(name, job_ids=tuple(r["id"] for r in rows), moved_to=target))
         else:
-            results.append(_ingest_claimed(claimed, name, token, queue_dir / "rejected", store, paths))
+            results.append(_ingest_claimed(claimed, name, token, queue_dir / "rejected", store, paths, preflight))
     return results
 
 
 def submit_file(
-    path: Path, queue_dir: Path, store: Store, *, held: bool = False, paths: PathRules | None = None
+    path: Path,
+    queue_dir: Path,
+    store: Store,
+    *,
+    held: bool = False,
+    paths: PathRules | None = None,
+    preflight: Preflight | None = None,
 ) -> list[int]:
     """Validate and queue a file directly through the store (no daemon needed); keeps a copy in accepted/.
 
@@ -179,7 +213,12 @@ def submit_file(
         message = "already in the queue folder: the daemon queues it by itself (submit files from elsewhere)"
         raise JobFileError(str(path), [SpecIssue("", message)])
     parsed = load_job_file(path, paths=paths)
+    warnings = _checked(parsed, str(path), preflight)
     ids = queue_parsed(store, parsed, f"{path.name}#submit-{int(time.time())}", held=held)
+    if warnings:
+        from torchbearer.preflight import keep_warnings
+
+        keep_warnings(store, parsed, ids, warnings)
     accepted_dir = queue_dir / "accepted"
     accepted_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, _unique(accepted_dir / (f"{ids[0]}-{path.name}" if ids else f"schedule-{path.name}")))

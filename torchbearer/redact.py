@@ -67,6 +67,15 @@ def _named_secrets(settings: Any) -> Iterable[str | None]:
 add_source(_named_secrets)
 
 
+def _notifier_secrets(settings: Any) -> Iterable[str | None]:
+    from torchbearer.notify import notifier_secrets
+
+    return notifier_secrets(settings)
+
+
+add_source(_notifier_secrets)  # passwords and tokens inside TORCHBEARER_NOTIFY_URLS
+
+
 def register_settings(settings: Any) -> None:
     """Register every secret the settings know (environment and env file), through every source."""
     for source in _sources:

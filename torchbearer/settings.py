@@ -9,6 +9,7 @@ variable is documented in ``env.example``. Credentials are read from the same pl
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,29 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+#: Events a notifier can be told about; ``TORCHBEARER_NOTIFY_EVENTS`` picks some (default: all but succeeded).
+NOTIFY_EVENTS = ("failed", "succeeded", "stalled", "queue-empty", "paused", "report")
+DEFAULT_NOTIFY_EVENTS = "failed,stalled,queue-empty,paused,report"
+#: A new URL starts after whitespace, or after a comma followed by ``scheme://`` (a comma inside a URL's query,
+#: ``mailto://…?to=a@x,b@y``, does not split it).
+_URL_SEPARATOR = re.compile(r"\s+|,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def split_urls(raw: str) -> tuple[str, ...]:
+    """The URLs of a ``TORCHBEARER_NOTIFY_URLS`` value (separated by whitespace or commas)."""
+    return tuple(url.strip().strip(",") for url in _URL_SEPARATOR.split(raw) if url.strip().strip(","))
+
+
+def _notify_events(raw: str | None) -> frozenset[str]:
+    names = {name.strip().lower() for name in (raw or DEFAULT_NOTIFY_EVENTS).split(",") if name.strip()}
+    unknown = names - set(NOTIFY_EVENTS)
+    if unknown:
+        raise SettingsError(
+            f"TORCHBEARER_NOTIFY_EVENTS names {', '.join(sorted(unknown))}: known events are {', '.join(NOTIFY_EVENTS)}"
+        )
+    return frozenset(names)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved paths and limits of one project. Paths are absolute."""
@@ -69,6 +93,21 @@ class Settings:
     slurm_args: tuple[str, ...] = ()
     slurm_gres: str | None = None
     slurm_slots: int = 4
+    #: Apprise URLs notified of job events (``notify.py``); they may hold credentials: never printed.
+    notify_urls: tuple[str, ...] = field(default=(), repr=False)
+    #: A shell command run per event, the event as JSON on stdin and in ``TORCHBEARER_EVENT``.
+    notify_command: str | None = field(default=None, repr=False)
+    #: Which events are sent (``notify.EVENTS``).
+    notify_events: frozenset[str] = frozenset(DEFAULT_NOTIFY_EVENTS.split(","))
+    #: Seconds without a progress event before a running job (one holding a device slot) counts as stalled;
+    #: a job's ``stall_after`` overrides it; 0: never.
+    stall_after_s: float = 1800.0
+    #: Bytes of free disk the pre-flight check keeps aside: a file whose estimated writes need them is warned of.
+    disk_reserve_bytes: int = 0
+    #: Cron expression (minute hour day month weekday, local time) of the daemon's morning report; None: none.
+    report_at: str | None = None
+    #: Whether the daemon and ``submit`` run the pre-flight check on each file they queue.
+    preflight: bool = True
     env_file_values: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -120,6 +159,7 @@ class Settings:
         slurm_slots = int(number("TORCHBEARER_SLURM_SLOTS", 4))
         if slurm_slots < 1:
             raise SettingsError("TORCHBEARER_SLURM_SLOTS must be at least 1")
+        notify_events = _notify_events(get("TORCHBEARER_NOTIFY_EVENTS"))
         return cls(
             project_dir=project,
             queue_dir=path(queue_dir, "TORCHBEARER_QUEUE", "queue"),
@@ -137,6 +177,13 @@ class Settings:
             slurm_args=slurm_args,
             slurm_gres=get("TORCHBEARER_SLURM_GRES"),
             slurm_slots=slurm_slots,
+            notify_urls=split_urls(get("TORCHBEARER_NOTIFY_URLS", "") or ""),
+            notify_command=(get("TORCHBEARER_NOTIFY_COMMAND") or "").strip() or None,
+            notify_events=notify_events,
+            stall_after_s=number("TORCHBEARER_STALL_AFTER_S", 1800.0),
+            disk_reserve_bytes=int(number("TORCHBEARER_DISK_RESERVE_GB", 0.0) * 1024**3),
+            report_at=(get("TORCHBEARER_REPORT_AT") or "").strip() or None,
+            preflight=(get("TORCHBEARER_PREFLIGHT", "1") or "1").lower() not in {"0", "false", "no"},
             env_file_values=file_values,
         )
 

@@ -85,6 +85,14 @@ class JobSpec(StrictModel):
     retry_backoff: float = Field(60.0, ge=0, description="seconds before the first retry; doubles each time")
     timeout: float | None = Field(None, description="seconds (or '30m', '2h') before the job is stopped")
     devices: int = Field(1, ge=1, le=64, description="device slots (GPUs) the job needs")
+    stall_after: float | None = Field(
+        None, description="seconds (or '30m') without a progress event before the job counts as stalled; 0: never"
+    )
+
+    @field_validator("stall_after", mode="before")
+    @classmethod
+    def _stall(cls, value: Any) -> float | None:
+        return None if value is None else 0.0 if value in (0, "0") else parse_duration(value)
 
     @field_validator("timeout", mode="before")
     @classmethod

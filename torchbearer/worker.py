@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -19,6 +20,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again later
 EXIT_INPUT = 65  # EX_DATAERR: the job's input is wrong (a user error, not a crash)
+#: The supervisor's stall watchdog sends this to have every thread's Python stack written into log.txt.
+STACK_SIGNAL = signal.SIGUSR1
 
 #: Errors of the libraries that mean "the job's input is wrong" (named, so the worker imports none of them):
 #: with ``JobInputError``, ``FileNotFoundError`` and a spec's ``ValidationError`` they end an attempt with
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m torchbearer.worker <job-id> <attempt>", file=sys.stderr)
         return EXIT_USAGE
     faulthandler.enable()  # a segfault leaves its Python traceback in log.txt
+    faulthandler.register(STACK_SIGNAL, all_threads=True, chain=False)  # a stalled job's stacks, ditto
     from torchbearer.joblog import setup_job_logging
     from torchbearer.redact import ScrubbingStream
 

@@ -14,7 +14,8 @@ TRAIN_MISSING = "name: {name}\nkind: train\nscenes: [data/no-such-scene-*.tif]\n
 
 
 def test_missing_inputs_do_not_trip_the_crash_loop_guard(project, store):
-    daemon = DaemonProcess(project, {"TORCHBEARER_CRASH_LOOP_COUNT": "2"}).start()
+    # the pre-flight check would refuse these files when queued: off, to reach the worker's own input check
+    daemon = DaemonProcess(project, {"TORCHBEARER_CRASH_LOOP_COUNT": "2", "TORCHBEARER_PREFLIGHT": "0"}).start()
     try:
         for name in ("first", "second"):
             write_job(project.queue_dir, f"{name}.yaml", TRAIN_MISSING.format(name=name))

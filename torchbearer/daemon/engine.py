@@ -21,9 +21,10 @@ from typing import Any
 from torchbearer.commands import spawned_jobs
 from torchbearer.daemon.executors import Executor
 from torchbearer.daemon.scheduler import CronSchedules, place_jobs, promote_waiting
-from torchbearer.daemon.supervisor import Supervisor
+from torchbearer.daemon.supervisor import Supervisor, read_tail
 from torchbearer.daemon.watcher import QueueWatcher
 from torchbearer.ingest import ingest_queue_file, recover_claimed
+from torchbearer.notify import LOG_LINES, Notifier, job_event, jobs_left, queue_event
 from torchbearer.settings import Settings
 from torchbearer.spec import JobFileError, PathRules, load_job_file
 from torchbearer.store import TERMINAL_STATES, Store, is_transient
@@ -118,7 +119,10 @@ class Engine:
         self.store = Store(settings.state_path)
         self.store.check()  # a damaged file is refused here, with what to do, not mid-night as a traceback
         self.paths = PathRules.of(settings)
-        self.supervisor = Supervisor(settings, self.store, executor)
+        self.notifier = Notifier(settings)
+        self.supervisor = Supervisor(settings, self.store, executor, on_event=self.notify)
+        self._had_work = False  # a job ran since the queue was last empty: tell when it empties again
+        self._report_due = threading.Event()  # set by the report's cron trigger (APScheduler's thread)
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.watcher = QueueWatcher(settings.queue_dir, on_change=self.wake.set) if watch else None
@@ -145,11 +149,14 @@ class Engine:
             self._install_signal_handlers()
             self.supervisor.recover()
             if self.watcher is not None:
-                for result in recover_claimed(self.settings.queue_dir, self.store, paths=self.paths):
+                for result in recover_claimed(self.settings.queue_dir, self.store, paths=self.paths,
+                                              preflight=self.preflight):  # fmt: skip
                     log.info("finished ingesting %s left by a previous daemon", result.source)
                 self.watcher.start()
             if self.cron is not None:
                 self.cron.start()
+                self._arm_report()
+            self.notifier.start()
             log.info("serving %s (state %s, %d slot%s)", self.settings.queue_dir, self.settings.state_path,
                      len(self.settings.slots), "s" if len(self.settings.slots) > 1 else "")  # fmt: skip
             while not self.stopping.is_set():
@@ -196,6 +203,7 @@ class Engine:
                     if not is_transient(exc):
                         raise
                     log.error("could not clear the daemon's record (%s): its stale heartbeat says it stopped", exc)
+            self.notifier.close()
         finally:
             self.lock.release()
             self.state_lock.release()
@@ -232,12 +240,16 @@ class Engine:
         changed = False  # our own commits do not move data_version: note them here
         if self.watcher is not None and self.store_fault is not None:
             # a file claimed while the store refused writes is still in accepted/ under its .ingesting- name
-            for result in recover_claimed(self.settings.queue_dir, self.store, paths=self.paths):
+            for result in recover_claimed(
+                self.settings.queue_dir, self.store, paths=self.paths, preflight=self.preflight
+            ):
                 changed = True
                 log.info("finished ingesting %s after the store fault", result.source)
         if self.watcher is not None:
             for path in self.watcher.ready(_parses):
-                changed |= ingest_queue_file(path, self.settings.queue_dir, self.store, paths=self.paths).accepted
+                result = ingest_queue_file(path, self.settings.queue_dir, self.store, paths=self.paths,
+                                           preflight=self.preflight)  # fmt: skip
+                changed |= result.accepted
         changed |= bool(self.supervisor.poll())
         now = time.monotonic()
         version = self.store.data_version()
@@ -248,6 +260,9 @@ class Engine:
         if self.watch and now - self._last_heartbeat >= HEARTBEAT_INTERVAL_S:
             self._last_heartbeat = now
             self.store.record_daemon(started_at=self._started_at, executor=self.supervisor.executor.name)
+        if self._report_due.is_set():
+            self._report_due.clear()
+            self._morning_report()
         if self.on_tick is not None:
             self.on_tick(self)
 
@@ -263,6 +278,69 @@ class Engine:
         free = self.supervisor.free_slots()  # even with none free, a devices: 0 job may start
         for placement in place_jobs(self.store, free, self.settings.slots, only_ids=self.only_ids):
             self.supervisor.start(placement.job_id, placement.slots)
+        self._check_queue_empty()
+
+    # -- notifications --------------------------------------------------------------------------------------
+
+    def notify(self, event: str, job_id: int | None = None, message: str | None = None) -> None:
+        """Hand an event to the notifier (which sends it on its own thread); never raises."""
+        if not self.notifier.wants(event):
+            return
+        try:
+            job = self.store.job(job_id) if job_id is not None else None
+            if job is not None:
+                tail = read_tail(Path(job.run_dir) / "log.txt", LOG_LINES) if job.run_dir else None
+                self.notifier.send(job_event(self.store, job, event, tail))
+            else:
+                self.notifier.send(queue_event(self.store, event, message or event))
+        except Exception:  # telling about a job must never cost the daemon
+            log.exception("could not build the %s notification", event)
+
+    def _arm_report(self) -> None:
+        """The morning report's cron trigger (``TORCHBEARER_REPORT_AT``); a bad expression is logged, not fatal."""
+        if not self.settings.report_at or self.cron is None:
+            return
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            trigger = CronTrigger.from_crontab(self.settings.report_at)
+        except ValueError as exc:
+            log.error("TORCHBEARER_REPORT_AT=%r is not a cron expression (%s): no morning report",
+                      self.settings.report_at, exc)  # fmt: skip
+            return
+        self.cron.scheduler.add_job(lambda: (self._report_due.set(), self.wake.set()), trigger, id="morning-report",
+                                    misfire_grace_time=3600, coalesce=True, max_instances=1)  # fmt: skip
+        log.info("morning report armed (%s)", self.settings.report_at)
+
+    def _morning_report(self) -> None:
+        """Write the report (``report.py``) and send it through the notifiers, the HTML file attached."""
+        from torchbearer.report import build_report
+
+        try:
+            report = build_report(self.store, self.settings)
+        except Exception:  # a report that cannot be written must not stop the night
+            log.exception("the morning report failed")
+            return
+        log.info("morning report: %s (%s)", report.summary(), report.markdown)
+        if self.notifier.wants("report"):
+            event = queue_event(self.store, "report", "morning report")
+            event.message = report.markdown.read_text(encoding="utf-8") if report.markdown else report.summary()
+            event.attachments = [str(p) for p in (report.html, *report.pictures) if p is not None]
+            self.notifier.send(event)
+
+    def _check_queue_empty(self) -> None:
+        """Send ``queue-empty`` once, when the last job of a busy spell has ended (daemon only)."""
+        if self.supervisor.running:
+            self._had_work = True
+        elif self._had_work and self.watch and self.notifier.wants("queue-empty") and not jobs_left(self.store):
+            self._had_work = False
+            self.notify("queue-empty", message="the queue is empty: nothing left to run")
+
+    def preflight(self, parsed: list) -> list:
+        """The pre-flight check of a file being queued (``preflight.py``), against this daemon's store."""
+        from torchbearer.preflight import check_jobs
+
+        return check_jobs(parsed, self.settings, self.store) if self.settings.preflight else []
 
     def _all_done(self) -> bool:
         jobs = self.store.jobs(ids=self.only_ids)

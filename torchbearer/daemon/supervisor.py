@@ -8,12 +8,14 @@ retry), cancelled, or interrupted (runs again).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torchbearer.daemon.executors import Executor, WorkerHandle
@@ -21,7 +23,7 @@ from torchbearer.daemon.executors.local import LocalExecutor, signal_process_gro
 from torchbearer.daemon.oom import oom_evidence, oom_kill_count
 from torchbearer.settings import Settings
 from torchbearer.store import Job, JobState, Store, is_transient, pid_alive
-from torchbearer.worker import EXIT_INPUT, EXIT_INTERRUPTED
+from torchbearer.worker import EXIT_INPUT, EXIT_INTERRUPTED, STACK_SIGNAL
 
 log = logging.getLogger("torchbearer.supervisor")
 
@@ -47,6 +49,11 @@ class RunningJob:
     killed_by_us: bool = False
     daemon_stopping: bool = False  # stopped because the daemon stops: a kill is not the job's fault
     oom_kills: int | None = None  # the memory cgroup's OOM-kill count when it started (daemon/oom.py)
+    stall_after_s: float | None = None  # seconds without a progress event before it counts as stalled
+    started_wall: float = field(default_factory=time.time)  # UNIX seconds: progress rows are UNIX seconds
+    stalled: str | None = None  # the stall watchdog's reason, once it tripped
+    stacks_sent: float | None = None  # monotonic seconds of the STACK_SIGNAL sent before stopping it
+    gpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (UNIX s, utilisation %) of its GPUs
 
 
 def describe_exit(code: int | None, *, killed_by_us: bool = False, oom: str | None = None) -> str:
@@ -138,8 +145,16 @@ def executor_for(settings: Settings) -> Executor:
 class Supervisor:
     """Owns the running workers of one daemon (or one foreground ``run``)."""
 
-    def __init__(self, settings: Settings, store: Store, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        executor: Executor | None = None,
+        on_event: Callable[..., None] | None = None,
+    ) -> None:
         self.settings = settings
+        #: ``on_event(event, job_id=None, message=None)``: a job failed/succeeded/stalled, the queue paused.
+        self.on_event = on_event or (lambda *args, **kwargs: None)
         self.store = store
         self.executor = executor or executor_for(settings)
         self.running: dict[int, RunningJob] = {}
@@ -199,11 +214,19 @@ class Supervisor:
             self.store.set_attempt_pid(job_id, attempt, handle.pid)
         self.running[job_id] = RunningJob(
             job_id, job.name, attempt, handle, slots, time.monotonic(), job.timeout_s, log_path,
-            oom_kills=oom_kill_count(),
+            oom_kills=oom_kill_count(), stall_after_s=self._stall_after(job),
         )  # fmt: skip
         where = f"slot {','.join(slots) or 'cpu'}" if slots else "no device slot"
         log.info("started %s (#%d) attempt %d on %s", job.name, job_id, attempt, where)
         return True
+
+    def _stall_after(self, job: Job) -> float | None:
+        """The job's ``stall_after``, else the settings' default for a job holding a device slot (a controller
+        such as a sweep waits on other jobs without progress of its own); None: never."""
+        value = job.spec.get("stall_after")
+        if value is None:
+            value = self.settings.stall_after_s if job.devices > 0 else 0
+        return float(value) or None
 
     def _worker_env(self, job_id: int, slots: tuple[str, ...]) -> dict[str, str]:
         env = {
@@ -250,7 +273,48 @@ class Supervisor:
             self._last_log_check = now
             for running in self.running.values():
                 cap_log(running.log_path, self.settings.log_cap_bytes)
+                self._watch_stall(running)
         return ended
+
+    def _watch_stall(self, running: RunningJob) -> None:
+        """The stall watchdog: no progress event for ``stall_after_s`` → stacks into its log, then SIGTERM.
+
+        The stacks are asked first (``STACK_SIGNAL``: the worker's faulthandler writes them at once, from C),
+        the SIGTERM one check later, so the dump shows where it hung and not the stop's own handler.
+        """
+        if not running.stall_after_s or running.term_sent is not None or getattr(running.handle, "waiting", False):
+            return
+        if running.stacks_sent is not None:
+            self._terminate(running)
+            return
+        now = time.time()
+        self._sample_gpus(running, now)
+        latest = self.store.latest_progress(running.job_id)
+        last = max(running.started_wall, latest["time"] if latest else 0.0)
+        silent_s = now - last
+        if silent_s <= running.stall_after_s:
+            return
+        shares = [pct for when, pct in running.gpu_samples if when >= last]
+        gpu = f"; GPU utilisation {sum(shares) / len(shares):.0f} % meanwhile" if shares else ""
+        running.stalled = f"stalled: no progress for {silent_s:.0f} s (stall_after {running.stall_after_s:.0f} s){gpu}"
+        log.warning("job %s (#%d) %s: writing its stacks to its log, then stopping it", running.name,
+                    running.job_id, running.stalled)  # fmt: skip
+        running.stacks_sent = time.monotonic()
+        if running.handle.pid is not None and self.executor.name == "local":
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile: poll() settles it
+                os.kill(running.handle.pid, STACK_SIGNAL)
+
+    def _sample_gpus(self, running: RunningJob, now: float) -> None:
+        """Note the utilisation of the job's GPUs (NVML), kept for one stall period, for a stall's reason."""
+        if not any(slot.isdigit() for slot in running.slots):
+            return
+        from torchbearer.gpu import utilisation
+
+        values = [u for u in (utilisation(slot) for slot in running.slots) if u is not None]
+        if values:
+            running.gpu_samples.append((now, sum(values) / len(values)))
+        horizon = now - 2 * (running.stall_after_s or 0)
+        running.gpu_samples[:] = [sample for sample in running.gpu_samples if sample[0] >= horizon]
 
     def apply_cancel_requests(self) -> None:
         """SIGTERM the workers of jobs a client asked to cancel."""
@@ -316,6 +380,8 @@ class Supervisor:
         elif running.daemon_stopping and outcome is None:  # killed after the grace without a word: runs again
             self._end(running, JobState.INTERRUPTED, "the daemon stopped while it ran; runs again", "interrupted",
                       code, common)  # fmt: skip
+        elif running.stalled:
+            self._fail(job, running, running.stalled, code, common)
         elif running.timed_out:
             self._fail(job, running, f"timed out after {running.timeout_s:.0f} s", code, common)
         elif outcome == "interrupted" or code == EXIT_INTERRUPTED:
@@ -336,6 +402,8 @@ class Supervisor:
         self.store.finish_attempt(running.job_id, running.attempt, outcome=outcome, exit_code=code, reason=reason)
         self.store.transition(running.job_id, state, expect=[JobState.RUNNING], reason=reason, **columns)
         log.info("%s (#%d) %s%s", running.name, running.job_id, state, f": {reason}" if reason else "")
+        if state in (JobState.FAILED, JobState.SUCCEEDED):
+            self.on_event("stalled" if running.stalled else str(state), running.job_id)
 
     def _fail(self, job, running: RunningJob, reason: str, code: int | None, columns: dict) -> None:
         columns = {**columns, "error_tail": read_tail(running.log_path)}
@@ -346,6 +414,8 @@ class Supervisor:
             self.store.transition(running.job_id, JobState.WAITING, expect=[JobState.RUNNING], reason=retry,
                                   next_try_at=time.time() + delay, **columns)  # fmt: skip
             log.warning("%s (#%d) failed: %s", running.name, running.job_id, retry)
+            if running.stalled:
+                self.on_event("stalled", running.job_id)
             return
         self._end(running, JobState.FAILED, reason, "failed", code, columns)
 
@@ -362,6 +432,7 @@ class Supervisor:
             )
             self.store.set_queue_paused(reason)
             log.error("queue paused: %s", reason)
+            self.on_event("paused", message=f"queue paused: {reason}")
             self.quick_failures.clear()
 
     # -- recovery -------------------------------------------------------------------------------------------

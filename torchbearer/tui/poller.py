@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from torchbearer.preflight import job_warnings
 from torchbearer.settings import Settings
 from torchbearer.store import Job, Store, StoreError
 from torchbearer.tui.data import (
@@ -289,8 +290,10 @@ class Poller:
             self._read_metrics(store, focus)
             outputs = tuple(store.outputs(job_id))
             progress = store.latest_progress(job_id)
+            warnings = tuple(job_warnings(store, job_id))
         else:
             outputs, progress = focus.last_detail.outputs, focus.last_detail.progress
+            warnings = focus.last_detail.warnings
         preview_path, preview = self._preview(focus, outputs)
         detail = JobDetail(
             job=job,
@@ -302,6 +305,7 @@ class Poller:
             log_reset=reset or fresh,
             preview_path=preview_path,
             preview=preview,
+            warnings=warnings,
         )
         focus.last_detail = detail
         return detail

@@ -116,19 +116,23 @@ class JobTitle(Static):
 
 
 class FailurePanel(Static):
-    """Why a job failed (or was cancelled, or lost a dependency), and the end of its traceback."""
+    """Why a job failed (or was cancelled, or lost a dependency), the end of its traceback, and the pre-flight
+    check's warnings from when it was queued."""
 
     def show(self, detail: JobDetail) -> None:
         job = detail.job
-        visible = job.state in {JobState.FAILED, JobState.DEPENDENCY_FAILED, JobState.INTERRUPTED} or bool(
+        failed = job.state in {JobState.FAILED, JobState.DEPENDENCY_FAILED, JobState.INTERRUPTED} or bool(
             job.error_tail and job.state != JobState.SUCCEEDED
         )
-        self.display = visible
-        if not visible:
+        self.display = failed or bool(detail.warnings)
+        if not self.display:
             return
-        parts: list[Any] = [Text(f"{job.state}: {job.reason or 'no reason recorded'}", style="bold red")]
-        if job.error_tail:
-            parts.append(Text("\n").join(log_text(line) for line in job.error_tail.splitlines()[-12:]))
+        parts: list[Any] = []
+        if failed:
+            parts.append(Text(f"{job.state}: {job.reason or 'no reason recorded'}", style="bold red"))
+            if job.error_tail:
+                parts.append(Text("\n").join(log_text(line) for line in job.error_tail.splitlines()[-12:]))
+        parts += [Text(f"pre-flight warning: {warning}", style="yellow") for warning in detail.warnings]
         self.update(Group(*parts))
 
 
