@@ -91,13 +91,22 @@ def _expand(value: str, rules: PathRules) -> list[Path]:
     return [path]
 
 
+def _is_output(dotted: str) -> bool:
+    """Whether a path field names something the job writes (``output``, a prepare step's ``steps.chip.output``)."""
+    return dotted.rsplit(".", 1)[-1] in OUTPUT_FIELDS
+
+
 def _inputs(spec: JobSpec, rules: PathRules, **_: Any) -> list[Finding]:
-    """Every input path exists (a glob matches something) and is readable."""
+    """Every input path exists (a glob matches something) and is readable; what the job itself writes first
+    (a prepare step reading an earlier step's output) counts as there."""
     findings = []
+    written = [rules.resolve(v) for d in type(spec).path_fields if _is_output(d) for v in _values(spec, d)]
     for dotted in type(spec).path_fields:
-        if dotted in OUTPUT_FIELDS:
+        if _is_output(dotted):
             continue
         for value in _values(spec, dotted):
+            if any(rules.resolve(value).is_relative_to(out) for out in written):
+                continue
             if dotted.endswith("weights") and value == "imagenet":
                 continue
             if dotted.endswith("aoi") and aoi_kind(value) != "file":  # a WKT, not a file
@@ -123,7 +132,7 @@ def _nearest_existing(path: Path) -> Path:
 
 def _outputs(spec: JobSpec, rules: PathRules, settings: Any, **_: Any) -> list[Finding]:
     """Output folders (and the run folders) are writable."""
-    targets = [("output", rules.resolve(v).parent) for v in _values(spec, "output")]
+    targets = [(d, rules.resolve(v).parent) for d in type(spec).path_fields if _is_output(d) for v in _values(spec, d)]
     targets.append(("", Path(settings.runs_dir)))
     findings = []
     for field, folder in targets:

@@ -13,12 +13,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_example_classification_night_validates() -> None:
     jobs = load_job_file(REPO / "configs" / "examples" / "classify-night.yaml")
-    assert [j.spec.kind for j in jobs] == ["sweep", "predict", "predict"]
-    sweep, scene_map, table = (j.spec for j in jobs)
+    assert [j.spec.kind for j in jobs] == ["prepare", "sweep", "predict", "predict"]
+    patches, sweep, scene_map, table = (j.spec for j in jobs)
+    assert (REPO / patches.steps[0].patches.labels).is_file()  # the SCL band of the committed product
+    assert sweep.after == ["scl-patches"] and sweep.base["data"]["root"] == patches.steps[0].patches.output
     assert sweep.base["kind"] == "classify" and sweep.metric == "val/f1_macro"
     assert set(sweep.space) == {"train.lr", "model.backbone"}
     assert scene_map.after == ["scl-sweep"] and scene_map.stride == 8
-    assert table.patches == "data/patches/t29unu-scl" and table.output.endswith(".csv")
+    assert table.patches == patches.steps[0].patches.output and table.output.endswith(".csv")
 
 
 def test_nested_fields_override_one_by_one_and_metrics_are_listed() -> None:

@@ -127,3 +127,19 @@ def test_a_wkt_aoi_is_not_taken_for_a_missing_file(project: Settings, tmp_path: 
     (tmp_path / "night.yaml").write_text(night.read_text().replace("'POLYGON ((-8.2 52.9, -8.0 52.9, -8.0 53.0, "
                                          "-8.2 52.9))'", "aoi/field.geojson"))  # fmt: skip
     assert "aoi/field.geojson does not exist" in flat(tb("validate", "--deep", night).stderr)
+
+
+def test_a_prepare_chain_reading_what_its_own_steps_write_passes_and_a_missing_label_file_does_not(
+    project: Settings,
+) -> None:
+    from torchbearer.preflight import check_jobs
+    from torchbearer.spec import parse_job_text
+
+    text = ("name: prep\nkind: prepare\nscene: data/scene.tif\nsteps:\n"
+            "  - rasterize: {labels: masks/roofs.gpkg, output: prepared/roofs.tif}\n"
+            "  - chip: {size: 64, mask: prepared/roofs.tif, output: prepared/chips}\n"
+            "  - split: {chips: prepared/chips}\n")  # fmt: skip
+    (project.project_dir / "data").mkdir(exist_ok=True)
+    (project.project_dir / "data" / "scene.tif").write_bytes(b"")
+    findings = [f.format() for f in check_jobs(parse_job_text(text), project)]
+    assert findings == [f"prep: steps.rasterize.labels: {project.project_dir / 'masks' / 'roofs.gpkg'} does not exist"]
