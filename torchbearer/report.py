@@ -24,7 +24,7 @@ from torchbearer.store import Job, JobState, Store
 #: Kinds whose curves are drawn.
 CURVE_KINDS = frozenset({"train", "classify"})
 #: Metrics drawn in a job's curve PNG, when it logged them.
-CURVE_METRICS = ("train/loss", "val/loss", "val/iou", "val/accuracy")
+CURVE_METRICS = ("train/loss_epoch", "val/loss", "val/iou", "val/accuracy")
 #: Meta key of the last report's time (the default ``since`` of the next one).
 LAST_REPORT_KEY = "last-report"
 DEFAULT_SINCE_S = 24 * 3600.0

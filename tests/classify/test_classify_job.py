@@ -52,8 +52,8 @@ def test_classify_job_learns_the_scl_classes(patch_project, store, daemon) -> No
     assert card.bands[8] == "B09" and 1000 < card.norm["mean"][3] < 10000  # DN of the training patches
 
     names = set(store.metric_names(job.id))
-    assert {"train/loss", "val/loss", "val/accuracy", "val/f1_macro", "val/f1/water", "val/precision/cloud",
-            "val/recall/shadow", "lr", "data_wait_share", "test/accuracy"} <= names  # fmt: skip
+    assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/accuracy", "val/f1_macro", "val/f1/water",
+            "val/precision/cloud", "val/recall/shadow", "lr", "data_wait_share", "test/accuracy"} <= names  # fmt: skip
     assert sorted(m["epoch"] for m in store.metrics(job.id, "val/f1_macro")) == list(range(8))
 
     table = _finished(store, "scl-csv", timeout=120)

@@ -171,7 +171,7 @@ def plot_scene(
 
 #: Curves drawn from a job's metrics: file stem, metric names (prefix match), log scale.
 CURVES = (
-    ("curves_loss", ("train/loss", "val/loss"), True),
+    ("curves_loss", ("train/loss_epoch", "val/loss"), True),
     ("curves_metrics", ("val/iou", "val/f1", "val/accuracy"), False),
     ("curves_lr", ("lr",), True),
 )
