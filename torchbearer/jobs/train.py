@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -113,6 +114,8 @@ class TrainOptions(StrictModel):
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field("auto", description="auto: mixed on GPU")
     seed: int = Field(0, ge=0)
     plots: int = Field(4, ge=0, le=100, description="validation patches drawn as plot_{i}.png")
+    rare_share: float = Field(0.0, ge=0, le=1, description="share of training patches holding a rare class")
+    rare_classes: list[str] | None = Field(None, description="the rare classes (default: the rarest one)")
 
     @field_validator("patch_size")
     @classmethod
@@ -144,7 +147,9 @@ class TrainSpec(JobSpec):
     task: Literal["binary", "multiclass"] = "binary"
     classes: list[str] | None = Field(None, description="class names; binary default [background, target]")
     loss: Literal["ce", "bce", "dice", "jaccard", "focal"] | None = Field(None, description="default bce / ce")
-    class_weights: list[float] | None = Field(None, description="per class, for ce and bce")
+    class_weights: list[float] | Literal["auto"] | None = Field(
+        None, description="per class, for ce and bce; auto: inverse frequencies of the training pixels"
+    )
     ignore_index: int = Field(255, ge=0, le=255, description="mask value that carries no label")
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainOptions = Field(default_factory=TrainOptions)
@@ -167,7 +172,12 @@ class TrainSpec(JobSpec):
             raise ValueError(f"ignore_index {self.ignore_index} is a class index (0 … {len(classes) - 1})")
         if self.loss is not None and self.loss not in LOSSES[self.task]:
             raise ValueError(f"loss {self.loss} does not fit a {self.task} task: use {', '.join(LOSSES[self.task])}")
-        if self.class_weights is not None:
+        rare = self.train.rare_classes or []
+        if any(name not in classes for name in rare):
+            raise ValueError(f"rare_classes {rare}: not all in {classes}")
+        if self.class_weights == "auto" and self.loss_name not in ("ce", "bce"):
+            raise ValueError(f"class_weights work with the ce and bce losses, not {self.loss_name}")
+        if isinstance(self.class_weights, list):
             if len(self.class_weights) != len(classes):
                 raise ValueError(f"class_weights has {len(self.class_weights)} values for {len(classes)} classes")
             if any(w <= 0 for w in self.class_weights):
@@ -277,9 +287,29 @@ def build_datamodule(spec: TrainSpec, ctx: JobContext, scenes: list[Scene], cuda
         num_workers=_num_workers(spec, cuda),
         seed=spec.train.seed,
         augment=spec.train.augment,
+        num_classes=len(spec.class_names),
+        rare_classes=[spec.class_names.index(c) for c in spec.train.rare_classes or []] or None,
+        rare_share=spec.train.rare_share,
     )
     datamodule.setup()
+    if spec.train.rare_share:
+        log.info("rare classes %s: at least %.0f %% of the training patches hold one",
+                 [spec.class_names[i] for i in datamodule.rare], 100 * spec.train.rare_share)  # fmt: skip
     return datamodule
+
+
+def class_weights(spec: TrainSpec, datamodule: SegmentationDataModule) -> list[float] | None:
+    """The loss's class weights: as given, or (``auto``) inverse frequencies of the training pixels, logged."""
+    from torchbearer.ml.scenes import inverse_frequencies
+
+    if spec.class_weights != "auto":
+        return spec.class_weights
+    assert datamodule.split is not None
+    weights = inverse_frequencies(datamodule.split.class_counts, spec.class_names)
+    log.info("class_weights: auto: %s (training pixels %s)",
+             dict(zip(spec.class_names, [round(w, 4) for w in weights], strict=True)),
+             dict(zip(spec.class_names, datamodule.split.class_counts, strict=True)))  # fmt: skip
+    return weights
 
 
 def build_task(spec: TrainSpec, ctx: JobContext, datamodule: SegmentationDataModule, resolution: int, resuming: bool):
@@ -308,7 +338,7 @@ def build_task(spec: TrainSpec, ctx: JobContext, datamodule: SegmentationDataMod
         card.to_dict(),
         weights=None if resuming else weights,  # a resumed run takes every weight from last.ckpt
         loss=spec.loss_name,
-        class_weights=spec.class_weights,
+        class_weights=class_weights(spec, datamodule),
         ignore_index=spec.ignore_index,
         lr=spec.train.lr,
         weight_decay=spec.train.weight_decay,
@@ -344,8 +374,13 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     ctx.progress("preparing data", force=True)
     stacks, resolution = scene_stacks(spec, ctx)
     masks = [ctx.resolve(m) for m in ([spec.masks] if isinstance(spec.masks, str) else spec.masks)]
+    skipped: list[str] = []
+    shutil.rmtree(ctx.run_dir / "targets", ignore_errors=True)  # an earlier attempt's (memory-mapped targets)
     scenes = load_scenes(stacks, masks, spec.class_names, bands=spec.bands, class_field=spec.class_field,
-                         resolution=resolution)  # fmt: skip
+                         resolution=resolution, cache_dir=ctx.settings.data_dir / "cache" / "mapped",
+                         work_dir=ctx.run_dir / "targets", skipped=skipped)  # fmt: skip
+    for reason in skipped:  # in the job's log and on the dashboard
+        ctx.progress("preparing data", force=True, skipped=reason)
     ctx.check_stop()
 
     import lightning as L
@@ -421,6 +456,8 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
         for path in write_plots(task, datamodule, spec.train.plots, ctx.run_dir):
             ctx.output(path, "plot")
     log.info("best %s = %s at %s", monitor, best.best_model_score, best_path)
+    del datamodule, scenes
+    shutil.rmtree(ctx.run_dir / "targets", ignore_errors=True)
 
 
 #: What a train job logs (``ml/tasks.py``): per epoch under ``val/``, once on the test split under ``test/``.

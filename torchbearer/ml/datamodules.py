@@ -9,6 +9,7 @@ patches are drawn by a sampler in the main process, from the seed and the epoch.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 
@@ -18,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from torchbearer.ml.checkpoint import standardising_terms
-from torchbearer.ml.scenes import TRAIN, Scene, Split, SplitOptions, band_stats, check_inputs, make_split
+from torchbearer.ml.scenes import Scene, Split, SplitOptions, band_stats, check_inputs, make_split
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +44,45 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int, int, int]) -> Item:
         scene, r, c, aug = item if isinstance(item, tuple) else (*self.origins[item], 0)
-        s = self.scenes[scene]
-        window = (slice(r, r + self.size), slice(c, c + self.size))
-        return scene, s.dn[(slice(None), *window)], s.target[window], s.nodata[window], aug
+        return scene, *self.scenes[scene].patch(r, c, self.size), aug
 
 
 class RandomPatchSampler(Sampler):
     """``samples`` random (scene, row, column, augmentation) picks an epoch from the training origins.
 
-    Drawn in the main process from ``seed`` and the epoch (Lightning calls :meth:`set_epoch`), so runs repeat
-    and DataLoader workers never share a random state.
+    A scene is drawn in proportion to ``scene_weights`` (its labelled training pixels), then an origin in it
+    uniformly; given ``rare`` (per origin: its patch holds a rare class) and ``rare_share``, that share of the
+    picks (rounded up) is drawn from the rare origins instead. Drawn in the main process from ``seed`` and
+    the epoch (Lightning calls :meth:`set_epoch`), so runs repeat and DataLoader workers never share a random
+    state.
     """
 
-    def __init__(self, origins: list[tuple[int, int, int]], samples: int, seed: int, augment: bool) -> None:
-        self.origins = np.asarray(origins, dtype=np.int64)
+    def __init__(
+        self,
+        origins: list[tuple[int, int, int]],
+        samples: int,
+        seed: int,
+        augment: bool,
+        scene_weights: list[int] | None = None,
+        rare: np.ndarray | None = None,
+        rare_share: float = 0.0,
+    ) -> None:
+        self.origins = np.asarray(origins, dtype=np.int64).reshape(-1, 3)
         self.samples = samples
         self.seed = seed
         self.augment = augment
         self.epoch = 0
+        scenes = int(self.origins[:, 0].max()) + 1 if len(self.origins) else 0
+        per_scene = np.bincount(self.origins[:, 0], minlength=scenes)
+        weights = np.asarray(scene_weights if scene_weights is not None else per_scene, np.float64)[:scenes]
+        weights = np.where(per_scene > 0, weights, 0.0)
+        self.scene_p = weights / weights.sum() if weights.sum() > 0 else per_scene / max(1, per_scene.sum())
+        self.starts = np.concatenate([[0], np.cumsum(per_scene)[:-1]])
+        self.per_scene = per_scene
+        self.rare = np.flatnonzero(rare) if rare is not None else np.zeros(0, np.int64)
+        self.rare_share = rare_share if len(self.rare) else 0.0
+        if not (np.diff(self.origins[:, 0]) >= 0).all():
+            raise ValueError("training origins must be grouped by scene")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -70,7 +92,11 @@ class RandomPatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
         rng = np.random.default_rng((self.seed, self.epoch))
-        picks = self.origins[rng.integers(0, len(self.origins), self.samples)]
+        n_rare = min(self.samples, math.ceil(self.rare_share * self.samples - 1e-9))
+        scenes = rng.choice(len(self.scene_p), self.samples - n_rare, p=self.scene_p)
+        index = self.starts[scenes] + (rng.random(len(scenes)) * self.per_scene[scenes]).astype(np.int64)
+        index = np.concatenate([index, self.rare[rng.integers(0, len(self.rare), n_rare)]]) if n_rare else index
+        picks = self.origins[rng.permutation(index)]
         augs = rng.integers(0, 8, self.samples) if self.augment else np.zeros(self.samples, np.int64)
         for (scene, r, c), aug in zip(picks.tolist(), augs.tolist(), strict=True):
             yield scene, r, c, aug
@@ -130,6 +156,8 @@ class SegmentationDataModule(L.LightningDataModule):
         samples_per_epoch: training patches an epoch (None: the training area divided by a patch, at least
             one batch).
         num_workers: DataLoader worker processes (forked: they share the scenes' memory).
+        num_classes: classes of the task (for the class counts and rare-class oversampling).
+        rare_classes: class indexes whose patches ``rare_share`` of the training picks must hold.
     """
 
     def __init__(
@@ -143,6 +171,9 @@ class SegmentationDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         augment: bool = True,
+        num_classes: int = 0,
+        rare_classes: list[int] | None = None,
+        rare_share: float = 0.0,
     ) -> None:
         super().__init__()
         self.scenes = scenes
@@ -154,6 +185,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.augment = augment
+        self.num_classes = num_classes
+        self.rare_classes = rare_classes
+        self.rare_share = rare_share
         self.split: Split | None = None
         self.mean: list[float] = []
         self.std: list[float] = []
@@ -162,7 +196,7 @@ class SegmentationDataModule(L.LightningDataModule):
         """Split, compute and check the statistics (once)."""
         if self.split is not None:
             return
-        self.split = make_split(self.scenes, self.patch_size, self.split_options, self.seed)
+        self.split = make_split(self.scenes, self.patch_size, self.split_options, self.seed, self.num_classes)
         self.mean, self.std = band_stats(self.scenes, self.split)
         check_inputs(self.bands, self.mean, self.std)
         log.info(
@@ -180,8 +214,16 @@ class SegmentationDataModule(L.LightningDataModule):
         assert self.split is not None, "call setup() first"
         if self.samples_per_epoch:
             return self.samples_per_epoch
-        area = sum(int((part == TRAIN).sum()) for part in self.split.parts)
-        return max(self.batch_size, area // self.patch_size**2)
+        return max(self.batch_size, sum(self.split.train_area) // self.patch_size**2)
+
+    @property
+    def rare(self) -> list[int]:
+        """The rare classes: those asked, or the rarest class of the training pixels."""
+        assert self.split is not None, "call setup() first"
+        if self.rare_classes is not None:
+            return self.rare_classes
+        counts = self.split.class_counts
+        return [int(np.argmin(counts))] if counts else []
 
     def _loader(self, origins: list[tuple[int, int, int]], sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
@@ -198,7 +240,11 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.split is not None, "call setup() first"
-        sampler = RandomPatchSampler(self.split.train, self.train_samples, self.seed, self.augment)
+        rare = None
+        if self.rare_share > 0 and self.split.train_classes is not None:
+            rare = self.split.train_classes[:, self.rare].any(axis=1)
+        sampler = RandomPatchSampler(self.split.train, self.train_samples, self.seed, self.augment,
+                                     self.split.train_area, rare, self.rare_share)  # fmt: skip
         return self._loader(self.split.train, sampler)
 
     def val_dataloader(self) -> DataLoader:
