@@ -19,6 +19,7 @@ of every epoch; a job stopped by SIGTERM saves it after its current step; its ne
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -292,6 +293,12 @@ def build_datamodule(spec: TrainSpec, ctx: JobContext, scenes: list[Scene], cuda
         rare_share=spec.train.rare_share,
     )
     datamodule.setup()
+    assert datamodule.split is not None
+    drawn = [0] * len(scenes)
+    for scene, *_ in datamodule.train_sampler():  # the first epoch's draw, seeded: as training will see it
+        drawn[scene] += 1
+    log.info("sampling per scene: %s", json.dumps({s.info.path.name: [n, area] for s, n, area in
+             zip(scenes, drawn, datamodule.split.train_area, strict=True)}))  # fmt: skip
     if spec.train.rare_share:
         log.info("rare classes %s: at least %.0f %% of the training patches hold one",
                  [spec.class_names[i] for i in datamodule.rare], 100 * spec.train.rare_share)  # fmt: skip

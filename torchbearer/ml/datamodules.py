@@ -112,6 +112,7 @@ class Collate:
     def __init__(self, scenes: list[Scene], mean: list[float], std: list[float]) -> None:
         # One multiply-add a pixel: ((DN × scale + shift) - mean) / std = DN × a + b.
         self.terms = [standardising_terms(s.info.reflectance_terms, mean, std) for s in scenes]
+        self.scenes = scenes
 
     def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
         bands, rows, cols = items[0][1].shape
@@ -129,6 +130,8 @@ class Collate:
                 if valid is not None:
                     plane *= valid
             target[b] = _augment(mask, aug)
+        for scene in {item[0] for item in items}:  # the patches are copied: unmap their pages (still cached)
+            self.scenes[scene].release()
         return {"image": torch.from_numpy(image), "mask": torch.from_numpy(target)}
 
 
@@ -239,13 +242,16 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        return self._loader(self.split.train, self.train_sampler())
+
+    def train_sampler(self) -> RandomPatchSampler:
+        """The sampler of the training patches (scene-weighted, rare classes oversampled when asked)."""
         assert self.split is not None, "call setup() first"
         rare = None
         if self.rare_share > 0 and self.split.train_classes is not None:
             rare = self.split.train_classes[:, self.rare].any(axis=1)
-        sampler = RandomPatchSampler(self.split.train, self.train_samples, self.seed, self.augment,
-                                     self.split.train_area, rare, self.rare_share)  # fmt: skip
-        return self._loader(self.split.train, sampler)
+        return RandomPatchSampler(self.split.train, self.train_samples, self.seed, self.augment,
+                                  self.split.train_area, rare, self.rare_share)  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
         assert self.split is not None, "call setup() first"
