@@ -247,20 +247,28 @@ def make_split(scenes: list[Scene], patch_size: int, options: SplitOptions, seed
     present = []
     for index, scene in enumerate(scenes):
         part_pixels = split.parts[index]
+        # The origins' grid follows the blocks' (on the CRS grid): pad the scene's top and left up to it.
+        _, _, dr, dc = _grid_offset(scene.info, options.block_size)
+        pad = ((0, 0), (0, 0)) if by_regions else ((dr % cell, 0), (dc % cell, 0))
+
+        def cells(mask: np.ndarray, fill: bool = False, pad=pad) -> np.ndarray:
+            return _cell_counts(np.pad(mask, pad, constant_values=fill), cell, fill)
+
         labelled_pixels = scene.target != IGNORE
-        labelled = _window_sums(_cell_counts(labelled_pixels, cell), k)
+        labelled = _window_sums(cells(labelled_pixels), k)
         training = part_pixels == TRAIN
         split.train_area.append(int((training & labelled_pixels).sum()))
         counts += np.bincount(scene.target[training], minlength=256)
         for part, name in ((TRAIN, "train"), (VAL, "val"), (TEST, "test")):
             # Windows reaching past the scene's edge count as outside (padding with True).
-            outside = _window_sums(_cell_counts(part_pixels != part, cell, fill=True), k)
+            outside = _window_sums(cells(part_pixels != part, fill=True), k)
             rows, cols = np.nonzero((outside == 0) & (labelled > 0))
-            origins = [(index, int(r) * cell, int(c) * cell) for r, c in zip(rows, cols, strict=True)]
+            origins = [(index, int(r) * cell - pad[0][0], int(c) * cell - pad[1][0])
+                       for r, c in zip(rows, cols, strict=True)]  # fmt: skip
             if name != "train":
                 origins = _non_overlapping(origins, patch_size)
             else:  # which classes each training patch holds, for oversampling rare ones
-                present.append(np.stack([_window_sums(_cell_counts(scene.target == c, cell), k)[rows, cols] > 0
+                present.append(np.stack([_window_sums(cells(scene.target == c), k)[rows, cols] > 0
                                          for c in range(num_classes)], axis=1) if num_classes else None)  # fmt: skip
             getattr(split, name).extend(origins)
         scene.release()
