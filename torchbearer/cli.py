@@ -359,11 +359,28 @@ def show(
         console.print("metrics: " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(document["metrics"].items())))
     for output in document["outputs"]:
         console.print(f"  {output['kind']}: {output['path']}", highlight=False)
+    _show_report(document["outputs"])
     if job.error_tail:
         console.rule("end of the log")
         console.print(job.error_tail, highlight=False, markup=False)
     console.rule("spec")
     console.print(yaml.safe_dump(job.spec, sort_keys=False).rstrip(), highlight=False, markup=False)
+
+
+def _show_report(outputs: list[dict]) -> None:
+    """One line of a training's evaluation report (report.json among the outputs), when there is one."""
+    path = next((Path(o["path"]) for o in outputs if Path(o["path"]).name == "report.json"), None)
+    try:
+        report = json.loads(path.read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return
+    if report:
+        ious = "  ".join(f"{name}={c['iou']:.3f}" for name, c in report["classes"].items())
+        threshold = report.get("threshold", {}).get("f1_optimal")
+        console.print(f"report ({report['split']} split, {report['pixels']} px): overall accuracy "
+                      f"{report['overall_accuracy']:.3f}, IoU {ious}"
+                      + (f", F1-optimal threshold {threshold:.2f}" if threshold is not None else ""),
+                      highlight=False)  # fmt: skip
 
 
 @app.command()

@@ -19,6 +19,7 @@ from tests.conftest import wait_state, write_job
 from tests.daemon.conftest import job_named
 from tests.ml.conftest import MASKS, REPO, SAMPLE
 from torchbearer.imagery.cache import build_stack
+from torchbearer.ml.checkpoint import load_member
 from torchbearer.ml.datamodules import SegmentationDataModule
 from torchbearer.ml.labels import IGNORE
 from torchbearer.ml.mapped import mapped_paths
@@ -125,6 +126,27 @@ def test_many_scenes_through_the_daemon(sample_project, store, daemon) -> None:
     fields = [json.loads(r["fields"] or "{}") for r in store.query(
         "SELECT fields FROM progress WHERE job_id = ?", [job.id])]  # fmt: skip
     assert any("rep_100.tif" in f.get("skipped", "") for f in fields)
+    # The report: on the validation split (no test split asked), saying so; the threshold in the card.
+    report = json.loads((Path(job.run_dir) / "report.json").read_text())
+    assert report["split"] == "validation" and "No test split" in report["note"] and "rep_100" in report["note"]
+    assert set(report["scenes"]) <= set(drawn) and len(report["scenes"]) >= 6
+    _, card = load_member(Path(job.run_dir) / "checkpoints" / "best.ckpt")
+    assert card.extra["threshold"] == report["threshold"]["f1_optimal"]
+    assert {"report.json", "report.md", "confusion.csv", "confusion.png"} <= {
+        Path(o["path"]).name for o in store.outputs(job.id) if o["kind"] == "report"}  # fmt: skip
+
+
+def test_predict_class_map_uses_the_recorded_threshold() -> None:
+    from types import SimpleNamespace
+
+    from torchbearer.inference.ensemble import class_map, model_threshold
+
+    members = [SimpleNamespace(card=SimpleNamespace(extra={"threshold": 0.3}))]
+    assert model_threshold(members) == pytest.approx(0.3)
+    assert model_threshold([SimpleNamespace(card=SimpleNamespace(extra={}))]) == 0.5
+    probs = np.array([[[0.2, 0.35, 0.6]]], np.float32)
+    assert class_map(probs, "binary", model_threshold(members)).tolist() == [[0, 1, 1]]
+    assert class_map(probs, "binary").tolist() == [[0, 0, 1]]
 
 
 def test_same_ground_at_two_dates_is_in_one_split(stack: Path, tmp_path: Path) -> None:
@@ -202,3 +224,45 @@ def test_oversampling_raises_the_rare_class_share(stack: Path, tmp_path: Path) -
     (patches_before, pixels_before), (patches_after, pixels_after) = measured[0.0], measured[0.6]
     assert patches_before < 0.4 and patches_after >= 0.6  # the asked share of patches, measured on batches
     assert pixels_after > 1.5 * pixels_before  # and the rare pixels rise with them
+
+
+def test_report_scores_a_tiny_case_by_hand(tmp_path: Path) -> None:
+    from torchbearer.ml.report import Evaluation, best_threshold, build_report, write_report
+
+    target = np.array([[[0, 0, 1, 1], [1, IGNORE, 0, 1]]], np.uint8)
+    predicted = np.array([[[0, 1, 1, 0], [1, 1, 0, 1]]], np.uint8)
+    prob = np.array([[[0.1, 0.6, 0.9, 0.4], [0.7, 0.9, 0.2, 0.8]]], np.float32)
+    result = Evaluation(2)
+    result.add(predicted, target, np.array([0]), prob)
+    report = build_report(result, CLASSES, ["a.tif"], "validation", binary=True, note="no test split")
+    # By hand: 7 labelled pixels; truth 0: {0→0, 0→1, 0→0}; truth 1: {1→1, 1→0, 1→1, 1→1}.
+    assert report["confusion"]["matrix"] == [[2, 1], [1, 3]] and report["pixels"] == 7
+    assert report["classes"]["cloud"]["iou"] == pytest.approx(3 / (3 + 1 + 1))
+    assert report["classes"]["clear"]["iou"] == pytest.approx(2 / (2 + 1 + 1))
+    assert report["classes"]["cloud"]["precision"] == pytest.approx(3 / 4)
+    assert report["classes"]["cloud"]["recall"] == pytest.approx(3 / 4)
+    assert report["overall_accuracy"] == pytest.approx(5 / 7)
+    assert report["scenes"] == {"a.tif": pytest.approx(3 / 5)}
+    # Target probabilities 0.9, 0.4, 0.7, 0.8; background 0.1, 0.6, 0.2. Above 0.2 up to 0.4 every target
+    # pixel is in and one background (0.6): F1 8/9; 0.5 gives 6/7 (0.4 out, 0.6 in); 0.61–0.7 gives 6/7.
+    threshold, f1 = best_threshold(result.positive, result.negative)
+    assert f1 == pytest.approx(8 / 9) and 0.2 < threshold <= 0.4
+    paths = write_report(tmp_path, report)
+    assert [p.name for p in paths] == ["report.json", "report.md", "confusion.csv", "confusion.png"]
+    assert (tmp_path / "confusion.csv").read_text().splitlines()[1:] == ["clear,2,1", "cloud,1,3"]
+    assert "no test split" in (tmp_path / "report.md").read_text()
+
+
+def test_report_confusion_matrix_sums_to_the_evaluated_pixels(stack: Path) -> None:
+    from torchbearer.ml.checkpoint import ModelCard
+    from torchbearer.ml.report import evaluate
+    from torchbearer.ml.tasks import SegmentationTask
+
+    scenes = load_scenes([stack], [MASK], CLASSES)
+    dm = SegmentationDataModule(scenes, patch_size=32, batch_size=16, split=SplitOptions(64, test_fraction=0.2))
+    dm.setup()
+    card = ModelCard("fcn", None, 11, 2, CLASSES, "binary", dm.bands, 60.0, {"mean": dm.mean, "std": dm.std})
+    result = evaluate(SegmentationTask(card.to_dict()), dm.test_dataloader())
+    target = np.asarray(scenes[0].target)
+    valid = sum(int((target[r : r + 32, c : c + 32] != IGNORE).sum()) for _, r, c in dm.split.test)
+    assert valid > 0 and result.matrix.sum() == valid == sum(m.sum() for m in result.per_scene.values())

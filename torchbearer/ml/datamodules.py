@@ -103,7 +103,8 @@ class RandomPatchSampler(Sampler):
 
 
 class Collate:
-    """Batch patches into ``image`` (normalised float32 B × bands × H × W) and ``mask`` (uint8 B × H × W).
+    """Batch patches into ``image`` (normalised float32 B × bands × H × W), ``mask`` (uint8 B × H × W) and
+    ``scene`` (int64 B, the scene of each patch).
 
     Per scene, reflectance = DN × scale + shift; standardised with the band statistics; no-data pixels → 0.
     Augmentation code a: bit 0 flips left-right, bit 1 flips up-down, bit 2 transposes (the 8 symmetries).
@@ -132,7 +133,8 @@ class Collate:
             target[b] = _augment(mask, aug)
         for scene in {item[0] for item in items}:  # the patches are copied: unmap their pages (still cached)
             self.scenes[scene].release()
-        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(target)}
+        scenes = torch.tensor([item[0] for item in items], dtype=torch.int64)  # for per-scene scores
+        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(target), "scene": scenes}
 
 
 def _augment(x: np.ndarray, code: int) -> np.ndarray:
