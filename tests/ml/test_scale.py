@@ -266,3 +266,17 @@ def test_report_confusion_matrix_sums_to_the_evaluated_pixels(stack: Path) -> No
     target = np.asarray(scenes[0].target)
     valid = sum(int((target[r : r + 32, c : c + 32] != IGNORE).sum()) for _, r, c in dm.split.test)
     assert valid > 0 and result.matrix.sum() == valid == sum(m.sum() for m in result.per_scene.values())
+
+
+def test_show_summarises_the_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from torchbearer.cli import _show_report
+    from torchbearer.ml.report import Evaluation, build_report, write_report
+
+    result = Evaluation(2)
+    result.add(np.array([[[0, 1], [1, 1]]]), np.array([[[0, 1], [0, 1]]], np.uint8), np.array([0]),
+               np.array([[[0.1, 0.9], [0.6, 0.8]]]))  # fmt: skip
+    paths = write_report(tmp_path, build_report(result, CLASSES, ["a.tif"], "test", binary=True))
+    _show_report([{"kind": "report", "path": str(p)} for p in paths])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "report (test split, 4 px): overall accuracy 0.750, IoU clear=0.500 cloud=0.667" in out
+    assert "F1-optimal threshold 0.61" in out
