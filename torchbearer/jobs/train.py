@@ -373,36 +373,6 @@ def write_plots(task: SegmentationTask, datamodule: SegmentationDataModule, coun
     return paths
 
 
-def evaluation_report(task: SegmentationTask, datamodule: SegmentationDataModule, best: Path, run_dir: Path,
-                      skipped: list[str]) -> list[Path]:  # fmt: skip
-    """The report of ``task`` (the best weights) on the test split, or the validation split when there is
-    none; a binary task's F1-optimal threshold goes into ``best``'s model card. Returns the files written."""
-    import torch
-
-    from torchbearer.ml.checkpoint import CARD_KEY
-    from torchbearer.ml.report import build_report, evaluate, write_report
-
-    assert datamodule.split is not None
-    on_test = bool(datamodule.split.test)
-    loader = datamodule.test_dataloader() if on_test else datamodule.val_dataloader()
-    note = "" if on_test else "No test split was given (test_regions / test_fraction): these are the validation " \
-        "patches, which also chose the best epoch, so the figures are optimistic."  # fmt: skip
-    if skipped:
-        note += (" " if note else "") + "Skipped scenes: " + "; ".join(skipped)
-    names = [s.info.path.name for s in datamodule.scenes]
-    report = build_report(evaluate(task, loader), task.card.classes, names, "test" if on_test else "validation",
-                          task.card.task == "binary", note)  # fmt: skip
-    if "threshold" in report:  # recorded in the card so that predict's class map uses it
-        held = torch.load(best, map_location="cpu", weights_only=True)
-        held[CARD_KEY].setdefault("extra", {})["threshold"] = report["threshold"]["f1_optimal"]
-        part = best.with_name(best.name + ".part")
-        torch.save(held, part)
-        part.replace(best)
-    log.info("evaluation on the %s split: overall accuracy %.4f, mean IoU %.4f", report["split"],
-             report["overall_accuracy"], report["mean_iou"])  # fmt: skip
-    return write_report(run_dir, report)
-
-
 def run(spec: TrainSpec, ctx: JobContext) -> None:
     """Prepare the data, train (resuming from ``last.ckpt`` when there is one), record the products."""
     from torchbearer.ml.scenes import load_scenes
@@ -489,7 +459,9 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
         ctx.metrics({k: float(v) for k, v in results[0].items()}, step=trainer.global_step)
     task.load_state_dict(torch.load(best_path, map_location=task.device, weights_only=True)["state_dict"])
     ctx.progress("evaluating", force=True)
-    for path in evaluation_report(task, datamodule, best_path, ctx.run_dir, skipped):
+    from torchbearer.ml.report import report_training
+
+    for path in report_training(task, datamodule, best_path, ctx.run_dir, skipped):
         ctx.output(path, "report")
     if spec.train.plots:
         ctx.progress("writing", force=True)

@@ -11,6 +11,7 @@ background pixels). Written into the run folder as ``report.json``, ``report.md`
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from torchbearer.ml.labels import IGNORE
+
+log = logging.getLogger(__name__)
 
 #: Bins of the probability histograms of a binary task (threshold resolution 0.01).
 BINS = 100
@@ -164,6 +167,34 @@ def markdown(report: dict[str, Any]) -> str:
                   "the table above uses 0.5). Recorded in the best checkpoint's model card (`extra.threshold`): "
                   "`predict` writes its class map with it."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def report_training(task: Any, datamodule: Any, best: Path, run_dir: Path, skipped: list[str]) -> list[Path]:
+    """The report of ``task`` (the best weights) on the test split, or the validation split when there is
+    none; a binary task's F1-optimal threshold goes into ``best``'s model card. Returns the files written."""
+    import torch
+
+    from torchbearer.ml.checkpoint import CARD_KEY
+
+    assert datamodule.split is not None
+    on_test = bool(datamodule.split.test)
+    loader = datamodule.test_dataloader() if on_test else datamodule.val_dataloader()
+    note = "" if on_test else "No test split was given (test_regions / test_fraction): these are the validation " \
+        "patches, which also chose the best epoch, so the figures are optimistic."  # fmt: skip
+    if skipped:
+        note += (" " if note else "") + "Skipped scenes: " + "; ".join(skipped)
+    names = [s.info.path.name for s in datamodule.scenes]
+    report = build_report(evaluate(task, loader), task.card.classes, names, "test" if on_test else "validation",
+                          task.card.task == "binary", note)  # fmt: skip
+    if "threshold" in report:  # recorded in the card so that predict's class map uses it
+        held = torch.load(best, map_location="cpu", weights_only=True)
+        held[CARD_KEY].setdefault("extra", {})["threshold"] = report["threshold"]["f1_optimal"]
+        part = best.with_name(best.name + ".part")
+        torch.save(held, part)
+        part.replace(best)
+    log.info("evaluation on the %s split: overall accuracy %.4f, mean IoU %.4f", report["split"],
+             report["overall_accuracy"], report["mean_iou"])  # fmt: skip
+    return write_report(run_dir, report)
 
 
 def _plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
