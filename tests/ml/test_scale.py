@@ -280,3 +280,23 @@ def test_show_summarises_the_report(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = " ".join(capsys.readouterr().out.split())
     assert "report (test split, 4 px): overall accuracy 0.750, IoU clear=0.500 cloud=0.667" in out
     assert "F1-optimal threshold 0.61" in out
+
+
+def test_patches_are_drawn_in_proportion_to_labelled_area(stack: Path, tmp_path: Path) -> None:
+    pairs = repetitions.repeat_scene(stack, MASK, tmp_path / "reps", 8, crop_step=32)
+    for _, mask in pairs[:4]:  # half the rows unlabelled, in stripes: about as many patches, half the area
+        with rasterio.open(mask, "r+") as dst:
+            labels = dst.read(1)
+            labels[np.arange(labels.shape[0]) % 32 >= 16] = IGNORE
+            dst.write(labels, 1)
+    scenes = load_scenes([s for s, _ in pairs], [m for _, m in pairs], CLASSES, cache_dir=tmp_path / "mapped")
+    dm = SegmentationDataModule(scenes, patch_size=32, batch_size=16, split=SplitOptions(64), samples_per_epoch=4000)
+    dm.setup()
+    areas = []  # labelled training pixels of each scene, counted here
+    for index, scene in enumerate(scenes):
+        areas.append(int(((dm.split.parts[index] == TRAIN) & (np.asarray(scene.target) != IGNORE)).sum()))
+    assert areas == dm.split.train_area and len(set(areas)) == 8
+    drawn = np.bincount([scene for scene, *_ in dm.train_sampler()], minlength=8)
+    origins = np.bincount([scene for scene, *_ in dm.split.train], minlength=8)
+    assert not np.allclose(origins / origins.sum(), np.array(areas) / sum(areas), atol=0.02)  # not by patches
+    np.testing.assert_allclose(drawn / drawn.sum(), np.array(areas) / sum(areas), atol=0.02)
