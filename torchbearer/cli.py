@@ -369,18 +369,11 @@ def show(
 
 def _show_report(outputs: list[dict]) -> None:
     """One line of a training's evaluation report (report.json among the outputs), when there is one."""
-    path = next((Path(o["path"]) for o in outputs if Path(o["path"]).name == "report.json"), None)
-    try:
-        report = json.loads(path.read_text()) if path is not None else None
-    except (OSError, ValueError):
-        return
-    if report:
-        ious = "  ".join(f"{name}={c['iou']:.3f}" for name, c in report["classes"].items())
-        threshold = report.get("threshold", {}).get("f1_optimal")
-        console.print(f"report ({report['split']} split, {report['pixels']} px): overall accuracy "
-                      f"{report['overall_accuracy']:.3f}, IoU {ious}"
-                      + (f", F1-optimal threshold {threshold:.2f}" if threshold is not None else ""),
-                      highlight=False)  # fmt: skip
+    from torchbearer.ml.report_summary import report_summary
+
+    summary = report_summary(outputs)
+    if summary:
+        console.print(summary, highlight=False)
 
 
 @app.command()

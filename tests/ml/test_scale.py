@@ -280,6 +280,9 @@ def test_show_summarises_the_report(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = " ".join(capsys.readouterr().out.split())
     assert "report (test split, 4 px): overall accuracy 0.750, IoU clear=0.500 cloud=0.667" in out
     assert "F1-optimal threshold 0.61" in out
+    from torchbearer.tui.widgets.job_parts import report_summary  # the dashboard's outputs list shows it too
+
+    assert report_summary([{"path": str(paths[0])}]).startswith("report (test split, 4 px)")
 
 
 def test_patches_are_drawn_in_proportion_to_labelled_area(stack: Path, tmp_path: Path) -> None:
