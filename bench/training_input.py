@@ -16,13 +16,21 @@ with a cloud / clear mask made from its SCL band.
 - data-wait share: a few training steps of the sample model (FCN) on the torchbearer DataLoader, measured by
   the train kind's progress callback (time between steps over step time).
 
-Prints the figures and, last, one JSON line: ``{"patches_per_s", "cache_vs_torchgeo", "data_wait_share"}``.
+- rss_growth_scenes: in a fresh process per size, peak resident memory (``VmHWM``, reset after the model is
+  built) above the model while a training input epoch runs (scenes opened, split, statistics, ``--patches``
+  patches through the training DataLoader), with 8 scenes (the scene and 7 shifted repetitions of it,
+  ``data/make_repetitions.py``) ÷ with the scene alone.
+
+Prints the figures and, last, one JSON line: ``{"patches_per_s", "cache_vs_torchgeo", "data_wait_share",
+"rss_growth_scenes"}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +68,7 @@ def torchbearer_loader(stack: Path, mask: Path, patches: int, patch: int):
     from torchbearer.ml.scenes import SplitOptions, load_scenes
 
     start = time.perf_counter()
-    scenes = load_scenes([stack], [mask], CLASSES)
+    scenes = load_scenes([stack], [mask], CLASSES, work_dir=stack.parent / "targets")
     dm = SegmentationDataModule(scenes, patch_size=patch, batch_size=BATCH, split=SplitOptions(patch),
                                 samples_per_epoch=patches)  # fmt: skip
     dm.setup()
@@ -130,13 +138,66 @@ def data_wait_share(dm, steps: int) -> float:
     return float(np.mean(shares[1:])) if len(shares) > 1 else float("nan")
 
 
+def peak_rss() -> int:
+    """Peak resident set (bytes) since the last reset (Linux ``VmHWM``; not ``getrusage``, which survives exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def rss_child(folder: Path, count: int, patches: int, patch: int) -> None:
+    """Runs in its own process: peak RSS above the model through a training input epoch on ``count`` scenes."""
+    import psutil
+
+    from torchbearer.ml.checkpoint import ModelCard
+    from torchbearer.ml.datamodules import SegmentationDataModule
+    from torchbearer.ml.scenes import SplitOptions, load_scenes
+    from torchbearer.ml.tasks import SegmentationTask
+
+    names = [f"rep_{i}.tif" for i in range(count)]
+    card = ModelCard("fcn", None, 11, 2, CLASSES, "binary", ["B01"] * 11, 60.0, {"mean": [0] * 11, "std": [1] * 11})
+    model = SegmentationTask(card.to_dict())
+    base = psutil.Process().memory_info().rss
+    Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
+    scenes = load_scenes([folder / "scenes" / n for n in names], [folder / "masks" / n for n in names], CLASSES,
+                         cache_dir=folder / "mapped", work_dir=folder / f"targets_{count}")  # fmt: skip
+    dm = SegmentationDataModule(scenes, patch_size=patch, batch_size=BATCH, split=SplitOptions(patch),
+                                samples_per_epoch=patches)  # fmt: skip
+    dm.setup()
+    seen = sum(len(b["image"]) for b in dm.train_dataloader())
+    assert seen == patches and model is not None
+    print(json.dumps({"base": base, "peak": peak_rss()}))
+
+
+def rss_growth_scenes(stack: Path, mask: Path, work: Path, patches: int, patch: int) -> tuple[float, dict]:
+    """8 scenes ÷ 1 scene: peak RSS above the model, each in a fresh process."""
+    spec = importlib.util.spec_from_file_location("make_repetitions", REPO / "data" / "make_repetitions.py")
+    repetitions = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repetitions)
+    repetitions.repeat_scene(stack, mask, work / "reps", 8)
+    growth = {}
+    for count in (1, 8):
+        command = [sys.executable, __file__, "--rss-child", str(work / "reps"), "--count", str(count),
+                   "--patches", str(patches), "--patch", str(patch)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        growth[count] = figures["peak"] - figures["base"]
+    return growth[8] / growth[1], growth
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scene", type=Path, default=SAMPLE, help="an L2A SAFE folder with R60m bands")
     parser.add_argument("--patches", type=int, default=320, help="patches each pipeline delivers")
     parser.add_argument("--patch", type=int, default=256, help="patch edge, pixels (64 for the small sample)")
     parser.add_argument("--steps", type=int, default=12, help="training steps for the data-wait share")
+    parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child, args.count, args.patches, args.patch)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "masks").mkdir()
@@ -152,12 +213,17 @@ def main() -> None:
         theirs = time_torchgeo(args.scene, mask, args.patches, args.patch)
         torch.set_num_threads(threads)
         wait = data_wait_share(dm, args.steps)
+        growth, rss = rss_growth_scenes(stack, mask, work, args.patches, args.patch)
     print(f"scene {args.scene.name}: stacked once in {stack_s:.2f} s, read with its mask in {load_s:.2f} s")
     print(f"torchbearer DataLoader: {ours:.0f} patches/s ({args.patch}², {BATCH} a batch, normalised, augmented)")
     print(f"TorchGeo Sentinel2 ∩ mask + RandomGeoSampler (JP2, first epoch): {theirs:.1f} patches/s")
     print(f"cache vs TorchGeo: {ours / theirs:.1f}×; data-wait share of an FCN step: {wait:.3f}")
+    print(
+        f"peak RSS above the model through a training input epoch: 1 scene {rss[1] / 2**20:.0f} MB, "
+        f"8 scenes {rss[8] / 2**20:.0f} MB: rss_growth_scenes {growth:.2f}"
+    )
     print(json.dumps({"patches_per_s": round(ours, 1), "cache_vs_torchgeo": round(ours / theirs, 1),
-                      "data_wait_share": round(wait, 4)}))  # fmt: skip
+                      "data_wait_share": round(wait, 4), "rss_growth_scenes": round(growth, 3)}))  # fmt: skip
 
 
 if __name__ == "__main__":

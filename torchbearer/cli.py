@@ -552,11 +552,21 @@ def show(
         console.print("metrics: " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(document["metrics"].items())))
     for output in document["outputs"]:
         console.print(f"  {output['kind']}: {output['path']}", highlight=False)
+    _show_report(document["outputs"])
     if job.error_tail:
         console.rule("end of the log")
         console.print(job.error_tail, highlight=False, markup=False)
     console.rule("spec")
     console.print(yaml.safe_dump(job.spec, sort_keys=False).rstrip(), highlight=False, markup=False)
+
+
+def _show_report(outputs: list[dict]) -> None:
+    """One line of a training's evaluation report (report.json among the outputs), when there is one."""
+    from torchbearer.ml.report_summary import report_summary
+
+    summary = report_summary(outputs)
+    if summary:
+        console.print(summary, highlight=False)
 
 
 @app.command()

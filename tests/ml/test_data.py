@@ -157,7 +157,7 @@ def test_batches_are_normalised_like_a_prediction(stack: Path) -> None:
     expected = normalize(reflectance, dm.mean, dm.std, valid)
     assert np.allclose(batch["image"][0].numpy(), expected, atol=1e-4)
     assert batch["image"].dtype.is_floating_point and batch["mask"].dtype.is_floating_point is False
-    assert all(0.0 < m < 1.0 for m in dm.mean)  # reflectance statistics of the training blocks
+    assert all(0.0 < m < 1.5 for m in dm.mean)  # reflectance of the training blocks (cloudy: B09 above 1)
 
 
 def test_input_check_fails_loudly() -> None:

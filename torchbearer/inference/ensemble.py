@@ -198,11 +198,18 @@ def combine(probs: np.ndarray, weights: np.ndarray, rule: Combine, task: str) ->
     return np.tensordot(share, votes, axes=1)
 
 
-def class_map(combined: np.ndarray, task: str) -> np.ndarray:
-    """Class index (uint8) per pixel from combined probabilities (classes × …)."""
+def class_map(combined: np.ndarray, task: str, threshold: float = 0.5) -> np.ndarray:
+    """Class index (uint8) per pixel from combined probabilities (classes × …); a binary task's target where
+    its probability reaches ``threshold``."""
     if task == "binary":
-        return (combined[0] >= 0.5).astype(np.uint8)
+        return (combined[0] >= threshold).astype(np.uint8)
     return combined.argmax(axis=0).astype(np.uint8)
+
+
+def model_threshold(members: list[Any]) -> float:
+    """A binary class map's threshold: the F1-optimal one of the training report, recorded in each member's
+    card (``extra.threshold``); the mean over members, 0.5 for a member without one."""
+    return float(np.mean([float(m.card.extra.get("threshold", 0.5)) for m in members]))
 
 
 # -- stacks and groups -----------------------------------------------------------------------------------------
@@ -459,6 +466,7 @@ def predict_scene(
     card = members[0].card
     classes = 1 if card.task == "binary" else int(card.num_classes)
     weights = np.array([m.weight for m in members], dtype=np.float64)
+    threshold = model_threshold(members)
     if options.combine in ("weighted", "vote") and not (weights > 0).all():
         raise EnsembleError(f"model weights must be positive for combine: {options.combine}, got {weights.tolist()}")
     output = Path(output)
@@ -494,7 +502,7 @@ def predict_scene(
                 parts = [cache.rows(row, end) for cache in caches]
                 probs = np.concatenate([p for p, _ in parts], axis=0)[order]
                 valid = np.logical_and.reduce([v for _, v in parts])
-                background.submit(_strip_job(writers, probs, valid, weights, options, card.task, row))
+                background.submit(_strip_job(writers, probs, valid, weights, options, card.task, row, threshold))
                 row = end
                 if report is not None:
                     elapsed = time.perf_counter() - started
@@ -553,6 +561,7 @@ def _strip_job(
     options: PredictOptions,
     task: str,
     row: int,
+    threshold: float = 0.5,
 ) -> Callable[[], None]:
     """The work of one strip, done in the writer thread: combine, quantise, write every map."""
 
@@ -560,7 +569,7 @@ def _strip_job(
         combined = combine(probs, weights, options.combine, task)
         writers["probability"].write(quantise(combined, valid), row)
         if "classes" in writers:
-            classes = class_map(combined, task)
+            classes = class_map(combined, task, threshold)
             classes[~valid] = NODATA
             writers["classes"].write(classes[None], row)
         member_writers = [w for key, w in writers.items() if key.startswith("member:")]

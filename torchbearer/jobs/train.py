@@ -24,8 +24,10 @@ of every epoch; a job stopped by SIGTERM saves it after its current step; its ne
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from torchbearer.context import JobContext
     from torchbearer.ml.checkpoint import ModelCard
     from torchbearer.ml.chips import ChipSet
-    from torchbearer.ml.datamodules import PatchDataModule
+    from torchbearer.ml.datamodules import PatchDataModule, SegmentationDataModule
     from torchbearer.ml.scenes import Scene
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,8 @@ class TrainOptions(StrictModel):
     chip_fit: Literal["crop", "resize"] = Field(
         "crop", description="dataset chips: random crops of patch_size, or each chip resized to it"
     )
+    rare_share: float = Field(0.0, ge=0, le=1, description="share of training patches holding a rare class")
+    rare_classes: list[str] | None = Field(None, description="the rare classes (default: the rarest one)")
 
     @field_validator("patch_size")
     @classmethod
@@ -165,7 +169,9 @@ class TrainSpec(JobSpec):
     task: Literal["binary", "multiclass"] = "binary"
     classes: list[str] | None = Field(None, description="class names; binary default [background, target]")
     loss: Literal["ce", "bce", "dice", "jaccard", "focal"] | None = Field(None, description="default bce / ce")
-    class_weights: list[float] | None = Field(None, description="per class, for ce and bce")
+    class_weights: list[float] | Literal["auto"] | None = Field(
+        None, description="per class, for ce and bce; auto: inverse frequencies of the training pixels"
+    )
     ignore_index: int = Field(255, ge=0, le=255, description="mask value that carries no label")
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainOptions = Field(default_factory=TrainOptions)
@@ -199,7 +205,12 @@ class TrainSpec(JobSpec):
             raise ValueError(f"ignore_index {self.ignore_index} is a class index (0 … {len(classes) - 1})")
         if self.loss is not None and self.loss not in LOSSES[self.task]:
             raise ValueError(f"loss {self.loss} does not fit a {self.task} task: use {', '.join(LOSSES[self.task])}")
-        if self.class_weights is not None:
+        rare = self.train.rare_classes or []
+        if any(name not in classes for name in rare):
+            raise ValueError(f"rare_classes {rare}: not all in {classes}")
+        if self.class_weights == "auto" and self.loss_name not in ("ce", "bce"):
+            raise ValueError(f"class_weights work with the ce and bce losses, not {self.loss_name}")
+        if isinstance(self.class_weights, list):
             if len(self.class_weights) != len(classes):
                 raise ValueError(f"class_weights has {len(self.class_weights)} values for {len(classes)} classes")
             if any(w <= 0 for w in self.class_weights):
@@ -271,21 +282,27 @@ def stacks_resolution(stacks: list[Path], default: int) -> int:
     return default
 
 
-def training_data(spec: TrainSpec, ctx: JobContext) -> tuple[list[Scene] | ChipSet, float]:
-    """The scenes with their targets, or the indexed chip folder; and the pixel size in metres."""
+def training_data(spec: TrainSpec, ctx: JobContext) -> tuple[list[Scene] | ChipSet, float, list[str]]:
+    """The scenes with their (memory-mapped) targets, or the indexed chip folder; the pixel size in metres;
+    and why scenes were skipped (no label overlaps them), each also reported as progress."""
     if spec.dataset is not None:
         from torchbearer.ml.chips import open_chips
 
         chips = open_chips(ctx.resolve(spec.dataset))
-        return chips, chips.resolution
+        return chips, chips.resolution, []
     from torchbearer.ml.scenes import load_scenes
 
     stacks, resolution = scene_stacks(spec, ctx)
     assert spec.masks is not None  # checked by the spec
     masks = [ctx.resolve(m) for m in ([spec.masks] if isinstance(spec.masks, str) else spec.masks)]
+    skipped: list[str] = []
+    shutil.rmtree(ctx.run_dir / "targets", ignore_errors=True)  # an earlier attempt's (memory-mapped targets)
     scenes = load_scenes(stacks, masks, spec.class_names, bands=spec.bands, class_field=spec.class_field,
-                         resolution=resolution)  # fmt: skip
-    return scenes, resolution
+                         resolution=resolution, cache_dir=ctx.settings.data_dir / "cache" / "mapped",
+                         work_dir=ctx.run_dir / "targets", skipped=skipped)  # fmt: skip
+    for reason in skipped:  # in the job's log and on the dashboard
+        ctx.progress("preparing data", force=True, skipped=reason)
+    return scenes, resolution, skipped
 
 
 def _num_workers(spec: TrainSpec, cuda: bool) -> int:
@@ -327,9 +344,46 @@ def build_datamodule(spec: TrainSpec, ctx: JobContext, data: list[Scene] | ChipS
             val_regions=ctx.resolve(split.val_regions) if split.val_regions else None,
             test_regions=ctx.resolve(split.test_regions) if split.test_regions else None,
         )
-        datamodule = SegmentationDataModule(data, classes=spec.class_names, split=options, **common)
+        datamodule = SegmentationDataModule(
+            data, classes=spec.class_names, split=options, num_classes=len(spec.class_names),
+            rare_classes=[spec.class_names.index(c) for c in spec.train.rare_classes or []] or None,
+            rare_share=spec.train.rare_share, **common,
+        )  # fmt: skip
     datamodule.setup()
+    if isinstance(datamodule, SegmentationDataModule):
+        log_sampling(spec, datamodule)
     return datamodule
+
+
+def log_sampling(spec: TrainSpec, datamodule: SegmentationDataModule) -> None:
+    """Log how the first epoch's training patches spread over the scenes (and the rare classes asked for)."""
+    assert datamodule.split is not None
+    drawn = [0] * len(datamodule.scenes)
+    for scene, *_ in datamodule.train_sampler():  # the first epoch's draw, seeded: as training will see it
+        drawn[scene] += 1
+    log.info("sampling per scene: %s", json.dumps({s.info.path.name: [n, area] for s, n, area in
+             zip(datamodule.scenes, drawn, datamodule.split.train_area, strict=True)}))  # fmt: skip
+    if spec.train.rare_share:
+        log.info("rare classes %s: at least %.0f %% of the training patches hold one",
+                 [spec.class_names[i] for i in datamodule.rare], 100 * spec.train.rare_share)  # fmt: skip
+
+
+def class_weights(spec: TrainSpec, datamodule: PatchDataModule) -> list[float] | None:
+    """The loss's class weights: as given, or (``auto``) inverse frequencies of the training pixels, logged."""
+    from torchbearer.ml.scenes import inverse_frequencies
+
+    if spec.class_weights != "auto":
+        return spec.class_weights
+    assert datamodule.split is not None
+    counts = getattr(datamodule.split, "class_counts", None)
+    if not counts:
+        raise ValueError("class_weights: auto is computed from the scenes' training pixels; give the weights "
+                         "for a chip folder (dataset:)")  # fmt: skip
+    weights = inverse_frequencies(counts, spec.class_names)
+    log.info("class_weights: auto: %s (training pixels %s)",
+             dict(zip(spec.class_names, [round(w, 4) for w in weights], strict=True)),
+             dict(zip(spec.class_names, counts, strict=True)))  # fmt: skip
+    return weights
 
 
 def model_card(spec: TrainSpec, datamodule: PatchDataModule, resolution: float) -> ModelCard:
@@ -366,7 +420,7 @@ def build_task(spec: TrainSpec, ctx: JobContext, datamodule: PatchDataModule, re
         model_card(spec, datamodule, resolution).to_dict(),
         weights=None if resuming else weights,  # a resumed run takes every weight from last.ckpt
         loss=spec.loss_name,
-        class_weights=spec.class_weights,
+        class_weights=class_weights(spec, datamodule),
         ignore_index=spec.ignore_index,
         lr=spec.train.lr,
         weight_decay=spec.train.weight_decay,
@@ -401,7 +455,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     """Prepare the data, train (resuming from ``last.ckpt`` when there is one), record the products."""
     # Scenes and masks first, without torch: a bad input fails the job in a second, not after the imports.
     ctx.progress("preparing data", force=True)
-    data, resolution = training_data(spec, ctx)
+    data, resolution, skipped = training_data(spec, ctx)
     ctx.check_stop()
 
     import lightning as L
@@ -480,13 +534,20 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
         ctx.progress("validating", force=True)
         results = trainer.test(task, datamodule=datamodule, ckpt_path=str(best_path), verbose=False)
         ctx.metrics({k: float(v) for k, v in results[0].items()}, step=trainer.global_step)
+    task.load_state_dict(torch.load(best_path, map_location=task.device, weights_only=True)["state_dict"])
+    ctx.progress("evaluating", force=True)
+    from torchbearer.ml.report import report_training
+
+    for path in report_training(task, datamodule, best_path, ctx.run_dir, skipped):
+        ctx.output(path, "report")
     if spec.train.plots:
         ctx.progress("writing", force=True)
-        task.load_state_dict(torch.load(best_path, map_location=task.device, weights_only=True)["state_dict"])
         for path in write_plots(task, task.card, datamodule, spec.train.plots, ctx.run_dir):
             ctx.output(path, "plot")
     score = float(best.best_model_score) if best.best_model_score is not None else float("nan")
     log.info("best %s = %.4g at %s", monitor, score, best_path)
+    del datamodule, data
+    shutil.rmtree(ctx.run_dir / "targets", ignore_errors=True)
 
 
 #: What a train job logs (``ml/tasks.py``): per epoch under ``val/``, once on the test split under ``test/``.

@@ -333,6 +333,10 @@ class ChipDataModule(PatchDataModule):
     def reflectance_terms(self) -> list[tuple[float, float]]:
         return [chip.terms for chip in self.chips]
 
+    @property
+    def source_names(self) -> list[str]:
+        return [chip.frame.name for chip in self.chips]
+
     def dataset(self, origins: list[tuple[int, int, int]]) -> Dataset:
         return ChipDataset(self.chips, self.patch_size, self.fit, origins)
 

@@ -1,6 +1,6 @@
 """The Lightning DataModules of segmentation training: :class:`PatchDataModule` (what they share) and
-:class:`SegmentationDataModule`, patches of scenes in memory (``ml/scenes.py``); chip folders are read by
-``ml/chips.py::ChipDataModule`` into the same batches.
+:class:`SegmentationDataModule`, patches of memory-mapped scenes (``ml/scenes.py``, ``ml/mapped.py``); chip
+folders are read by ``ml/chips.py::ChipDataModule`` into the same batches.
 
 Batches leave the DataLoader normalised and augmented: the collate function copies each patch once into the
 batch through its flip/rotation view, turning DN into reflectance with the scene's offset and standardising it
@@ -11,8 +11,9 @@ patches are drawn by a sampler in the main process, from the seed and the epoch.
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -21,7 +22,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from torchbearer.ml.checkpoint import standardising_terms
 from torchbearer.ml.scenes import (
-    TRAIN,
     Scene,
     Split,
     SplitOptions,
@@ -55,24 +55,45 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int, int, int]) -> Item:
         scene, r, c, aug = item if isinstance(item, tuple) else (*self.origins[item], 0)
-        s = self.scenes[scene]
-        window = (slice(r, r + self.size), slice(c, c + self.size))
-        return scene, s.dn[(slice(None), *window)], s.target[window], s.nodata[window], aug
+        return scene, *self.scenes[scene].patch(r, c, self.size), aug
 
 
 class RandomPatchSampler(Sampler):
     """``samples`` random (scene, row, column, augmentation) picks an epoch from the training origins.
 
-    Drawn in the main process from ``seed`` and the epoch (Lightning calls :meth:`set_epoch`), so runs repeat
-    and DataLoader workers never share a random state.
+    A scene is drawn in proportion to ``scene_weights`` (its labelled training pixels), then an origin in it
+    uniformly; given ``rare`` (per origin: its patch holds a rare class) and ``rare_share``, that share of the
+    picks (rounded up) is drawn from the rare origins instead. Drawn in the main process from ``seed`` and
+    the epoch (Lightning calls :meth:`set_epoch`), so runs repeat and DataLoader workers never share a random
+    state.
     """
 
-    def __init__(self, origins: list[tuple[int, int, int]], samples: int, seed: int, augment: bool) -> None:
-        self.origins = np.asarray(origins, dtype=np.int64)
+    def __init__(
+        self,
+        origins: list[tuple[int, int, int]],
+        samples: int,
+        seed: int,
+        augment: bool,
+        scene_weights: list[int] | None = None,
+        rare: np.ndarray | None = None,
+        rare_share: float = 0.0,
+    ) -> None:
+        self.origins = np.asarray(origins, dtype=np.int64).reshape(-1, 3)
         self.samples = samples
         self.seed = seed
         self.augment = augment
         self.epoch = 0
+        scenes = int(self.origins[:, 0].max()) + 1 if len(self.origins) else 0
+        per_scene = np.bincount(self.origins[:, 0], minlength=scenes)
+        weights = np.asarray(scene_weights if scene_weights is not None else per_scene, np.float64)[:scenes]
+        weights = np.where(per_scene > 0, weights, 0.0)
+        self.scene_p = weights / weights.sum() if weights.sum() > 0 else per_scene / max(1, per_scene.sum())
+        self.starts = np.concatenate([[0], np.cumsum(per_scene)[:-1]])
+        self.per_scene = per_scene
+        self.rare = np.flatnonzero(rare) if rare is not None else np.zeros(0, np.int64)
+        self.rare_share = rare_share if len(self.rare) else 0.0
+        if not (np.diff(self.origins[:, 0]) >= 0).all():
+            raise ValueError("training origins must be grouped by scene")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -82,23 +103,35 @@ class RandomPatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
         rng = np.random.default_rng((self.seed, self.epoch))
-        picks = self.origins[rng.integers(0, len(self.origins), self.samples)]
+        n_rare = min(self.samples, math.ceil(self.rare_share * self.samples - 1e-9))
+        scenes = rng.choice(len(self.scene_p), self.samples - n_rare, p=self.scene_p)
+        index = self.starts[scenes] + (rng.random(len(scenes)) * self.per_scene[scenes]).astype(np.int64)
+        index = np.concatenate([index, self.rare[rng.integers(0, len(self.rare), n_rare)]]) if n_rare else index
+        picks = self.origins[rng.permutation(index)]
         augs = rng.integers(0, 8, self.samples) if self.augment else np.zeros(self.samples, np.int64)
         for (scene, r, c), aug in zip(picks.tolist(), augs.tolist(), strict=True):
             yield scene, r, c, aug
 
 
 class Collate:
-    """Batch patches into ``image`` (normalised float32 B × bands × H × W) and ``mask`` (uint8 B × H × W).
+    """Batch patches into ``image`` (normalised float32 B × bands × H × W), ``mask`` (uint8 B × H × W) and
+    ``scene`` (int64 B, the source of each patch).
 
     Per source (a scene, or a chip), reflectance = value × scale + shift (``reflectance_terms``, by the item's
     source index); standardised with the band statistics; no-data pixels → 0.
     Augmentation code a: bit 0 flips left-right, bit 1 flips up-down, bit 2 transposes (the 8 symmetries).
     """
 
-    def __init__(self, reflectance_terms: list[tuple[float, float]], mean: list[float], std: list[float]) -> None:
+    def __init__(
+        self,
+        reflectance_terms: list[tuple[float, float]],
+        mean: list[float],
+        std: list[float],
+        release: Callable[[int], None] | None = None,
+    ) -> None:
         # One multiply-add a pixel: ((DN × scale + shift) - mean) / std = DN × a + b; one pair per source.
         self.terms = [standardising_terms(terms, mean, std) for terms in reflectance_terms]
+        self.release = release  # a source whose patches were copied: unmap its pages (they stay cached)
 
     def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
         bands, rows, cols = items[0][1].shape
@@ -116,7 +149,11 @@ class Collate:
                 if valid is not None:
                     plane *= valid
             target[b] = _augment(mask, aug)
-        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(target)}
+        if self.release is not None:
+            for source in {item[0] for item in items}:
+                self.release(source)
+        sources = torch.tensor([item[0] for item in items], dtype=torch.int64)  # for per-scene scores
+        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(target), "scene": sources}
 
 
 def _augment(x: np.ndarray, code: int) -> np.ndarray:
@@ -170,6 +207,19 @@ class PatchDataModule(L.LightningDataModule):
     def dataset(self, origins: list[tuple[int, int, int]]) -> Dataset:
         raise NotImplementedError
 
+    @property
+    def source_names(self) -> list[str]:
+        """The name of each source index (the ``scene`` of a batch): scene or chip file names."""
+        raise NotImplementedError
+
+    def release_source(self, index: int) -> None:
+        """Called by the collate function once a batch holds copies of source ``index``'s patches."""
+
+    def train_sampler(self) -> RandomPatchSampler:
+        """The sampler of the training patches: uniform over the training origins."""
+        assert self.split is not None, "call setup() first"
+        return RandomPatchSampler(self.split.train, self.train_samples, self.seed, self.augment)
+
     def _loader(self, origins: list[tuple[int, int, int]], sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             self.dataset(origins),
@@ -177,7 +227,7 @@ class PatchDataModule(L.LightningDataModule):
             sampler=sampler,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=Collate(self.reflectance_terms, self.mean, self.std),
+            collate_fn=Collate(self.reflectance_terms, self.mean, self.std, self.release_source),
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             multiprocessing_context="fork" if self.num_workers > 0 and os.name == "posix" else None,
@@ -185,8 +235,7 @@ class PatchDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.split is not None, "call setup() first"
-        sampler = RandomPatchSampler(self.split.train, self.train_samples, self.seed, self.augment)
-        return self._loader(self.split.train, sampler)
+        return self._loader(self.split.train, self.train_sampler())
 
     def val_dataloader(self) -> DataLoader:
         assert self.split is not None, "call setup() first"
@@ -206,8 +255,10 @@ class SegmentationDataModule(PatchDataModule):
         split: the spatial split (default: blocks of twice the patch size, 20 % for validation).
         samples_per_epoch: training patches an epoch (None: the training area divided by a patch, at least
             one batch).
-        num_workers: DataLoader worker processes (forked: they share the scenes' memory).
+        num_workers: DataLoader worker processes (forked: they share the scenes' memory-mapped pages).
         classes: class names, for messages (default: their indices).
+        num_classes: classes of the task (for the class counts and rare-class oversampling).
+        rare_classes: class indexes whose patches ``rare_share`` of the training picks must hold.
     """
 
     def __init__(
@@ -222,6 +273,9 @@ class SegmentationDataModule(PatchDataModule):
         num_workers: int = 0,
         seed: int = 0,
         augment: bool = True,
+        num_classes: int = 0,
+        rare_classes: list[int] | None = None,
+        rare_share: float = 0.0,
     ) -> None:
         super().__init__(
             patch_size=patch_size, batch_size=batch_size, num_workers=num_workers, seed=seed, augment=augment
@@ -231,12 +285,15 @@ class SegmentationDataModule(PatchDataModule):
         self.split_options = split or SplitOptions(block_size=2 * patch_size)
         self.samples_per_epoch = samples_per_epoch
         self.classes = classes
+        self.num_classes = num_classes
+        self.rare_classes = rare_classes
+        self.rare_share = rare_share
 
     def setup(self, stage: str | None = None) -> None:
         """Split, compute and check the statistics and the training classes (once)."""
         if self.split is not None:
             return
-        self.split = make_split(self.scenes, self.patch_size, self.split_options, self.seed)
+        self.split = make_split(self.scenes, self.patch_size, self.split_options, self.seed, self.num_classes)
         self.mean, self.std = band_stats(self.scenes, self.split)
         check_inputs(self.bands, self.mean, self.std)
         check_classes(train_class_counts(self.scenes, self.split), self.classes)
@@ -251,8 +308,32 @@ class SegmentationDataModule(PatchDataModule):
         assert self.split is not None, "call setup() first"
         if self.samples_per_epoch:
             return self.samples_per_epoch
-        area = sum(int((part == TRAIN).sum()) for part in self.split.parts)
-        return max(self.batch_size, area // self.patch_size**2)
+        return max(self.batch_size, sum(self.split.train_area) // self.patch_size**2)
+
+    @property
+    def rare(self) -> list[int]:
+        """The rare classes: those asked, or the rarest class of the training pixels."""
+        assert self.split is not None, "call setup() first"
+        if self.rare_classes is not None:
+            return self.rare_classes
+        counts = self.split.class_counts
+        return [int(np.argmin(counts))] if counts else []
+
+    def train_sampler(self) -> RandomPatchSampler:
+        """The sampler of the training patches (scene-weighted, rare classes oversampled when asked)."""
+        assert self.split is not None, "call setup() first"
+        rare = None
+        if self.rare_share > 0 and self.split.train_classes is not None:
+            rare = self.split.train_classes[:, self.rare].any(axis=1)
+        return RandomPatchSampler(self.split.train, self.train_samples, self.seed, self.augment,
+                                  self.split.train_area, rare, self.rare_share)  # fmt: skip
+
+    @property
+    def source_names(self) -> list[str]:
+        return [s.info.path.name for s in self.scenes]
+
+    def release_source(self, index: int) -> None:
+        self.scenes[index].release()
 
     @property
     def reflectance_terms(self) -> list[tuple[float, float]]:

@@ -28,6 +28,10 @@ class LabelError(ValueError):
     """Labels that cannot be used: missing, unreadable, off the scene, or with unknown classes."""
 
 
+class NoLabels(LabelError):
+    """No mask labels the scene (none overlaps it): training skips such a scene and says so."""
+
+
 def mask_files(path: Path) -> list[Path]:
     """The mask files at ``path``: the file itself, or the rasters and vector files in a folder (sorted)."""
     path = Path(path)
@@ -68,7 +72,7 @@ def scene_target(
         used.append(path)
     if not used or (target == IGNORE).all():
         names = ", ".join(str(p) for p in masks)
-        raise LabelError(f"no mask overlaps scene {info.path.name} ({_describe(info)}); masks: {names}")
+        raise NoLabels(f"no mask overlaps scene {info.path.name} ({_describe(info)}); masks: {names}")
     return target
 
 

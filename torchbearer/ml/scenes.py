@@ -1,25 +1,30 @@
-"""Scenes in memory for training, the spatial split and the input statistics (numpy and rasterio only).
+"""Scenes for training, the spatial split and the input statistics (numpy and rasterio only).
 
-Each scene's stack (``imagery/cache.py`` format) is read into memory once, as uint16 DN, with its target on the
-same grid (``ml/labels.py``). The split is spatial: the scene is cut into square blocks of ``block_size``
-pixels and the blocks that hold labels are dealt to train / validation / test with the seed, or validation and
-test are given regions (vector files) and training takes the rest. Training patches lie wholly in training
-pixels; validation and test use a grid of non-overlapping patches lying wholly in theirs, so no validation
-pixel is ever seen in training. Patches without a labelled pixel (all no data, say)
-are never used. Nothing here imports torch: a job checks its inputs before paying for it.
+Each scene's stack (``imagery/cache.py`` format) is read through a memory-mapped raw copy (``ml/mapped.py``),
+never held in process memory, with its target on the same grid (``ml/labels.py``, kept in memory or, given
+a work folder, memory-mapped too). Scenes that no mask overlaps (or whose labels fall only on no data) are
+reported and skipped. The split is spatial: the ground is cut into square blocks of ``block_size`` pixels
+on a grid fixed in the scenes' CRS (so the same place seen at several dates, or by overlapping tiles, is one
+block), and the blocks that hold labels are dealt to train / validation / test with the seed; or validation
+and test are given regions (vector files) and training takes the rest. Training patches lie wholly in
+training pixels; validation and test use a grid of non-overlapping patches lying wholly in theirs, so no
+validation pixel is ever seen in training. Patches without a labelled pixel (all no data, say) are never
+used. Nothing here imports torch: a job checks its inputs before paying for it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from torchbearer.imagery.cache import StackInfo, band_indexes, stack_info
-from torchbearer.ml.labels import IGNORE, mask_files, scene_target
+from torchbearer.ml.labels import IGNORE, NoLabels, mask_files, scene_target
+from torchbearer.ml.mapped import open_mapped, release, save_mapped
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +47,27 @@ class InputCheckError(DataError):
 
 @dataclass
 class Scene:
-    """One scene in memory: DN (bands × rows × columns, uint16), target (rows × columns, uint8), where the
-    scene has no data (rows × columns, bool: DN 0 in some band) and the reflectance terms of its stack."""
+    """One scene: DN (every band of the stack × rows × columns, uint16, memory-mapped), target (rows ×
+    columns, uint8), where the scene has no data (rows × columns, bool: DN 0 in some band of the stack), the
+    stack's indexes of the bands trained on (None: all) and the reflectance terms of its stack."""
 
     info: StackInfo
     dn: np.ndarray
     target: np.ndarray
     nodata: np.ndarray
+    band_index: list[int] | None = None
+
+    def patch(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(DN bands × size × size, target, no data) of the window at ``row``, ``col`` (views where possible)."""
+        window = (slice(row, row + size), slice(col, col + size))
+        dn = self.dn[(slice(None), *window)]
+        if self.band_index is not None:
+            dn = dn[self.band_index]  # a copy of the patch only, never of the scene
+        return dn, self.target[window], self.nodata[window]
+
+    def release(self) -> None:
+        """Drop this scene's mapped pages from the process's resident set (they stay in the page cache)."""
+        release(self.dn, self.target, self.nodata)
 
 
 @dataclass(frozen=True)
@@ -67,34 +86,66 @@ class SplitOptions:
 UNUSED, TRAIN, VAL, TEST = 0, 1, 2, 3
 
 
+class _Parts(Sequence):
+    """Per scene, the part of every pixel (rows × columns uint8), made on demand (not held: a 10 m scene's
+    would be 120 MB)."""
+
+    def __init__(self, make, count: int) -> None:
+        self._make, self._count = make, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self._make(i) for i in range(self._count)[index]]
+        if not -self._count <= index < self._count:
+            raise IndexError(index)
+        return self._make(index % self._count)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self._make(i) for i in range(self._count))
+
+
 @dataclass
 class Split:
-    """Patch origins (scene, row, column), in pixels, of each part of the split, and per scene the part of
-    every pixel (rows × columns: ``UNUSED``, ``TRAIN``, ``VAL`` or ``TEST``)."""
+    """Patch origins (scene, row, column), in pixels, of each part of the split; per scene the part of every
+    pixel (``parts[i]``, rows × columns: ``UNUSED``, ``TRAIN``, ``VAL`` or ``TEST``, made on demand); per
+    scene the labelled training pixels; per class the training pixels."""
 
-    parts: list[np.ndarray]
+    parts: Sequence[np.ndarray]
     train: list[tuple[int, int, int]] = field(default_factory=list)
     val: list[tuple[int, int, int]] = field(default_factory=list)
     test: list[tuple[int, int, int]] = field(default_factory=list)
+    train_area: list[int] = field(default_factory=list)
+    class_counts: list[int] = field(default_factory=list)
+    #: Per training origin, which classes its patch holds (origins × classes, bool).
+    train_classes: np.ndarray | None = None
 
 
 def load_scene(stack: Path, bands: list[str] | None, masks: list[Path], classes: list[str],
-               class_field: str | None = None, resolution: int | None = None) -> Scene:  # fmt: skip
-    """Read a stack's bands and build its target (no-data pixels of the scene are ignored)."""
-    import rasterio
+               class_field: str | None = None, resolution: int | None = None, *,
+               cache_dir: Path | None = None, work_dir: Path | None = None) -> Scene:  # fmt: skip
+    """Open a stack's raw copy (made once under ``cache_dir``, default ``mapped/`` beside the stack) and build
+    its target (no-data pixels of the scene are ignored); given ``work_dir``, the target is memory-mapped from
+    there too.
 
+    Raises:
+        NoLabels: no mask overlaps the scene, or its masks label only no-data pixels.
+    """
     info = stack_info(stack, resolution)
-    indexes = band_indexes(info, bands) if bands is not None else None
-    with rasterio.open(stack) as ds:
-        dn = ds.read(indexes)
+    index = [i - 1 for i in band_indexes(info, bands)] if bands is not None else None
+    dn, nodata = open_mapped(stack, cache_dir or Path(stack).parent / "mapped")
     if bands is not None:
         info = StackInfo(**{**info.__dict__, "bands": tuple(bands)})
     target = scene_target(info, masks, classes, class_field)
-    nodata = (dn == 0).any(axis=0)
     target[nodata] = IGNORE
+    release(nodata)
     if (target == IGNORE).all():
-        raise DataError(f"scene {stack.name}: its masks label only no-data pixels")
-    return Scene(info, dn, target, nodata)
+        raise NoLabels(f"scene {stack.name}: its masks label only no-data pixels")
+    if work_dir is not None:
+        target = save_mapped(target, Path(work_dir) / f"{Path(stack).stem}.{id(target):x}.target.npy")
+    return Scene(info, dn, target, nodata, index if index != list(range(len(info.bands))) else None)
 
 
 # -- the spatial split -----------------------------------------------------------------------------------------
@@ -113,14 +164,37 @@ def _window_sums(cells: np.ndarray, k: int) -> np.ndarray:
     return integral[k:, k:] - integral[:-k, k:] - integral[k:, :-k] + integral[:-k, :-k]
 
 
-def _block_parts(scenes: list[Scene], options: SplitOptions, seed: int) -> list[np.ndarray]:
-    """Deal the blocks that hold labels to train / val / test with ``seed``; per-pixel parts."""
+def _grid_offset(info: StackInfo, block: int) -> tuple[int, int, int, int]:
+    """Where the scene sits on the CRS's block grid: (first block row, first block column, pixel rows and
+    columns of the scene before its first whole block). Blocks are ``block`` pixels, the grid starts at the
+    CRS's origin, so every scene in one CRS and resolution shares it."""
+    t, res = info.transform, info.resolution
+    row0, col0 = round(-t.f / res), round(t.c / res)  # the scene's first pixel on the CRS's pixel grid
+    return row0 // block, col0 // block, row0 % block, col0 % block
+
+
+def _block_table(scene: Scene, block: int, values: np.ndarray) -> np.ndarray:
+    """Per-block sums of ``values`` (rows × columns) on the CRS block grid of the scene."""
+    _, _, dr, dc = _grid_offset(scene.info, block)
+    padded = np.pad(values, ((dr, 0), (dc, 0)))
+    return _cell_counts(padded, block)
+
+
+def _block_parts(scenes: list[Scene], options: SplitOptions, seed: int):
+    """Deal the blocks that hold labels to train / val / test with ``seed``, blocks keyed by CRS and place
+    (one place at several dates is one block); returns a function giving a scene's per-pixel parts."""
     block = options.block_size
-    labelled_blocks = []
-    for index, scene in enumerate(scenes):
-        counts = _cell_counts(scene.target != IGNORE, block)
-        labelled_blocks += [(index, r, c) for r, c in zip(*np.nonzero(counts), strict=True)]
-    n = len(labelled_blocks)
+    keys: set[tuple[str, int, int]] = set()
+    origins = []
+    for scene in scenes:
+        counts = _block_table(scene, block, scene.target != IGNORE)
+        scene.release()
+        br, bc, _, _ = _grid_offset(scene.info, block)
+        crs = scene.info.crs.to_string()
+        origins.append((crs, br, bc))
+        keys.update((crs, br + int(r), bc + int(c)) for r, c in zip(*np.nonzero(counts), strict=True))
+    ordered = sorted(keys)
+    n = len(ordered)
     n_val = max(1, round(options.val_fraction * n)) if options.val_fraction > 0 else 0
     n_test = max(1, round(options.test_fraction * n)) if options.test_fraction > 0 else 0
     if n - n_val - n_test < 1:
@@ -128,48 +202,82 @@ def _block_parts(scenes: list[Scene], options: SplitOptions, seed: int) -> list[
             f"{n} labelled blocks of {block} px cannot be split {n - n_val - n_test}/{n_val}/{n_test} "
             "(train/val/test): lower block_size or the fractions"
         )
-    blocks = [np.zeros((-(-s.target.shape[0] // block), -(-s.target.shape[1] // block)), np.uint8) for s in scenes]
+    part_of: dict[tuple[str, int, int], int] = {}
     for rank, i in enumerate(np.random.default_rng(seed).permutation(n)):
-        scene, r, c = labelled_blocks[i]
-        blocks[scene][r, c] = VAL if rank < n_val else TEST if rank < n_val + n_test else TRAIN
-    ones = np.ones((block, block), np.uint8)
-    return [np.kron(b, ones)[: s.target.shape[0], : s.target.shape[1]] for b, s in zip(blocks, scenes, strict=True)]
+        part_of[ordered[i]] = VAL if rank < n_val else TEST if rank < n_val + n_test else TRAIN
 
+    def parts(index: int) -> np.ndarray:
+        scene = scenes[index]
+        crs, br, bc = origins[index]
+        _, _, dr, dc = _grid_offset(scene.info, block)
+        rows, cols = -(-(scene.info.height + dr) // block), -(-(scene.info.width + dc) // block)
+        table = np.array([[part_of.get((crs, br + r, bc + c), UNUSED) for c in range(cols)] for r in range(rows)],
+                         np.uint8).reshape(rows, cols)  # fmt: skip
+        full = np.kron(table, np.ones((block, block), np.uint8))
+        return full[dr : dr + scene.info.height, dc : dc + scene.info.width]
 
-def _region_parts(scenes: list[Scene], options: SplitOptions) -> list[np.ndarray]:
-    """Validation inside ``val_regions``, test inside ``test_regions``, training elsewhere."""
-    from torchbearer.ml.labels import rasterize_labels
-
-    parts = []
-    for scene in scenes:
-        part = np.full(scene.target.shape, TRAIN, np.uint8)
-        for path, value in ((options.val_regions, VAL), (options.test_regions, TEST)):
-            if path is not None:
-                part[rasterize_labels(Path(path), scene.info, ["outside", "inside"]) == 1] = value
-        parts.append(part)
     return parts
 
 
-def make_split(scenes: list[Scene], patch_size: int, options: SplitOptions, seed: int) -> Split:
+def _region_parts(scenes: list[Scene], options: SplitOptions):
+    """Validation inside ``val_regions``, test inside ``test_regions``, training elsewhere (per scene, on
+    demand)."""
+    from torchbearer.ml.labels import rasterize_labels
+
+    def parts(index: int) -> np.ndarray:
+        scene = scenes[index]
+        part = np.full((scene.info.height, scene.info.width), TRAIN, np.uint8)
+        for path, value in ((options.val_regions, VAL), (options.test_regions, TEST)):
+            if path is not None:
+                part[rasterize_labels(Path(path), scene.info, ["outside", "inside"]) == 1] = value
+        return part
+
+    return parts
+
+
+def make_split(scenes: list[Scene], patch_size: int, options: SplitOptions, seed: int, num_classes: int = 0) -> Split:
     """Split the scenes (blocks, or given regions) and list the patches each part may use.
 
     Raises:
         DataError: too few labelled blocks, or a part without a single patch.
     """
     by_regions = options.val_regions is not None
-    split = Split(parts=_region_parts(scenes, options) if by_regions else _block_parts(scenes, options, seed))
+    make = _region_parts(scenes, options) if by_regions else _block_parts(scenes, options, seed)
+    split = Split(parts=_Parts(make, len(scenes)))
     cell = math.gcd(patch_size // 8 or 1, patch_size if by_regions else options.block_size)  # origins' grid
     k = patch_size // cell
+    counts = np.zeros(256, np.int64)
+    present = []
     for index, scene in enumerate(scenes):
-        labelled = _window_sums(_cell_counts(scene.target != IGNORE, cell), k)
+        part_pixels = split.parts[index]
+        # The origins' grid follows the blocks' (on the CRS grid): pad the scene's top and left up to it.
+        _, _, dr, dc = _grid_offset(scene.info, options.block_size)
+        pad = ((0, 0), (0, 0)) if by_regions else ((dr % cell, 0), (dc % cell, 0))
+
+        def cells(mask: np.ndarray, fill: bool = False, pad=pad) -> np.ndarray:
+            return _cell_counts(np.pad(mask, pad, constant_values=fill), cell, fill)
+
+        labelled_pixels = scene.target != IGNORE
+        labelled = _window_sums(cells(labelled_pixels), k)
+        training = part_pixels == TRAIN
+        split.train_area.append(int((training & labelled_pixels).sum()))
+        counts += np.bincount(scene.target[training], minlength=256)
         for part, name in ((TRAIN, "train"), (VAL, "val"), (TEST, "test")):
             # Windows reaching past the scene's edge count as outside (padding with True).
-            outside = _window_sums(_cell_counts(split.parts[index] != part, cell, fill=True), k)
+            outside = _window_sums(cells(part_pixels != part, fill=True), k)
             rows, cols = np.nonzero((outside == 0) & (labelled > 0))
-            origins = [(index, int(r) * cell, int(c) * cell) for r, c in zip(rows, cols, strict=True)]
+            origins = [(index, int(r) * cell - pad[0][0], int(c) * cell - pad[1][0])
+                       for r, c in zip(rows, cols, strict=True)]  # fmt: skip
             if name != "train":
                 origins = _non_overlapping(origins, patch_size)
+            else:  # which classes each training patch holds, for oversampling rare ones
+                present.append(np.stack([_window_sums(cells(scene.target == c), k)[rows, cols] > 0
+                                         for c in range(num_classes)], axis=1) if num_classes else None)  # fmt: skip
             getattr(split, name).extend(origins)
+        scene.release()
+    split.class_counts = counts[: num_classes or int(np.flatnonzero(counts[:IGNORE]).max(initial=0)) + 1].tolist()
+    if num_classes:
+        split.train_classes = np.concatenate(present) if present else np.zeros((0, num_classes), bool)
     wanted_test = options.test_fraction > 0 if not by_regions else options.test_regions is not None
     where = "regions" if by_regions else f"blocks of {options.block_size} px"
     for name, wanted in (("train", True), ("val", True), ("test", wanted_test)):
@@ -192,24 +300,53 @@ def _non_overlapping(origins: list[tuple[int, int, int]], size: int) -> list[tup
     return kept
 
 
+def inverse_frequencies(counts: list[int], names: list[str] | None = None) -> list[float]:
+    """Class weights from training pixel counts: ``total / (classes × count)`` (1 for every class when they
+    are balanced; scikit-learn's "balanced").
+
+    Raises:
+        DataError: a class without a single training pixel (its weight would be infinite).
+    """
+    missing = [names[i] if names else str(i) for i, n in enumerate(counts) if n == 0]
+    if missing:
+        raise DataError(f"class_weights: auto: no training pixel of class {', '.join(missing)}")
+    total = sum(counts)
+    return [total / (len(counts) * n) for n in counts]
+
+
 # -- statistics and the input check ----------------------------------------------------------------------------
 
 
 def band_stats(scenes: list[Scene], split: Split) -> tuple[list[float], list[float]]:
-    """Per-band mean and standard deviation of reflectance over valid pixels of the training blocks."""
+    """Per-band mean and standard deviation of reflectance over valid pixels of the training blocks.
+
+    A regular subsample (about ``STATS_SAMPLES`` pixels in all), summed strip by strip in float64: the memory
+    it takes does not grow with the number or size of the scenes.
+    """
     total = sum(s.target.size for s in scenes)
     stride = max(1, int(math.sqrt(total / STATS_SAMPLES)))
-    samples = []
+    bands = len(scenes[0].info.bands)
+    count, sums, squares = 0, np.zeros(bands), np.zeros(bands)
+    strip = stride * 256  # rows a step
     for index, scene in enumerate(scenes):
-        part = split.parts[index][::stride, ::stride]
-        dn = scene.dn[:, ::stride, ::stride]
-        keep = (part == TRAIN) & (dn != 0).all(axis=0)
+        parts = split.parts[index]
         scale, shift = scene.info.reflectance_terms
-        samples.append(dn[:, keep].astype(np.float64) * scale + shift)
-    values = np.concatenate(samples, axis=1)
-    if values.shape[1] == 0:
+        for row in range(0, scene.info.height, strip):
+            part = parts[row : row + strip : stride, ::stride]
+            dn = np.asarray(scene.dn[:, row : row + strip : stride, ::stride])
+            if scene.band_index is not None:
+                dn = dn[scene.band_index]
+            keep = (part == TRAIN) & (dn != 0).all(axis=0)
+            values = dn[:, keep].astype(np.float64) * scale + shift
+            count += values.shape[1]
+            sums += values.sum(axis=1)
+            squares += np.square(values).sum(axis=1)
+        del parts
+        scene.release()
+    if count == 0:
         raise InputCheckError("the training blocks hold no valid pixel: every pixel is no data (DN 0)")
-    return values.mean(axis=1).tolist(), values.std(axis=1).tolist()
+    mean = sums / count
+    return mean.tolist(), np.sqrt(np.maximum(squares / count - mean**2, 0.0)).tolist()
 
 
 def check_inputs(bands: list[str], mean: list[float], std: list[float]) -> None:
@@ -279,18 +416,31 @@ def load_scenes(
     bands: list[str] | None = None,
     class_field: str | None = None,
     resolution: int | None = None,
+    cache_dir: Path | None = None,
+    work_dir: Path | None = None,
+    skipped: list[str] | None = None,
 ) -> list[Scene]:
-    """Every stack in memory with its target; ``masks`` may name files or folders of them.
+    """Every stack with its target; ``masks`` may name files or folders of them. Scenes no mask labels are
+    logged, named in ``skipped`` (with why) and left out; ``cache_dir`` / ``work_dir`` as in
+    :func:`load_scene`.
 
     Raises:
-        DataError: no stack, or stacks at different resolutions (and the errors of :func:`load_scene`).
+        DataError: no stack, no stack with labels, or stacks at different resolutions (and the errors of
+            :func:`load_scene`).
     """
     if not stacks:
         raise DataError("no scene to train on")
     files = [m for path in masks for m in mask_files(Path(path))]
     scenes: list[Scene] = []
+    left_out: list[str] = []
     for stack in stacks:
-        scene = load_scene(Path(stack), bands, files, classes, class_field, resolution)
+        try:
+            scene = load_scene(Path(stack), bands, files, classes, class_field, resolution,
+                               cache_dir=cache_dir, work_dir=work_dir)  # fmt: skip
+        except NoLabels as exc:
+            log.warning("skipped: %s", exc)
+            left_out.append(str(exc))
+            continue
         bands = bands or list(scene.info.bands)
         if scenes and scene.info.resolution != scenes[0].info.resolution:
             raise DataError(
@@ -298,4 +448,8 @@ def load_scenes(
                 f"{scenes[0].info.resolution:g} m: train on one resolution"
             )
         scenes.append(scene)
+    if skipped is not None:
+        skipped.extend(left_out)
+    if not scenes:
+        raise DataError("no scene has labels: " + "; ".join(left_out))
     return scenes

@@ -19,6 +19,7 @@ from textual.widgets import RichLog, Static
 from textual_plotext import PlotextPlot
 
 from torchbearer.formatting import STATE_STYLES, display_path, format_duration, format_when
+from torchbearer.ml.report_summary import report_summary
 from torchbearer.store import JobState
 from torchbearer.tui.data import Curve, JobDetail, smoothed, wants_log_axis
 
@@ -255,7 +256,8 @@ class OutputsList(Static):
             exists = Path(output["path"]).exists()
             path = Text(display_path(output["path"], project_dir), style="" if exists else "dim strike")
             table.add_row(output["kind"], path, format_when(output["time"], "%m-%d %H:%M"))
-        self.update(table)
+        summary = report_summary(detail.outputs)  # a training's evaluation report, in one line
+        self.update(Group(Text(summary, style="bold"), table) if summary else table)
 
 
 class SpecView(Static):
