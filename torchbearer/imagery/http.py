@@ -595,17 +595,23 @@ def fetch_files(
         pending = futures
         while pending:
             _, pending = wait(pending, timeout=interval_s, return_when=FIRST_EXCEPTION)
-            failed = next((f for f in futures if f.done() and f.exception() is not None), None)
-            if failed is not None or should_stop():
+            if _first_error(futures) is not None or should_stop():
                 cancel.set()  # ends the waits between tries; files not started yet do not start
                 for future in pending:
                     future.cancel()
                 wait(pending)
+                failed = _first_error(futures)  # every file has ended now: the cause is among them
                 if failed is not None:
-                    raise failed.exception()  # type: ignore[misc]
+                    raise failed
                 raise TransferCancelled("download stopped on request; partial files are kept for a resume")
             emit()
     emit(force=True)
+
+
+def _first_error(futures: set[Future]) -> BaseException | None:
+    """The error of an ended file, preferring a cause to the TransferCancelled of the files it cancelled."""
+    errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+    return next((e for e in errors if not isinstance(e, TransferCancelled)), errors[0] if errors else None)
 
 
 def _has_part(task: FileTask) -> bool:
