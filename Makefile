@@ -47,6 +47,9 @@ bench: install
 	$(BIN)/python bench/training_input.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/download.py
+	$(BIN)/python bench/classify.py
+	$(BIN)/python bench/prepare.py
+	$(BIN)/python bench/explain.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
