@@ -242,7 +242,7 @@ def _card_agreement(spec: JobSpec, cards: list[tuple[str, Any]], rules: PathRule
     findings = []
     first_where, first = cards[0]
     for where, card in cards[1:]:
-        for what in ("bands", "resolution", "classes"):
+        for what in ("bands", "resolution", "classes", "value_domain"):
             if getattr(card, what) != getattr(first, what):
                 findings.append(Finding(spec.name, where, f"{what} {getattr(card, what)} differ from "
                                         f"{first_where}'s {getattr(first, what)}: members must agree"))  # fmt: skip
@@ -251,9 +251,15 @@ def _card_agreement(spec: JobSpec, cards: list[tuple[str, Any]], rules: PathRule
             continue
         import rasterio
 
+        from torchbearer.ml.domains import DomainError, check_domain
+
         with rasterio.open(scene) as ds:
             bands, resolution = [d for d in ds.descriptions if d], round(ds.res[0])
         for where, card in cards:
+            try:  # a model trained on reflectance or 8-bit chips must not be given DN (nor the reverse)
+                check_domain(card.value_domain, scene, where)
+            except DomainError as exc:
+                findings.append(Finding(spec.name, where, str(exc)))
             missing = [b for b in card.bands if bands and b not in bands]
             if missing:
                 findings.append(Finding(spec.name, where, f"scene {scene.name} lacks the member's bands "

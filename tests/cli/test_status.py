@@ -53,7 +53,8 @@ def test_show_text_and_json(project, store, night):
     assert "probe/value=0.5" in text and "result:" in text and "name: a" in text
     document = json.loads(tb("show", "--json", "2").stdout)
     assert (document["format"], document["version"]) == ("torchbearer.job", 1)
-    assert set(document) == {"format", "version", "job", "transitions", "attempts", "progress", "outputs", "metrics"}
+    assert set(document) == {"format", "version", "job", "transitions", "attempts", "progress", "outputs", "metrics",
+                             "warnings"}  # fmt: skip
     job = document["job"]
     assert (job["id"], job["name"], job["state"], job["after"]) == (2, "b", "succeeded", [1])
     assert job["spec"]["steps"] == 2 and job["spec_given"] == {"kind": "probe", "steps": 2, "name": "b", "after": ["a"]}

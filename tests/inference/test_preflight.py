@@ -143,3 +143,19 @@ def test_a_prepare_chain_reading_what_its_own_steps_write_passes_and_a_missing_l
     (project.project_dir / "data" / "scene.tif").write_bytes(b"")
     findings = [f.format() for f in check_jobs(parse_job_text(text), project)]
     assert findings == [f"prep: steps.rasterize.labels: {project.project_dir / 'masks' / 'roofs.gpkg'} does not exist"]
+
+
+def test_a_member_trained_on_another_value_domain_is_refused(project: Settings, stack60: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    scene = _place(project, stack60, "scene_60m.tif")
+    save_checkpoint(project.project_dir / "dn.ckpt", card_for(stack60))
+    save_checkpoint(
+        project.project_dir / "refl.ckpt", replace(card_for(stack60), extra={"value_domain": "reflectance"})
+    )
+    night = _write(tmp_path, f"name: map\nkind: predict\nscenes: [{scene}]\noutput: maps/m.tif\n"
+                   "models: [{checkpoint: dn.ckpt}, {checkpoint: refl.ckpt}]\n")  # fmt: skip
+    text = flat((result := tb("validate", "--deep", night)).stderr)
+    assert result.returncode == 1
+    assert "map.models[1]: value_domain reflectance differ from models[0]'s dn" in text
+    assert "map.models[1]: model models[1] was trained on reflectance input, but" in text and "holds dn values" in text

@@ -39,6 +39,9 @@ def test_bad_inputs_fail_the_job_clearly(sample_project, store, monkeypatch) -> 
     }
     # Four quick failures in a row would trip the daemon's crash-loop guard: that is not what is tested here.
     monkeypatch.setenv("TORCHBEARER_CRASH_LOOP_COUNT", "1000")
+    # The pre-flight check would refuse this file when it is queued (tests/inference/test_preflight.py); here the
+    # worker's own checks are tested, for inputs that went bad between queueing and running.
+    monkeypatch.setenv("TORCHBEARER_PREFLIGHT", "0")
     daemon = DaemonProcess(sample_project).start()
     try:
         for name, message in expected.items():

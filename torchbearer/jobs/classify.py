@@ -258,11 +258,9 @@ def run(spec: ClassifySpec, ctx: JobContext) -> None:
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from torchbearer.context import JobInterrupted
-    from torchbearer.jobs.train import _num_workers, _precision
-    from torchbearer.ml.callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressReporter, TrainingStopped
+    from torchbearer.jobs.train import _num_workers, _precision, fit_resumable
+    from torchbearer.ml.callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressReporter
     from torchbearer.ml.checkpoint import ModelCard
     from torchbearer.ml.classification import ClassificationTask, PatchDataModule, PhaseOptions, TwoPhaseFinetuning
     from torchbearer.ml.classify_report import predict_batches, write_report
@@ -329,11 +327,7 @@ def run(spec: ClassifySpec, ctx: JobContext) -> None:
         num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, len(split["train"]) // options.batch_size)),
     )  # fmt: skip
-    try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
-    except (TrainingStopped, SIGTERMException) as exc:
-        raise JobInterrupted(f"training {str(exc) or 'stopped on SIGTERM'}; resumes from {last.name}") from None
-    ctx.check_stop()
+    fit_resumable(trainer, task, datamodule, resume, last, ctx)
 
     best_path = Path(best.best_model_path) if best.best_model_path else last
     ctx.output(last, "checkpoint")

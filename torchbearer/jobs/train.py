@@ -462,10 +462,8 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from torchbearer.context import JobInterrupted
-    from torchbearer.ml.callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressReporter, TrainingStopped
+    from torchbearer.ml.callbacks import AtomicCheckpointIO, LastCheckpoint, ProgressReporter
 
     cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
@@ -520,11 +518,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
         num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, datamodule.train_samples // spec.train.batch_size)),
     )
-    try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
-    except (TrainingStopped, SIGTERMException) as exc:
-        raise JobInterrupted(f"training {str(exc) or 'stopped on SIGTERM'}; resumes from {last.name}") from None
-    ctx.check_stop()
+    fit_resumable(trainer, task, datamodule, resume, last, ctx)
 
     best_path = Path(best.best_model_path) if best.best_model_path else last
     ctx.output(last, "checkpoint")
@@ -548,6 +542,21 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     log.info("best %s = %.4g at %s", monitor, score, best_path)
     del datamodule, data
     shutil.rmtree(ctx.run_dir / "targets", ignore_errors=True)
+
+
+def fit_resumable(trainer: Any, task: Any, datamodule: Any, resume: Path | None, last: Path, ctx: JobContext) -> None:
+    """``trainer.fit`` from ``resume`` (a ``last.ckpt``, or None); a stop request ends it at a safe point with
+    :class:`~torchbearer.context.JobInterrupted`, so the job resumes from ``last`` (shared by train and classify)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from torchbearer.context import JobInterrupted
+    from torchbearer.ml.callbacks import TrainingStopped
+
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
+    except (TrainingStopped, SIGTERMException) as exc:
+        raise JobInterrupted(f"training {str(exc) or 'stopped on SIGTERM'}; resumes from {last.name}") from None
+    ctx.check_stop()
 
 
 #: What a train job logs (``ml/tasks.py``): per epoch under ``val/``, once on the test split under ``test/``.
