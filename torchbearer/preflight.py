@@ -208,13 +208,17 @@ def _mask_overlap(spec: JobSpec, rules: PathRules, **_: Any) -> list[Finding]:
 
 def _members(spec: JobSpec, rules: PathRules, store: Any, batch: dict[str, str], **_: Any) -> list[Finding]:
     """Members name checkpoint-writing jobs; checkpoint members agree with each other and with the scenes."""
-    members = getattr(spec, "models", None)
-    if not members or spec.kind != "predict":
+    # predict's models, and the one model of an explain or plot job: each {job: x} must name a checkpoint writer
+    members = getattr(spec, "models", None) if spec.kind == "predict" else None
+    single = getattr(spec, "model", None) if spec.kind in ("explain", "plot") else None
+    if single is not None and getattr(single, "job", None) is not None:
+        members = [single]
+    if not members:
         return []
     findings: list[Finding] = []
     cards = []
     for index, member in enumerate(members):
-        where = f"models[{index}]"
+        where = f"models[{index}]" if spec.kind == "predict" else "model"
         if member.job is not None:
             kind = batch.get(str(member.job))
             if kind is None and store is not None:
@@ -247,6 +251,9 @@ def _card_agreement(spec: JobSpec, cards: list[tuple[str, Any]], rules: PathRule
                 findings.append(Finding(spec.name, where, f"{what} {getattr(card, what)} differ from "
                                         f"{first_where}'s {getattr(first, what)}: members must agree"))  # fmt: skip
     for scene in _scene_files(spec, rules):
+        if scene.is_dir() and scene.name.endswith(".SAFE"):
+            findings += _safe_agreement(spec, scene, cards)
+            continue
         if scene.suffix.lower() not in {".tif", ".tiff"}:
             continue
         import rasterio
@@ -267,6 +274,30 @@ def _card_agreement(spec: JobSpec, cards: list[tuple[str, Any]], rules: PathRule
             if card.resolution and resolution != card.resolution:
                 findings.append(Finding(spec.name, where, f"scene {scene.name} is {resolution} m, the member was "
                                         f"trained at {card.resolution:g} m"))  # fmt: skip
+    return findings
+
+
+def _safe_agreement(spec: JobSpec, safe: Path, cards: list[tuple[str, Any]]) -> list[Finding]:
+    """A SAFE folder is stacked at each member's resolution: the product must hold the member's bands there."""
+    from torchbearer.imagery.safe import SafeError, read_safe
+
+    try:
+        product = read_safe(safe)
+    except (SafeError, OSError) as exc:
+        return [Finding(spec.name, "scenes", f"{safe.name}: {exc}")]
+    findings = []
+    for where, card in cards:
+        try:
+            have = product.bands(round(card.resolution))
+        except SafeError as exc:
+            findings.append(Finding(spec.name, where, str(exc)))
+            continue
+        missing = [b for b in card.bands if b not in have]
+        if missing:
+            message = (
+                f"scene {safe.name} has no {', '.join(missing)} at {card.resolution:g} m (it has {', '.join(have)})"
+            )
+            findings.append(Finding(spec.name, where, message + ", which the member needs"))
     return findings
 
 

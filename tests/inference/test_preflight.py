@@ -159,3 +159,32 @@ def test_a_member_trained_on_another_value_domain_is_refused(project: Settings, 
     assert result.returncode == 1
     assert "map.models[1]: value_domain reflectance differ from models[0]'s dn" in text
     assert "map.models[1]: model models[1] was trained on reflectance input, but" in text and "holds dn values" in text
+
+
+def test_a_member_needing_bands_a_safe_scene_lacks_is_refused(project: Settings, stack60: Path) -> None:
+    from dataclasses import replace
+
+    from tests.inference.conftest import CROP
+    from torchbearer.preflight import check_jobs
+    from torchbearer.spec import parse_job_text
+
+    save_checkpoint(project.project_dir / "ok.ckpt", card_for(stack60))
+    bands = [*card_for(stack60).bands[:-1], "B08"]  # B08 is a 10 m band: no 60 m stack holds it
+    save_checkpoint(project.project_dir / "b08.ckpt", replace(card_for(stack60), bands=bands))
+    text = f"name: map\nkind: predict\nscenes: ['{CROP}']\noutput: maps/m.tif\nmodels: [{{checkpoint: ok.ckpt}}]\n"
+    assert check_jobs(parse_job_text(text), project) == []
+    findings = [f.format() for f in check_jobs(parse_job_text(text.replace("ok.ckpt", "b08.ckpt")), project)]
+    assert findings == [f"map: models[0]: scene {CROP.name} has no B08 at 60 m (it has B01, B02, B03, B04, B05, B06, "
+                        "B07, B8A, B09, B11, B12), which the member needs"]  # fmt: skip
+
+
+def test_an_explain_or_plot_model_job_must_write_a_checkpoint(project: Settings) -> None:
+    from torchbearer.preflight import check_jobs
+    from torchbearer.spec import parse_job_text
+
+    text = ("jobs:\n  - {name: prep, kind: prepare, scene: data/s.tif, steps: [{summarize: {output: out/s}}]}\n"
+            "  - {name: why, kind: explain, model: {job: prep}, patches: {job: prep}}\n"
+            "  - {name: draw, kind: plot, model: {job: prep}, input: data/s.tif}\n")  # fmt: skip
+    messages = [f.format() for f in check_jobs(parse_job_text(text), project) if "writes no checkpoint" in f.message]
+    assert messages == [f"{name}: model: job 'prep' is a prepare job: it writes no checkpoint (a member needs a "
+                        "classify/sweep/train job)" for name in ("why", "draw")]  # fmt: skip
