@@ -138,7 +138,7 @@ def test_forest_on_chips_predicts_the_scene_as_an_ensemble_member(chips: Path, s
     """Sampled balanced pixels → forest → joblib checkpoint → ``load_member`` → a map like a network's."""
     from torchbearer.inference.ensemble import Member, PredictOptions, predict_scene
     from torchbearer.inference.onnx import choose_runtimes
-    from torchbearer.ml.checkpoint import ModelCard, load_member
+    from torchbearer.ml.checkpoint import ModelCard, load_member, read_card
     from torchbearer.ml.forest import ForestModel, evaluate, fit_forest, sample_pixels, save_forest
     from torchbearer.ml.tasks import make_loss
 
@@ -158,6 +158,7 @@ def test_forest_on_chips_predicts_the_scene_as_an_ensemble_member(chips: Path, s
     for runtime in ("auto", "onnx"):  # nothing to export: a forest runs as it is, whatever the setting
         assert choose_runtimes([member], runtime, "cpu", window=128, optimize=True) == ["sklearn"]
     assert member.model is model
+    assert read_card(tmp_path / "forest.joblib") == card  # what predict and the pre-flight read of a member
     result = predict_scene([member], [stack],
                            tmp_path / "map.tif", PredictOptions(window=128, class_map=True))  # fmt: skip
     with rasterio.open(MASKS / "t29unu_cloud.tif") as ds:

@@ -197,7 +197,11 @@ def state_dict_of(checkpoint: dict[str, Any], path: Path) -> dict[str, torch.Ten
 
 
 def read_card(path: Path) -> ModelCard:
-    """The model card of a checkpoint file."""
+    """The model card of a checkpoint file (a network's ``.ckpt``, or a random forest's ``.joblib``)."""
+    if Path(path).suffix == FOREST_SUFFIX:
+        from torchbearer.ml.forest import load_forest
+
+        return load_forest(Path(path))[1]
     return ModelCard.from_dict(read_checkpoint(path).get(CARD_KEY), str(path))
 
 
