@@ -7,6 +7,7 @@ JSON output has a versioned shape, documented in ``docs/cli.md``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -577,37 +578,24 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines from the end to start with")] = 50,
 ) -> None:
     """Print a job's log (the end of it), optionally following it."""
-    from torchbearer.daemon.supervisor import read_tail
+    from torchbearer.runs import follow, log_path_of, read_tail
 
     settings: Settings = ctx.obj
     store = _store(ctx)
     job = _job_or_exit(store, job_ref)
-    path = Path(job.run_dir) / "log.txt" if job.run_dir else settings.runs_dir / f"{job.id}-{job.name}" / "log.txt"
+    path = log_path_of(job, settings.runs_dir)
     if not path.exists() and not follow:
         raise fail(f"{job.name} (#{job.id}) has no log yet ({path})")
-    if path.exists():
-        print(read_tail(path, lines, max_bytes=max(64 * 1024, lines * 400)))
     if not follow:
+        print(read_tail(path, lines, max_bytes=max(64 * 1024, lines * 400)))
         return
-    position = path.stat().st_size if path.exists() else 0
-    try:
-        while True:
-            chunk = b""
-            if path.exists():
-                if path.stat().st_size < position:  # cut back by the log cap
-                    position = 0
-                with open(path, "rb") as file:
-                    file.seek(position)
-                    chunk = file.read()
-                    position = file.tell()
-                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
-                sys.stdout.flush()
-            current = store.job(job.id)
-            if not chunk and (current is None or current.state in TERMINAL_STATES):
-                break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+
+    def ended() -> bool:
+        current = store.job(job.id)
+        return current is None or current.state in TERMINAL_STATES
+
+    with contextlib.suppress(KeyboardInterrupt):
+        follow(path, ended, lines=lines)
 
 
 # -- changing jobs and the queue ------------------------------------------------------------------------------
@@ -833,7 +821,7 @@ def plot(
         if job is None:
             raise fail(f"no job {source!r}")
         try:
-            paths = draw_curves(store, job.id, out or Path(job.run_dir or settings.runs_dir))
+            paths = draw_curves(store.metrics(job.id), job.name, job.id, out or Path(job.run_dir or settings.runs_dir))
         except LookupError as exc:
             raise fail(str(exc)) from None
     else:

@@ -1,24 +1,24 @@
 """What a job kind's ``run(spec, ctx)`` gets: where to write, how to report, whether to stop.
 
-The context is the only bridge between a kind's code and the state store: progress events, metrics and
-outputs go through it, throttled so a fast training loop cannot flood the database.
+The context is the only bridge between a kind's code and the daemon. It never opens the state store: it reads
+what the daemon wrote into the run folder before the attempt (``job.json``: the job, the jobs it names) and
+reports by appending events to ``events-<attempt>.jsonl`` there (see :mod:`torchbearer.runs`), which the
+daemon ingests. Progress is throttled so a fast training loop cannot flood the file.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchbearer.redact import register
+from torchbearer import runs
+from torchbearer.redact import register, scrub, scrub_value
 from torchbearer.settings import Settings
-from torchbearer.store import JobState, Store, is_transient
 
 log = logging.getLogger("torchbearer.job")
 
@@ -51,12 +51,32 @@ class JobContext:
     attempt: int
     run_dir: Path
     settings: Settings
-    store: Store
+    #: The job as the daemon resolved it (``job.json``): ``spec``, ``kind``, ``refs`` (the jobs it names) …
+    job: dict[str, Any] = field(default_factory=dict)
     progress_interval_s: float = 0.5
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _last_progress: float = field(default=0.0, repr=False)
-    #: Writes (metrics, outputs) the store refused while read-only / full / failing, replayed in order later.
-    _pending: list[Callable[[], Any]] = field(default_factory=list, repr=False)
+    _events: runs.EventWriter | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path, attempt: int, settings: Settings) -> JobContext:
+        """The context of an attempt whose ``job.json`` the daemon wrote into ``run_dir``."""
+        job = runs.read_job_file(run_dir)
+        if job is None:
+            raise FileNotFoundError(f"{run_dir / runs.JOB_FILE} is missing or unreadable: the daemon writes it")
+        return cls(job_id=int(job["id"]), name=str(job["name"]), attempt=attempt, run_dir=run_dir,
+                   settings=settings, job=job)  # fmt: skip
+
+    @property
+    def events(self) -> runs.EventWriter:
+        """The attempt's events file, opened on first use."""
+        if self._events is None:
+            self._events = runs.EventWriter(runs.events_path(self.run_dir, self.attempt))
+        return self._events
+
+    def emit(self, event_type: str, /, **fields: Any) -> None:
+        """Append one event for the daemon (secrets scrubbed on the way)."""
+        self.events.append(event_type, **scrub_value(fields))
 
     # -- stopping -------------------------------------------------------------------------------------------
 
@@ -100,39 +120,6 @@ class JobContext:
         register(value)
         return value
 
-    # -- writing through store faults ----------------------------------------------------------------------
-
-    def _write(self, write: Callable[[], Any], *, keep: bool = True) -> bool:
-        """Do ``write`` after the ones still pending; if the store refuses it for now (read-only, disk full,
-        I/O error), keep it for later (``keep``) or drop it (progress), log once, and go on: a store fault must
-        not cost the job. Returns whether everything was written."""
-        try:
-            while self._pending:
-                self._pending[0]()
-                self._pending.pop(0)
-            write()
-        except sqlite3.OperationalError as exc:
-            if not is_transient(exc):
-                raise
-            if not self._pending and not getattr(self, "_fault_logged", False):
-                log.warning("the state database refuses writes (%s): the job goes on, its records wait", exc)
-            self._fault_logged = True
-            if keep and len(self._pending) < MAX_PENDING_WRITES:
-                self._pending.append(write)
-            return False
-        if getattr(self, "_fault_logged", False):
-            log.info("the state database takes writes again")
-            self._fault_logged = False
-        return True
-
-    def persist(self, write: Callable[[], Any], *, retry_s: float = 1.0, max_wait_s: float = 15.0) -> None:
-        """Do ``write`` after what is pending, waiting (``retry_s`` doubling to ``max_wait_s``) while the store
-        refuses writes: for what must not be lost, such as how the attempt ended."""
-        self._write(write)
-        while not self._write(lambda: None):
-            time.sleep(retry_s)
-            retry_s = min(retry_s * 2, max_wait_s)
-
     # -- reporting ------------------------------------------------------------------------------------------
 
     def progress(
@@ -155,13 +142,9 @@ class JobContext:
         if not (force or finished) and now - self._last_progress < self.progress_interval_s:
             return False
         self._last_progress = now
-        return self._write(
-            lambda: self.store.add_progress(
-                self.job_id, stage=stage, done=done, total=total, unit=unit, epoch=epoch, step=step, eta_s=eta_s,
-                fields=fields or None,
-            ),
-            keep=False,  # the next event says more than a late one
-        )  # fmt: skip
+        self.emit(runs.PROGRESS, stage=scrub(stage) if stage else stage, done=done, total=total, unit=unit,
+                  epoch=epoch, step=step, eta_s=eta_s, fields=fields or None)  # fmt: skip
+        return True
 
     def metric(self, name: str, value: float, *, step: int | None = None, epoch: int | None = None) -> None:
         self.metrics({name: value}, step=step, epoch=epoch)
@@ -169,20 +152,45 @@ class JobContext:
     def metrics(self, values: dict[str, float], *, step: int | None = None, epoch: int | None = None) -> None:
         """Record several values of one moment (curves in the dashboard)."""
         if values:
-            values = dict(values)
-            self._write(lambda: self.store.add_metrics(self.job_id, values, attempt=self.attempt, step=step,
-                                                       epoch=epoch))  # fmt: skip
+            self.emit(runs.METRICS, values={k: float(v) for k, v in values.items()}, step=step, epoch=epoch)
 
     def output(self, path: str | Path, kind: str) -> None:
         """Record a product of the job: ``checkpoint``, ``best_checkpoint``, ``map``, ``plot``, ``scene`` …"""
-        resolved = Path(path).resolve()
-        self._write(lambda: self.store.add_output(self.job_id, resolved, kind))
+        self.emit(runs.OUTPUT, path=str(Path(path).resolve()), kind=kind)
+
+    def submit(self, given: dict[str, Any]) -> None:
+        """Ask the daemon to queue a job spawned by this one (a sweep's trial: ``given`` is its job mapping,
+        named uniquely); it shows in ``children.json`` once queued. Submitting a name twice queues it once."""
+        self.emit(runs.SUBMIT, job=given)
+
+    # -- the jobs this one names (written by the daemon into job.json) ---------------------------------------
+
+    def job_record(self, ref: str | int) -> dict[str, Any]:
+        """Another job this job's spec names (by id or name): ``id``, ``name``, ``kind``, ``state``, ``spec``,
+        ``outputs``, ``metrics`` (for plot curves), as the daemon found it when this attempt started."""
+        other = (self.job.get("refs") or {}).get(str(ref))
+        if other is None:
+            raise LookupError(f"no job {ref!r} in the store")
+        return other
 
     def job_outputs(self, ref: str | int, kind: str | None = None) -> list[dict[str, Any]]:
         """The outputs of another job (by id or name); raises if it did not succeed."""
-        other = self.store.find_job(ref)
-        if other is None:
-            raise LookupError(f"no job {ref!r} in the store")
-        if other.state != JobState.SUCCEEDED:
-            raise LookupError(f"job {other.name} (#{other.id}) is {other.state}, not succeeded")
-        return self.store.outputs(other.id, kind)
+        other = self.job_record(ref)
+        if other["state"] != "succeeded":
+            raise LookupError(f"job {other['name']} (#{other['id']}) is {other['state']}, not succeeded")
+        return [o for o in other.get("outputs", []) if kind is None or o["kind"] == kind]
+
+    def children(self) -> dict[str, dict[str, Any]]:
+        """The jobs this one spawned (by name), as the daemon last wrote them into ``children.json``: ``id``,
+        ``state``, ``reason``, ``outputs`` and the metric values the controller's spec ``metric`` names."""
+        data = runs.read_json(self.run_dir / runs.CHILDREN_FILE)
+        return dict(data.get("jobs", {})) if isinstance(data, dict) else {}
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether the stop asked is a cancel of this job (not a daemon stop, after which it runs again)."""
+        return (self.run_dir / runs.CANCEL_FILE).exists()
+
+    def close(self) -> None:
+        if self._events is not None:
+            self._events.close()

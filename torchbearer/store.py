@@ -51,7 +51,7 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 RUNNABLE_STATES = frozenset({JobState.QUEUED, JobState.INTERRUPTED})
 PENDING_STATES = frozenset({JobState.QUEUED, JobState.WAITING, JobState.HELD, JobState.INTERRUPTED})
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: The light columns of a job (no specs): what ``status`` and the dashboard's queue table show.
 SUMMARY_COLUMNS = (
@@ -167,6 +167,8 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ],
+    # the daemon ingests each attempt's events file (runs.py) from the byte offset it reached, kept here
+    2: ["ALTER TABLE attempts ADD COLUMN events_offset INTEGER NOT NULL DEFAULT 0"],
 }
 
 
@@ -701,6 +703,64 @@ class Store:
         if kind is None:
             return self.query("SELECT * FROM outputs WHERE job_id = ? ORDER BY id", [job_id])
         return list(self.query("SELECT * FROM outputs WHERE job_id = ? AND kind = ? ORDER BY id", [job_id, kind]))
+
+    # -- ingesting a worker's events (the daemon only; see runs.py) ---------------------------------------
+
+    def events_offset(self, job_id: int, number: int) -> int:
+        """The byte offset of the attempt's events file up to which its events are in the store."""
+        row = self.conn.execute(
+            "SELECT events_offset FROM attempts WHERE job_id = ? AND number = ?", (job_id, number)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def ingest_events(self, job_id: int, number: int, events: Sequence[dict[str, Any]], end_offset: int) -> None:
+        """Write a batch of a worker's events (``progress``, ``metrics``, ``output``; others are the caller's)
+        and the offset they end at, in one transaction: a daemon killed midway re-reads them all, none twice.
+
+        Progress events become rows of ``progress`` and the latest is mirrored onto the job's row.
+        """
+        metrics: list[tuple] = []
+        progress: list[tuple] = []
+        outputs: list[tuple] = []
+        for event in events:
+            kind, when = event.get("type"), float(event.get("t") or _now())
+            if kind == "metrics":
+                for name, value in (event.get("values") or {}).items():
+                    metrics.append((job_id, number, when, str(name), value, event.get("step"), event.get("epoch")))
+            elif kind == "progress":
+                stage = scrub(event["stage"]) if event.get("stage") else None
+                fields = event.get("fields")
+                progress.append((job_id, when, stage, event.get("done"), event.get("total"), event.get("unit") or "",
+                                 event.get("epoch"), event.get("step"), event.get("eta_s"),
+                                 json.dumps(scrub_value(fields), default=str) if fields else None))  # fmt: skip
+            elif kind == "output":
+                outputs.append((job_id, when, str(event["kind"]), str(event["path"])))
+        with self.transaction() as conn:
+            if metrics:
+                conn.executemany(
+                    "INSERT INTO metrics (job_id, attempt, time, name, value, step, epoch) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    metrics,
+                )
+            if progress:
+                conn.executemany(
+                    """INSERT INTO progress (job_id, time, stage, done, total, unit, epoch, step, eta_s, fields)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    progress,
+                )
+                _, when, stage, done, total, *_, eta_s, _ = progress[-1]
+                fraction = (done / total) if (done is not None and total) else None
+                conn.execute(
+                    """UPDATE jobs SET stage = COALESCE(?, stage), progress = COALESCE(?, progress), eta_s = ?,
+                       updated_at = ? WHERE id = ?""",
+                    (stage, fraction, eta_s, _now(), job_id),
+                )
+            if outputs:
+                conn.executemany("INSERT OR IGNORE INTO outputs (job_id, time, kind, path) VALUES (?, ?, ?, ?)",
+                                 outputs)  # fmt: skip
+            conn.execute(
+                "UPDATE attempts SET events_offset = ? WHERE job_id = ? AND number = ?", (end_offset, job_id, number)
+            )
 
     # -- schedules ------------------------------------------------------------------------------------------
 

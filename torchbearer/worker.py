@@ -1,8 +1,10 @@
-"""Runs exactly one job in its own process: ``python -m torchbearer.worker <job-id> <attempt>``.
+"""Runs exactly one job in its own process: ``python -m torchbearer.worker <job-id> <attempt> <run-folder>``.
 
 The supervisor starts it in a new process group with stdout/stderr going to the run folder's ``log.txt``. The
-worker dispatches through the kind registry, records how its attempt ended in the store itself (so the outcome
-survives a daemon that died meanwhile), and exits with :data:`EXIT_SUCCEEDED`, :data:`EXIT_FAILED` or
+worker never opens the state store: it reads its job from the run folder's ``job.json`` (written by the
+daemon), dispatches through the kind registry, reports through the events file and writes how its attempt
+ended to ``outcome-<attempt>.json`` atomically (so the outcome survives a daemon that died meanwhile; see
+:mod:`torchbearer.runs`), and exits with :data:`EXIT_SUCCEEDED`, :data:`EXIT_FAILED` or
 :data:`EXIT_INTERRUPTED` (stopped at a safe point after SIGTERM: the job runs again).
 """
 
@@ -52,58 +54,56 @@ def is_input_error(exc: BaseException) -> bool:
     return any(f"{cls.__module__}.{cls.__qualname__}" in INPUT_ERRORS for cls in type(exc).__mro__)
 
 
-def run_job(job_id: int, attempt: int) -> int:
+def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
     """Run one attempt of a job; returns the process exit code."""
+    from torchbearer import runs
     from torchbearer.context import JobContext, JobInterrupted
     from torchbearer.jobs import get_kind
     from torchbearer.redact import register_settings
     from torchbearer.settings import Settings
-    from torchbearer.store import Store
 
     settings = Settings.load()
     register_settings(settings)
-    store = Store(settings.state_path)
-    job = store.job(job_id)
-    if job is None:
-        log.error("job %s is not in %s", job_id, settings.state_path)
+    try:
+        ctx = JobContext.from_run_dir(run_dir, attempt, settings)
+    except FileNotFoundError as exc:
+        log.error("%s", exc)
         return EXIT_USAGE
-    run_dir = Path(job.run_dir) if job.run_dir else settings.runs_dir / f"{job.id}-{job.name}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = JobContext(job_id=job.id, name=job.name, attempt=attempt, run_dir=run_dir, settings=settings, store=store)
+    if ctx.job_id != job_id:
+        log.error("%s is the job file of job #%d, not #%d", run_dir / runs.JOB_FILE, ctx.job_id, job_id)
+        return EXIT_USAGE
     ctx.install_signal_handlers()
-    log.info("job %s (#%d) attempt %d: kind %s", job.name, job.id, attempt, job.kind)
+    job = ctx.job
+    log.info("job %s (#%d) attempt %d: kind %s", ctx.name, job_id, attempt, job["kind"])
 
-    def finish(job_id: int, attempt: int, **outcome: object) -> None:
-        # waits out a store that refuses writes: how the attempt ended must be recorded
-        ctx.persist(lambda: store.finish_attempt(job_id, attempt, **outcome))
+    def finish(outcome: str, code: int, reason: str | None = None) -> int:
+        ctx.close()  # every event is in the file before the outcome says the attempt ended
+        runs.write_outcome(run_dir, attempt, outcome, code, reason)
+        return code
 
     try:
-        kind = get_kind(job.kind)
-        spec = kind.spec.model_validate(job.spec)
+        kind = get_kind(job["kind"])
+        spec = kind.spec.model_validate(job["spec"])
         kind.run(spec, ctx)
     except JobInterrupted as exc:
         log.warning("interrupted: %s", exc)
-        finish(job_id, attempt, outcome="interrupted", exit_code=EXIT_INTERRUPTED, reason=str(exc))
-        return EXIT_INTERRUPTED
+        return finish("interrupted", EXIT_INTERRUPTED, str(exc))
     except BaseException as exc:  # noqa: BLE001 - every failure must be recorded, SystemExit included
         traceback.print_exc()
         sys.stderr.flush()
         if ctx.should_stop and not isinstance(exc, Exception):
-            finish(job_id, attempt, outcome="interrupted", exit_code=EXIT_INTERRUPTED)
-            return EXIT_INTERRUPTED
+            return finish("interrupted", EXIT_INTERRUPTED)
         # a wrong input is the user's mistake: its own exit code keeps it out of the crash-loop guard
         code = EXIT_INPUT if is_input_error(exc) else EXIT_FAILED
-        finish(job_id, attempt, outcome="failed", exit_code=code, reason=describe_exception(exc))
-        return code
-    finish(job_id, attempt, outcome="succeeded", exit_code=EXIT_SUCCEEDED)
-    log.info("job %s (#%d) succeeded", job.name, job.id)
-    return EXIT_SUCCEEDED
+        return finish("failed", code, describe_exception(exc))
+    log.info("job %s (#%d) succeeded", ctx.name, job_id)
+    return finish("succeeded", EXIT_SUCCEEDED)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or not all(a.isdigit() for a in args):
-        print("usage: python -m torchbearer.worker <job-id> <attempt>", file=sys.stderr)
+    if len(args) != 3 or not all(a.isdigit() for a in args[:2]):
+        print("usage: python -m torchbearer.worker <job-id> <attempt> <run-folder>", file=sys.stderr)
         return EXIT_USAGE
     faulthandler.enable()  # a segfault leaves its Python traceback in log.txt
     faulthandler.register(STACK_SIGNAL, all_threads=True, chain=False)  # a stalled job's stacks, ditto
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     # everything printed goes to the run folder's log.txt: scrub known secrets on the way (register_settings)
     sys.stdout, sys.stderr = ScrubbingStream(sys.stdout), ScrubbingStream(sys.stderr)
     setup_job_logging(sys.stderr)  # one handler: each line once, no tips, numbers as numbers
-    return run_job(int(args[0]), int(args[1]))
+    return run_job(int(args[0]), int(args[1]), Path(args[2]))
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ from typing import Any
 from torchbearer.commands import spawned_jobs
 from torchbearer.daemon.executors import Executor
 from torchbearer.daemon.scheduler import CronSchedules, place_jobs, promote_waiting
-from torchbearer.daemon.supervisor import Supervisor, read_tail
+from torchbearer.daemon.supervisor import Supervisor
 from torchbearer.daemon.watcher import QueueWatcher
 from torchbearer.ingest import ingest_queue_file, recover_claimed
 from torchbearer.notify import LOG_LINES, Notifier, job_event, jobs_left, queue_event
+from torchbearer.runs import log_path_of, read_tail
 from torchbearer.settings import Settings
 from torchbearer.spec import JobFileError, PathRules, load_job_file
 from torchbearer.store import TERMINAL_STATES, Store, is_transient
@@ -251,6 +252,9 @@ class Engine:
                                            preflight=self.preflight)  # fmt: skip
                 changed |= result.accepted
         changed |= bool(self.supervisor.poll())
+        if self.supervisor.spawned:  # a controller queued jobs (a sweep's trials): place them now
+            self.supervisor.spawned = False
+            changed = True
         now = time.monotonic()
         version = self.store.data_version()
         if changed or version != self._data_version or now - self._last_pass >= PASS_INTERVAL_S:
@@ -289,7 +293,7 @@ class Engine:
         try:
             job = self.store.job(job_id) if job_id is not None else None
             if job is not None:
-                tail = read_tail(Path(job.run_dir) / "log.txt", LOG_LINES) if job.run_dir else None
+                tail = read_tail(log_path_of(job, self.settings.runs_dir), LOG_LINES) if job.run_dir else None
                 self.notifier.send(job_event(self.store, job, event, tail))
             else:
                 self.notifier.send(queue_event(self.store, event, message or event))

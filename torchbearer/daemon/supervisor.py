@@ -1,9 +1,10 @@
 """Starting workers, watching them (exit, timeout, cancel, log size) and recording how each attempt ended.
 
-A worker that raises, segfaults, is OOM-killed or hangs costs its job, never the daemon. The worker records
-its own outcome in the store before it exits; the supervisor reads it, adds what only it can know (the exit
-signal, a timeout, a cancel, the end of the log) and moves the job on: succeeded, failed (or waiting for a
-retry), cancelled, or interrupted (runs again).
+A worker that raises, segfaults, is OOM-killed or hangs costs its job, never the daemon. The supervisor is
+the worker's one link to the store (``daemon/contract.py``): it writes ``job.json`` before an attempt, ingests
+the attempt's events file every :data:`INGEST_INTERVAL_S`, and at the end reads the outcome file the worker
+wrote, adds what only it can know (the exit signal, a timeout, a cancel, the end of the log) and moves the
+job on: succeeded, failed (or waiting for a retry), cancelled, or interrupted (runs again).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torchbearer import runs
+from torchbearer.daemon import contract
 from torchbearer.daemon.executors import Executor, WorkerHandle
 from torchbearer.daemon.executors.local import LocalExecutor, signal_process_group
 from torchbearer.daemon.oom import oom_evidence, oom_kill_count
@@ -27,9 +30,11 @@ from torchbearer.worker import EXIT_INPUT, EXIT_INTERRUPTED, STACK_SIGNAL
 
 log = logging.getLogger("torchbearer.supervisor")
 
-#: Lines of the log kept with a failed job (the end of its traceback).
-ERROR_TAIL_LINES = 40
 LOG_CHECK_INTERVAL_S = 2.0
+#: Seconds between two reads of the running workers' events files (a stat and a read each when they grew).
+INGEST_INTERVAL_S = 0.2
+#: Seconds between two rewrites of a controller's ``children.json``.
+CHILDREN_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -54,6 +59,8 @@ class RunningJob:
     stalled: str | None = None  # the stall watchdog's reason, once it tripped
     stacks_sent: float | None = None  # monotonic seconds of the STACK_SIGNAL sent before stopping it
     gpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (UNIX s, utilisation %) of its GPUs
+    controller: bool = False  # a devices: 0 job (a sweep): it may spawn jobs and reads children.json
+    spawns_checked: bool = True
 
 
 def describe_exit(code: int | None, *, killed_by_us: bool = False, oom: str | None = None) -> str:
@@ -75,19 +82,6 @@ def describe_exit(code: int | None, *, killed_by_us: bool = False, oom: str | No
         return ("the worker was killed by SIGKILL, not by torchbearer (neither the kernel log nor the memory "
                 "cgroup's OOM counter, where readable, shows the out-of-memory killer: a kill -9?)")  # fmt: skip
     return f"the worker was killed by {name}"
-
-
-def read_tail(path: Path, lines: int = ERROR_TAIL_LINES, max_bytes: int = 64 * 1024) -> str:
-    """The last ``lines`` lines of a text file, reading at most ``max_bytes`` from its end."""
-    try:
-        with open(path, "rb") as file:
-            file.seek(0, os.SEEK_END)
-            size = file.tell()
-            file.seek(max(0, size - max_bytes))
-            data = file.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-lines:])
 
 
 def cap_log(path: Path, cap_bytes: int) -> bool:
@@ -160,6 +154,10 @@ class Supervisor:
         self.running: dict[int, RunningJob] = {}
         self.quick_failures: set[int] = set()  # jobs whose latest attempt died within the crash window
         self._last_log_check = 0.0
+        self._last_ingest = 0.0
+        self._last_children = 0.0
+        #: Set when ingesting queued jobs (a sweep's trials): the engine then schedules at once.
+        self.spawned = False
         self._busy_logged: set[int] = set()
 
     # -- slots ----------------------------------------------------------------------------------------------
@@ -183,7 +181,7 @@ class Supervisor:
                             job.attempts, busy_pid)  # fmt: skip
             return False
         self._busy_logged.discard(job_id)
-        run_dir = Path(job.run_dir) if job.run_dir else self.settings.runs_dir / f"{job.id}-{job.name}"
+        run_dir = runs.run_dir_of(job, self.settings.runs_dir)
         claimed = self.store.transition(
             job_id, JobState.RUNNING, expect=[JobState.QUEUED, JobState.INTERRUPTED], reason=None,
             started_at=time.time(), finished_at=None, run_dir=str(run_dir), slot=",".join(slots),
@@ -193,11 +191,12 @@ class Supervisor:
         if not claimed:
             return False
         attempt = self.store.start_attempt(job_id, pid=None, slot=",".join(slots), executor=self.executor.name)
-        log_path = run_dir / "log.txt"
+        log_path = run_dir / runs.LOG_FILE
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
+            contract.write_job_file(self.store, job, attempt, run_dir)  # all the worker reads besides its spec
             handle = self.executor.start(
-                [sys.executable, "-m", "torchbearer.worker", str(job_id), str(attempt)],
+                [sys.executable, "-m", "torchbearer.worker", str(job_id), str(attempt), str(run_dir)],
                 env=self._worker_env(job_id, slots),
                 log_path=log_path,
                 cwd=self.settings.project_dir,
@@ -214,7 +213,7 @@ class Supervisor:
             self.store.set_attempt_pid(job_id, attempt, handle.pid)
         self.running[job_id] = RunningJob(
             job_id, job.name, attempt, handle, slots, time.monotonic(), job.timeout_s, log_path,
-            oom_kills=oom_kill_count(), stall_after_s=self._stall_after(job),
+            oom_kills=oom_kill_count(), stall_after_s=self._stall_after(job), controller=job.devices == 0,
         )  # fmt: skip
         where = f"slot {','.join(slots) or 'cpu'}" if slots else "no device slot"
         log.info("started %s (#%d) attempt %d on %s", job.name, job_id, attempt, where)
@@ -250,11 +249,22 @@ class Supervisor:
         """
         now = time.monotonic()
         ended: list[int] = []
+        if now - self._last_ingest >= INGEST_INTERVAL_S:
+            self._last_ingest = now
+            self.ingest_all()
+        if now - self._last_children >= CHILDREN_INTERVAL_S:
+            self._last_children = now
+            for running in self.running.values():
+                if running.controller:
+                    job = self.store.job(running.job_id)
+                    if job is not None:
+                        contract.write_children(self.store, job, running.log_path.parent)
         for job_id, running in list(self.running.items()):
             code = running.handle.poll()
             if getattr(running.handle, "waiting", False):  # queued on a cluster: its clock starts when it runs
                 running.started = now
             if code is not None:
+                self.ingest(running)  # all it reported, before its outcome is settled
                 self._finalize(running, code)  # a store fault raises here: the job stays ours, tried again
                 del self.running[job_id]
                 ended.append(job_id)
@@ -275,6 +285,20 @@ class Supervisor:
                 cap_log(running.log_path, self.settings.log_cap_bytes)
                 self._watch_stall(running)
         return ended
+
+    def ingest_all(self) -> None:
+        """Bring every running worker's new events into the store."""
+        for running in self.running.values():
+            if not getattr(running.handle, "waiting", False):
+                self.ingest(running)
+
+    def ingest(self, running: RunningJob) -> None:
+        """Bring one worker's new events into the store (all of them: a burst is read in bounded batches)."""
+        if contract.ingest(self.store, running.job_id, running.attempt, running.log_path.parent):
+            running.spawns_checked = False
+        if running.controller and not running.spawns_checked:
+            running.spawns_checked = True
+            self.spawned = True  # cheap: the engine's next pass places what it queued
 
     def _watch_stall(self, running: RunningJob) -> None:
         """The stall watchdog: no progress event for ``stall_after_s`` → stacks into its log, then SIGTERM.
@@ -323,6 +347,9 @@ class Supervisor:
                 job = self.store.job(job_id)
                 if job is not None and job.cancel_requested:
                     log.info("cancelling %s (#%d)", running.name, job_id)
+                    # before the SIGTERM: the worker tells a cancel (a sweep cancels its trials) from a stop
+                    with contextlib.suppress(OSError):
+                        (running.log_path.parent / runs.CANCEL_FILE).touch()
                     self._terminate(running)
 
     def _terminate(self, running: RunningJob) -> None:
@@ -367,7 +394,7 @@ class Supervisor:
         job = self.store.job(running.job_id)
         if job is None:
             return
-        attempt = self.store.attempt(running.job_id, running.attempt) or {}
+        attempt = runs.read_outcome(running.log_path.parent, running.attempt) or {}
         outcome = attempt.get("outcome")
         elapsed = time.monotonic() - running.started
         now = time.time()
@@ -406,7 +433,7 @@ class Supervisor:
             self.on_event("stalled" if running.stalled else str(state), running.job_id)
 
     def _fail(self, job, running: RunningJob, reason: str, code: int | None, columns: dict) -> None:
-        columns = {**columns, "error_tail": read_tail(running.log_path)}
+        columns = {**columns, "error_tail": runs.read_tail(running.log_path)}
         if job.attempts <= job.retries:
             delay = job.retry_backoff_s * 2 ** (job.attempts - 1)
             retry = f"{reason}; retry {job.attempts}/{job.retries} in {delay:.0f} s"
@@ -456,9 +483,15 @@ class Supervisor:
                 while pid_alive(job.pid) and time.monotonic() < deadline:
                     time.sleep(0.1)
                 signal_process_group(job.pid, signal.SIGKILL)
+            run_dir = runs.run_dir_of(job, self.settings.runs_dir)
             attempt = self.store.attempt(job.id, job.attempts) or {}
-            if attempt.get("outcome") == "succeeded":
+            if job.attempts:  # what it reported while the daemon was down, and how it ended (its outcome file)
+                contract.ingest(self.store, job.id, job.attempts, run_dir)
+                attempt = runs.read_outcome(run_dir, job.attempts) or attempt
+            if attempt.get("outcome") == "succeeded":  # never run twice
                 state, reason = JobState.SUCCEEDED, "finished while the daemon was down"
+                self.store.finish_attempt(job.id, job.attempts, outcome="succeeded",
+                                          exit_code=attempt.get("exit_code"))  # fmt: skip
             else:
                 state, reason = JobState.INTERRUPTED, "the daemon stopped while it ran; runs again"
                 if job.attempts:
@@ -478,7 +511,7 @@ class Supervisor:
         handle = attach(job.external_id)
         if handle is None:
             return False
-        run_dir = Path(job.run_dir) if job.run_dir else self.settings.runs_dir / f"{job.id}-{job.name}"
+        run_dir = runs.run_dir_of(job, self.settings.runs_dir)
         ran_s = time.time() - job.started_at if job.started_at else 0.0
         self.running[job.id] = RunningJob(
             job.id,
@@ -488,7 +521,8 @@ class Supervisor:
             tuple(filter(None, (job.slot or "").split(","))),
             time.monotonic() - ran_s,
             job.timeout_s,
-            run_dir / "log.txt",
+            run_dir / runs.LOG_FILE,
+            controller=job.devices == 0,
         )
         log.warning("re-attached %s (#%d) to its %s job %s", job.name, job.id, self.executor.name, job.external_id)
         return True

@@ -163,10 +163,13 @@ def job_patches(spec: ExplainSpec, ctx: JobContext, card: ModelCard) -> list[Pat
     from torchbearer.ml.scenes import load_scenes
 
     assert spec.patches is not None and spec.patches.job is not None
-    job = ctx.store.find_job(spec.patches.job)
-    if job is None or job.kind != "train":
+    try:
+        job = ctx.job_record(spec.patches.job)  # written into job.json by the daemon
+    except LookupError:
+        job = None
+    if job is None or job["kind"] != "train":
         raise ExplainError(f"patches.job: {spec.patches.job!r} is not a train job in the store")
-    train = TrainSpec.model_validate(job.spec)
+    train = TrainSpec.model_validate(job["spec"])
     stacks, resolution = scene_stacks(train, ctx)
     masks = [ctx.resolve(m) for m in ([train.masks] if isinstance(train.masks, str) else train.masks)]
     scenes = load_scenes(stacks, masks, train.class_names, bands=train.bands, class_field=train.class_field,

@@ -103,18 +103,15 @@ def draw_samples(checkpoint: Path, source: Path, count: int, out_dir: Path, *, m
     return plot_scene(model, card, stack, count, out_dir, masks=masks, patch_size=patch_size, report=report)
 
 
-def draw_curves(store: Any, ref: str | int, out_dir: Path) -> list[Path]:
-    """The learning curves of job ``ref`` from the store's metrics (PNG files in ``out_dir``)."""
+def draw_curves(metrics: list[dict[str, Any]], job_name: str, job_id: int, out_dir: Path) -> list[Path]:
+    """The learning curves of a job from its metric rows (``name``, ``value``, ``step``, ``epoch`` …; PNG
+    files in ``out_dir``)."""
     from torchbearer.ml.plots import plot_curves
 
-    job = store.find_job(ref)
-    if job is None:
-        raise LookupError(f"curves: no job {ref!r}")
-    metrics = store.metrics(job.id)
     if not metrics:
-        raise LookupError(f"curves: job {job.name} (#{job.id}) recorded no metrics")
+        raise LookupError(f"curves: job {job_name} (#{job_id}) recorded no metrics")
     out_dir.mkdir(parents=True, exist_ok=True)
-    return plot_curves(metrics, out_dir, title=job.name)
+    return plot_curves(metrics, out_dir, title=job_name)
 
 
 def run(spec: PlotSpec, ctx: JobContext) -> None:
@@ -122,7 +119,11 @@ def run(spec: PlotSpec, ctx: JobContext) -> None:
     out_dir = ctx.resolve(spec.output) if spec.output else ctx.run_dir
     paths: list[Path] = []
     if spec.curves is not None:
-        paths += draw_curves(ctx.store, spec.curves, out_dir)
+        try:
+            job = ctx.job_record(spec.curves)  # its metrics, written into job.json by the daemon
+        except LookupError:
+            raise LookupError(f"curves: no job {spec.curves!r}") from None
+        paths += draw_curves(job.get("metrics", []), job["name"], job["id"], out_dir)
     if spec.model is not None and spec.input is not None:
         masks = [ctx.resolve(m) for m in ([spec.masks] if isinstance(spec.masks, str) else spec.masks or [])]
         ctx.progress("preparing data", force=True)

@@ -18,7 +18,8 @@ no device slot (``devices: 0``): it only waits on its trials, so it cannot starv
 ends when its trials have ended, with ``sweep.csv`` and ``best.json`` in its run folder and the best trial's
 checkpoint as its ``best_checkpoint`` (so a predict job's ``models: [{job: <sweep>}]`` uses it). A failed trial
 is recorded; cancelling the sweep cancels its unfinished trials; a sweep stopped or killed with its daemon
-re-reads its Optuna study (``study.journal``) and its trials in the store, and re-queues nothing that ran.
+re-reads its Optuna study (``study.journal``) and its trials (``children.json``, written by the daemon), and
+re-queues nothing that ran. Like every worker it never opens the store (``sweeps/trials.py``).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def run(spec: SweepSpec, ctx: JobContext) -> None:
     from torchbearer.sweeps.study import open_study
     from torchbearer.sweeps.trials import TrialQueue
 
-    queue = TrialQueue(ctx.store, ctx.job_id, spec.name)
+    queue = TrialQueue(ctx, spec.name)
     dimensions = spec.dimensions
     study = open_study(ctx.run_dir, spec.name, spec.method, spec.direction, dimensions, spec.seed)
     distributions = sweep_space.distributions(dimensions, spec.method)
@@ -190,8 +191,8 @@ def run(spec: SweepSpec, ctx: JobContext) -> None:
         active = _open_numbers(study)
         while len(active) < spec.parallel and len(study.trials) < total:
             trial = study.ask(distributions)
-            job_id = queue.submit(_trial_job(spec, trial.number, trial.params))
-            log.info("queued trial %d as job #%d: %s", trial.number + 1, job_id, trial.params)
+            queue.submit(_trial_job(spec, trial.number, trial.params))
+            log.info("queued trial %d: %s", trial.number + 1, trial.params)
             active.add(trial.number)
         rows = _rows(spec, study, queue)
         if rows != last_report:
@@ -201,9 +202,8 @@ def run(spec: SweepSpec, ctx: JobContext) -> None:
             break
         _sleep(ctx, POLL_INTERVAL_S)
     if ctx.should_stop or queue.cancel_requested():
-        if queue.cancel_requested():
-            cancelled = queue.cancel_unfinished()
-            log.info("sweep cancelled: %d unfinished trial(s) cancelled", cancelled)
+        if queue.cancel_requested():  # commands.cancel cancelled its unfinished trials with it
+            log.info("sweep cancelled: its unfinished trials are cancelled with it")
         _report(spec, ctx, _rows(spec, study, queue))
         raise JobInterrupted("sweep stopped; its finished trials are kept, it carries on when it runs again")
     _finish(spec, ctx, queue, _rows(spec, study, queue))
@@ -227,18 +227,20 @@ def _settle(spec: SweepSpec, ctx: JobContext, study: Any, queue: TrialQueue) -> 
     between)."""
     from optuna.trial import TrialState
 
-    from torchbearer.store import TERMINAL_STATES
     from torchbearer.sweeps.study import open_trials
+    from torchbearer.sweeps.trials import trial_name
 
     jobs = queue.jobs()
     for trial in open_trials(study):
         job = jobs.get(trial.number)
         if job is None:
+            if queue.pending(trial_name(spec.name, trial.number)):  # submitted; the daemon queues it
+                continue
             if not (ctx.should_stop or queue.cancel_requested()):
                 queue.submit(_trial_job(spec, trial.number, trial.params))
                 log.info("queued trial %d, asked before the sweep stopped", trial.number + 1)
             continue
-        if job.state not in TERMINAL_STATES:
+        if not job.is_terminal:
             continue
         outcome = queue.outcome(job, spec.metric, spec.direction, spec.aggregate)
         if outcome.value is None:
@@ -289,7 +291,8 @@ def _finish(spec: SweepSpec, ctx: JobContext, queue: TrialQueue, rows: list[Tria
     best = best_row(rows, spec.direction)
     if best is None:
         raise RuntimeError(f"no trial of {spec.name} gave {spec.metric}: all {len(rows)} failed (see sweep.csv)")
-    checkpoint = queue.best_checkpoint(best.job_id) if best.job_id is not None else None
+    jobs = {job.id: job for job in queue.jobs().values()}
+    checkpoint = queue.best_checkpoint(jobs[best.job_id]) if best.job_id in jobs else None
     write_best(ctx.run_dir / BEST_JSON, best, spec.metric, spec.direction, checkpoint)
     ctx.output(ctx.run_dir / BEST_JSON, "report")
     if checkpoint is not None:

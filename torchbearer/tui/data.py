@@ -6,12 +6,12 @@ Plain frozen dataclasses travel from the reading thread to the widgets, so a wid
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torchbearer.gpu import GpuStats, gpu_stats
+from torchbearer.runs import LogFollower, log_path_of  # noqa: F401 - the run-folder module's, used here
 from torchbearer.store import TERMINAL_STATES, Job, Store
 
 #: The light columns of the queue table (no specs): one indexed scan, cheap for 10 000 jobs.
@@ -314,11 +314,6 @@ def queue_info(store: Store) -> QueueInfo:
     )
 
 
-def log_path_of(job: Job, runs_dir: Path) -> Path:
-    """Where a job's worker writes its log (``runs/<id>-<name>/log.txt``), started or not."""
-    return (Path(job.run_dir) if job.run_dir else runs_dir / f"{job.id}-{job.name}") / "log.txt"
-
-
 def preview_candidate(outputs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> Path | None:
     """The newest map, plot or explanation output the terminal can draw (PNG/JPEG or GeoTIFF)."""
     for output in reversed(outputs):
@@ -327,45 +322,6 @@ def preview_candidate(outputs: list[dict[str, Any]] | tuple[dict[str, Any], ...]
         if output["kind"] in {"map", "plot", "explanation"} and drawable:
             return path
     return None
-
-
-class LogFollower:
-    """Follows a growing text file without reading it whole: the end first, then what was appended.
-
-    A file cut back (the worker's log cap) or replaced starts over from its end. Reads at most
-    ``max_bytes`` a time, so a burst of output costs a bounded read and keeps the newest lines.
-    """
-
-    def __init__(self, path: Path, *, max_bytes: int = 64 * 1024) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self._offset: int | None = None
-        self._partial = b""
-
-    def read_new(self) -> tuple[list[str], bool]:
-        """``(new complete lines, reset)``; ``reset`` means they replace everything read before."""
-        try:
-            size = os.stat(self.path).st_size
-        except OSError:
-            return [], False
-        reset = self._offset is None or size < self._offset
-        start = 0 if reset else self._offset
-        cut_first = False
-        if size - start > self.max_bytes:  # first look at a long log, or a burst: keep the newest lines
-            start, cut_first, reset = size - self.max_bytes, True, True
-        if reset:
-            self._partial = b""
-        try:
-            with open(self.path, "rb") as file:
-                file.seek(start)
-                data = self._partial + file.read(size - start)
-        except OSError:
-            return [], False
-        self._offset = size
-        *lines, self._partial = data.split(b"\n")  # the rest is incomplete until the writer ends the line
-        if cut_first:
-            lines = lines[1:]
-        return [line.decode("utf-8", errors="replace").rstrip("\r") for line in lines], reset
 
 
 @dataclass(frozen=True)
