@@ -59,7 +59,7 @@ def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
     from torchbearer import runs
     from torchbearer.context import JobContext, JobInterrupted
     from torchbearer.jobs import get_kind
-    from torchbearer.redact import register_settings
+    from torchbearer.redact import register_settings, scrub
     from torchbearer.settings import Settings
 
     settings = Settings.load()
@@ -78,7 +78,7 @@ def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
 
     def finish(outcome: str, code: int, reason: str | None = None) -> int:
         ctx.close()  # every event is in the file before the outcome says the attempt ended
-        runs.write_outcome(run_dir, attempt, outcome, code, reason)
+        runs.write_outcome(run_dir, attempt, outcome, code, scrub(reason) if reason else reason)
         return code
 
     try:

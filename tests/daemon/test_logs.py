@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from torchbearer.daemon.supervisor import cap_log, read_tail
+from torchbearer.daemon.supervisor import cap_log
+from torchbearer.runs import read_tail
 
 
 def test_cap_keeps_the_newest_half_and_appends_continue(tmp_path):

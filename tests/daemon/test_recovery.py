@@ -3,14 +3,16 @@ the crash-loop guard. Nothing is lost, nothing runs twice to success."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import DaemonProcess, wait_for, wait_state, write_job
 from tests.daemon.conftest import completions, job_named, logged, probe
-from torchbearer import commands
+from torchbearer import commands, runs
 from torchbearer.ingest import INGESTING_PREFIX, ingest_queue_file, recover_claimed
 from torchbearer.store import NewJob, pid_alive
 
@@ -48,11 +50,18 @@ def test_kill9_daemon_mid_job_then_restart(project, store, daemon):
     wait_for(lambda: not pid_alive(long.pid), 20, what="the orphaned worker to stop")
     assert store.job(long.id).state == "running"  # nobody was left to record more
     assert store.daemon_info()["alive"] is False  # its pid is gone: status says so at once
-    assert store.attempts(long.id)[0]["outcome"] == "interrupted"
+    # … into its run folder: the worker never writes the store, the restarted daemon reads it there
+    assert store.attempts(long.id)[0]["outcome"] is None
+    assert runs.read_outcome(Path(long.run_dir), 1)["outcome"] == "interrupted"
     daemon.start()
     jobs = _assert_each_succeeded_once(project, store, ["long", "next1", "next2"])
     long = jobs[0]
-    assert long.attempts == 2
+    assert long.attempts == 2 and store.attempts(long.id)[0]["outcome"] == "interrupted"
+    # the restarted daemon read attempt 1's events on from where it was: each metric once, none lost
+    written = [json.loads(line) for line in runs.events_path(Path(long.run_dir), 1).read_text().splitlines()]
+    steps = [e["step"] for e in written if e["type"] == "metrics"]
+    stored = [(m["attempt"], m["step"]) for m in store.metrics(long.id, "probe/value")]
+    assert [step for attempt, step in stored if attempt == 1] == steps and len(set(stored)) == len(stored)
     states = [t["to_state"] for t in store.transitions(long.id)]
     assert states == ["queued", "running", "interrupted", "running", "succeeded"]
     second = store.attempts(long.id)[1]
