@@ -172,7 +172,7 @@ def test_foreground_run_also_runs_the_trials(project, store, tmp_path):
 
 def test_a_trial_asked_but_never_queued_is_queued_by_the_restarted_sweep(project, store):
     """The sweep died between Optuna's ask and queueing the trial: the next attempt queues it, once."""
-    from torchbearer.context import JobContext
+    from tests.contract import ingest, job_context
     from torchbearer.jobs.sweep import _settle
     from torchbearer.sweeps.space import distributions
     from torchbearer.sweeps.study import open_study
@@ -181,15 +181,18 @@ def test_a_trial_asked_but_never_queued_is_queued_by_the_restarted_sweep(project
     parsed = parse_job_text(sweep_yaml("  steps: [7, 8]"), "sw.yaml")[0]
     (sweep_id,) = store.add_jobs([job_row(parsed.spec, parsed.given, "t")])
     run_dir = project.runs_dir / f"{sweep_id}-sw"
-    run_dir.mkdir(parents=True)
-    ctx = JobContext(job_id=sweep_id, name="sw", attempt=2, run_dir=run_dir, settings=project, store=store)
+    store.transition(sweep_id, "running")  # the daemon queues what a running job asks for
+    ctx = job_context(store, sweep_id, run_dir, project, attempt=2)
     spec = parsed.spec
     study = open_study(run_dir, "sw", "grid", spec.direction, spec.dimensions, spec.seed)
     asked = study.ask(distributions(spec.dimensions, "grid"))  # … and the sweep was killed here
-    queue = TrialQueue(store, sweep_id, "sw")
+    queue = TrialQueue(ctx, "sw")
     again = open_study(run_dir, "sw", "grid", spec.direction, spec.dimensions, spec.seed)
     _settle(spec, ctx, again, queue)
-    _settle(spec, ctx, again, queue)
+    _settle(spec, ctx, again, queue)  # submitted, not queued yet: not asked for twice
+    ingest(store, ctx)  # the daemon queues it and lists it in children.json
+    _settle(spec, ctx, again, TrialQueue(ctx, "sw"))  # a sweep started afresh finds it there
+    ingest(store, ctx)
     (trial,) = _trials(store, sweep_id)
     assert trial.name == "sw-1" and trial.state == "queued" and trial.source == f"spawned by #{sweep_id}"
     assert trial.spec["steps"] == asked.params["steps"] and trial.spec["step_s"] == 0.02

@@ -13,6 +13,7 @@ import pytest
 import rasterio
 import shapely
 
+from tests.contract import ingest, job_context
 from tests.inference.conftest import card_for, nodata_of, save_checkpoint
 from torchbearer.context import JobContext
 from torchbearer.explain.model import ExplainError
@@ -51,7 +52,7 @@ def _context(project, store, name: str) -> JobContext:
     (job_id,) = store.add_jobs([NewJob(name=name, kind="explain", spec_given={}, spec={})])
     run_dir = project.runs_dir / f"{job_id}-{name}"
     run_dir.mkdir(parents=True)
-    return JobContext(job_id=job_id, name=name, attempt=1, run_dir=run_dir, settings=project, store=store)
+    return job_context(store, job_id, run_dir, project)
 
 
 def _spec(**fields):
@@ -93,6 +94,7 @@ def test_a_scene_explained_on_its_grid_with_three_clusters_inside_it(project, st
     assert sorted(r["band"] for r in rows) == sorted(card_for(part60).bands)
     assert abs(sum(float(r["share"]) for r in rows) - 1) < 1e-3
     assert list((out / "tensorboard").glob("**/projector_config.pbtxt"))
+    ingest(store, ctx)
     kinds = {Path(o["path"]).name: o["kind"] for o in store.outputs(ctx.job_id)}
     for name in ("cam_cloud_part_60m.tif", "embeddings.parquet", "clusters.gpkg", "clusters.png",
                  "embeddings_pca.png", "band_importance.png", "explain.md"):  # fmt: skip

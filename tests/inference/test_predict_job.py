@@ -12,6 +12,7 @@ import pytest
 import rasterio
 
 from tests.conftest import DaemonProcess, wait_for, wait_state, write_job
+from tests.contract import ingest, job_context
 from tests.daemon.conftest import stop_daemon
 from tests.inference.conftest import CROP, card_for, save_checkpoint
 from torchbearer.context import JobContext
@@ -51,11 +52,11 @@ def test_bad_predict_jobs_are_refused(body: str, message: str) -> None:
         parse(f"name: ens\nkind: predict\n{body}\n")
 
 
-def _context(project, store, name: str) -> JobContext:
+def _context(project, store, name: str, spec=None) -> JobContext:
     (job_id,) = store.add_jobs([NewJob(name=name, kind="predict", spec_given={}, spec={})])
     run_dir = project.runs_dir / f"{job_id}-{name}"
     run_dir.mkdir(parents=True)
-    return JobContext(job_id=job_id, name=name, attempt=1, run_dir=run_dir, settings=project, store=store)
+    return job_context(store, job_id, run_dir, project, spec=spec.model_dump(mode="json") if spec else None)
 
 
 def _project_scene(project) -> Path:
@@ -78,8 +79,9 @@ def test_members_from_a_train_job_and_a_corrupt_checkpoint(project, store, stack
         "name": "ens", "models": [{"job": "unet"}], "scenes": [f"scenes/{CROP.name}"], "output": "out/ens.tif",
         "window": 128, "optimize": False, "runtime": "torch",
     })  # fmt: skip
-    ctx = _context(project, store, "ens")
+    ctx = _context(project, store, "ens", spec)
     kind.run(spec, ctx)
+    ingest(store, ctx)
     maps = [Path(o["path"]) for o in store.outputs(ctx.job_id, "map")]
     assert maps == [project.project_dir / "out" / "ens.tif"] and maps[0].is_file()
     assert (project.data_dir / "cache").is_dir(), "the SAFE folder was stacked into the scene cache"

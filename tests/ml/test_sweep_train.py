@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_state, write_job
+from tests.contract import job_context
 from tests.daemon.conftest import job_named
 from tests.ml.conftest import SAMPLE_NAME, train_yaml
 from torchbearer import commands
-from torchbearer.context import JobContext
 from torchbearer.jobs.predict import load_members
 from torchbearer.spec import parse_job_text
 from torchbearer.store import NewJob
@@ -50,7 +50,7 @@ def test_train_sweep_names_the_best_trial_and_predict_takes_its_checkpoint(sampl
                              "output: outputs/lr.tif\n", "map.yaml")[0].spec  # fmt: skip
     assert predict.after == ["lr"]
     (job_id,) = store.add_jobs([NewJob(name="map", kind="predict", spec_given={}, spec={})])
-    ctx = JobContext(job_id=job_id, name="map", attempt=1, run_dir=sample_project.runs_dir / "map",
-                     settings=sample_project, store=store)  # fmt: skip
+    ctx = job_context(store, job_id, sample_project.runs_dir / "map", sample_project,
+                      spec=predict.model_dump(mode="json"))  # fmt: skip
     (member,) = load_members(predict, ctx, "cpu")
     assert member.source == best["checkpoint"] and member.card.in_channels == 11

@@ -53,13 +53,13 @@ def test_mistakes_are_refused(extra: str, message: str) -> None:
 
 
 def test_scenes_globs_and_the_imagery_block_give_the_same_stack(sample_project, store, tmp_path) -> None:
-    from torchbearer.context import JobContext
+    from tests.contract import job_context
     from torchbearer.jobs.train import scene_stacks
     from torchbearer.store import NewJob
 
     (by_glob,) = parse_job_text(BASE.replace("data/x.SAFE", "data/S2A_*_T29UNU_*.SAFE") + "resolution: 60\n")
     (job_id,) = store.add_jobs([NewJob("t", "train", by_glob.given, by_glob.resolved)])
-    ctx = JobContext(job_id=job_id, name="t", attempt=1, run_dir=tmp_path, settings=sample_project, store=store)
+    ctx = job_context(store, job_id, tmp_path, sample_project)
     (by_block,) = parse_job_text(BASE.replace("scenes: [data/x.SAFE]\n", "")
                                  + "imagery: {source: local, paths: [data], resolution: 60}\n")  # fmt: skip
     stacks, resolution = scene_stacks(by_glob.spec, ctx)

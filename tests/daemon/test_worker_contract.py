@@ -1,0 +1,119 @@
+"""The worker contract (``runs.py``, ``daemon/contract.py``): the daemon is the store's one writer; a worker reads
+its run folder and reports by appending events and writing its outcome there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from tests.conftest import wait_state, write_job
+from tests.daemon.conftest import job_named, probe
+from torchbearer import runs
+from torchbearer.daemon import contract
+from torchbearer.store import NewJob, Store
+
+
+def _store_files_open(pid: int, state_path: Path) -> list[str]:
+    """The files of the state database (``.db``, ``-wal``, ``-shm``) that process ``pid`` holds open."""
+    found = []
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(state_path)):
+                found.append(target)
+    except OSError:
+        pass
+    return found
+
+
+def test_a_worker_never_opens_the_store_and_its_reports_still_reach_status(project, store, daemon):
+    write_job(project.queue_dir, "p.yaml", probe("p", steps=12, step_s=0.1))
+    job = wait_state(store, job_named(store, "p").id, "running")
+    seen: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:  # every few ms while it runs: the old worker held its connection for its whole life
+        while not done.is_set():
+            current = store.job(job.id)
+            if current is not None and current.pid:
+                seen.extend(_store_files_open(current.pid, project.state_path))
+            done.wait(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        job = wait_state(store, job.id, "succeeded")
+    finally:
+        done.set()
+        watcher.join()
+    assert seen == []
+    status = subprocess.run([sys.executable, "-m", "torchbearer", "status", "--json"], capture_output=True,
+                            text=True, env=os.environ, cwd=project.project_dir, check=True).stdout  # fmt: skip
+    (row,) = [r for r in json.loads(status)["jobs"] if r["id"] == job.id]
+    assert row["state"] == "succeeded" and row["progress"] == 1.0
+    last = store.latest_progress(job.id)
+    assert (last["stage"], last["done"], last["total"]) == ("probing", 12, 12)
+    assert [m["step"] for m in store.metrics(job.id, "probe/value")] == list(range(1, 13))
+    assert [Path(o["path"]).name for o in store.outputs(job.id, "result")] == ["result.txt"]
+    assert store.attempts(job.id)[0]["outcome"] == "succeeded"
+    assert runs.read_outcome(Path(job.run_dir), 1)["outcome"] == "succeeded"
+    written = runs.read_job_file(Path(job.run_dir))
+    assert (written["id"], written["kind"], written["attempt"], written["spec"]["steps"]) == (job.id, "probe", 1, 12)
+
+
+def _events(path: Path, lines: list[str]) -> None:
+    with open(path, "ab") as file:
+        file.write("".join(lines).encode())
+
+
+def test_ingest_skips_a_torn_line_coalesces_progress_and_never_repeats(tmp_path):
+    store = Store(tmp_path / "state.db")
+    (job_id,) = store.add_jobs([NewJob("j", "probe", {}, {"name": "j", "kind": "probe"})])
+    store.transition(job_id, "running")
+    attempt = store.start_attempt(job_id, pid=None, slot="")
+    run_dir = tmp_path / "runs" / f"{job_id}-j"
+    run_dir.mkdir(parents=True)
+    path = runs.events_path(run_dir, attempt)
+    writer = runs.EventWriter(path)
+    for done in range(1, 101):  # a burst of progress: only the last of the run reaches the tables
+        writer.append(runs.PROGRESS, stage="training", done=done, total=200, unit="steps")
+    writer.append(runs.METRICS, values={"train/loss": 0.5}, step=1)
+    writer.close()
+    _events(path, ['{"type": "metrics", "t": 1.0, "values": {"train/loss": 0.'])  # torn: still being written
+    assert contract.ingest(store, job_id, attempt, run_dir) == 101
+    assert [m["value"] for m in store.metrics(job_id)] == [0.5]
+    assert len(store.query("SELECT * FROM progress WHERE job_id = ?", [job_id])) == 1
+    assert store.job(job_id).progress == 0.5 and store.latest_progress(job_id)["done"] == 100
+    assert contract.ingest(store, job_id, attempt, run_dir) == 0  # nothing complete is new
+    _events(path, ['25}, "step": 2}\n'])  # the line completed
+    assert contract.ingest(store, job_id, attempt, run_dir) == 1
+    again = Store(store.path)  # a restarted daemon: reads on from the offset kept with the rows
+    assert contract.ingest(again, job_id, attempt, run_dir) == 0
+    assert [(m["value"], m["step"]) for m in again.metrics(job_id)] == [(0.5, 1), (0.25, 2)]
+
+
+def test_submit_events_queue_each_spawned_job_once(project, store):
+    (parent,) = store.add_jobs([NewJob("sw", "sweep", {}, {"name": "sw", "kind": "sweep", "metric": "m"})])
+    store.transition(parent, "running")
+    attempt = store.start_attempt(parent, pid=None, slot="")
+    run_dir = project.runs_dir / f"{parent}-sw"
+    writer = runs.EventWriter(runs.events_path(run_dir, attempt))
+    trial = {"name": "sw-1", "kind": "probe", "steps": 2}
+    writer.append(runs.SUBMIT, job=trial)
+    writer.append(runs.SUBMIT, job=trial)  # asked twice (a restarted controller): queued once
+    writer.append(runs.SUBMIT, job={"name": "sw-2", "kind": "probe", "steps": -1})  # invalid: logged, skipped
+    writer.close()
+    contract.ingest(store, parent, attempt, run_dir)
+    contract.write_children(store, store.job(parent), run_dir)
+    (child,) = [job for job in store.jobs() if job.id != parent]
+    assert (child.name, child.source, child.spec["steps"]) == ("sw-1", f"spawned by #{parent}", 2)
+    children = runs.read_json(run_dir / runs.CHILDREN_FILE)["jobs"]
+    assert children == {"sw-1": {"id": child.id, "state": "queued", "reason": None, "outputs": [],
+                                 "metrics": {"m": []}}}  # fmt: skip
