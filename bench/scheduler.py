@@ -12,11 +12,19 @@ steps, so a job's own run time does not count.
   one, waiting for a core adds to the wall time); printed next to the start-up of a bare ``python -c pass``
   and of ``status`` on an empty store, so the share spent on the jobs themselves shows;
 - ``idle_cpu_share``: the daemon's CPU time (user + system, psutil) over ``--idle-s`` seconds with nothing to
-  do, divided by that wall time (1.0 = one core busy).
+  do, divided by that wall time (1.0 = one core busy);
+- the worker contract's ingestion (issue 14): a probe job appends progress events to its events file as fast
+  as it can for ``--flood-s`` seconds (``flood_s``: event ``i`` is progress ``i / 10⁹``) while
+  ``status --json`` runs in a loop as a child process. ``event_lag_s``: from the newest event it shows being
+  written (its time in the events file) to that ``status`` process's exit, median over the loop (an upper
+  bound: the process's exit comes after its read); ``events_per_s``: events written ÷ seconds from the first
+  written to the last ingested (the daemon's offset at the file's end); ``ingest_cpu_share``: the daemon's CPU
+  time over that span ÷ its wall time.
 
-Bars (DESIGN.md): pickup < 0.5 s, status < 0.3 s, idle < 1 %.
+Bars (DESIGN.md, issue 14): pickup < 0.5 s, status < 0.3 s, idle < 1 %, event lag < 1 s, ≥ 5 000 events/s,
+ingestion < 0.25 of a core.
 
-Usage: python bench/scheduler.py [--drops 20] [--repeats 9] [--idle-s 30] [--jobs 10000]
+Usage: python bench/scheduler.py [--drops 20] [--repeats 9] [--idle-s 30] [--jobs 10000] [--flood-s 10]
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -40,7 +49,11 @@ sys.path.insert(0, str(ROOT))
 
 from torchbearer.store import NewJob, Store  # noqa: E402
 
-BARS = {"pickup_median_s": 0.5, "status_10k_s": 0.3, "idle_cpu_share": 0.01}
+BARS = {"pickup_median_s": 0.5, "status_10k_s": 0.3, "idle_cpu_share": 0.01, "event_lag_s": 1.0,
+        "ingest_cpu_share": 0.25}  # fmt: skip
+#: A floor, not a ceiling: events ingested per second.
+MIN_EVENTS_PER_S = 5000
+FLOOD_TOTAL = 10**9  # tests/kinds.py: the flood's event i is progress i / FLOOD_TOTAL
 
 
 def project_env(project: Path) -> dict[str, str]:
@@ -103,6 +116,60 @@ def measure_idle(process: subprocess.Popen, seconds: float) -> float:
     return ((after.user - before.user) + (after.system - before.system)) / wall
 
 
+def measure_events(project: Path, process: subprocess.Popen, flood_s: float) -> dict[str, float]:
+    """The ingestion figures of a probe flooding progress events for ``flood_s`` seconds (see the docstring)."""
+    store = Store(project / "state" / "torchbearer.db")
+    daemon = psutil.Process(process.pid)
+    (project / "queue" / "flood.yaml").write_text(f"name: flood\nkind: probe\nsteps: 0\nflood_s: {flood_s}\n")
+    job = wait_until(lambda: store.find_job("flood"), 30, "the flood job to be queued")
+    job = wait_until(lambda: (j := store.job(job.id)).run_dir and j.state == "running" and j, 30, "it to run")
+    events = Path(job.run_dir) / "events-1.jsonl"
+    wait_until(events.exists, 30, "its first event")
+    before, start = daemon.cpu_times(), time.monotonic()
+    looks: list[tuple[float, int, int]] = []  # (UNIX s, event index on the job's row, ingested offset)
+    stop = threading.Event()
+
+    def watch() -> None:  # what status --json reads (the job's row), every 20 ms, on a connection of its own
+        own = Store(store.path)
+        while not stop.is_set():
+            row = own.query("SELECT progress FROM jobs WHERE id = ?", [job.id])[0]
+            looks.append((time.time(), round((row["progress"] or 0) * FLOOD_TOTAL), own.events_offset(job.id, 1)))
+            stop.wait(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    shown: list[tuple[float, int]] = []  # (status --json's exit, UNIX s; the event index it showed)
+    status = [sys.executable, "-m", "torchbearer", "status", "--json"]
+    try:
+        while store.job(job.id).state == "running":
+            out = subprocess.run(status, env=project_env(project), capture_output=True, check=True).stdout
+            row = next(r for r in json.loads(out)["jobs"] if r["id"] == job.id)
+            if row["state"] == "running" and row["progress"]:
+                shown.append((time.time(), round(row["progress"] * FLOOD_TOTAL)))
+        size = events.stat().st_size
+        wait_until(lambda: store.events_offset(job.id, 1) >= size, 60, "the last event to be ingested")
+        after, wall = daemon.cpu_times(), time.monotonic() - start
+    finally:
+        stop.set()
+        watcher.join()
+    written: dict[int, float] = {}
+    with open(events, "rb") as file:
+        for line in file:
+            event = json.loads(line)
+            if event.get("type") == "progress" and event.get("total") == FLOOD_TOTAL:
+                written[int(event["done"])] = event["t"]
+    first, last = min(written.values()), max(written.values())
+    lags = [when - written[i] for when, i, _ in looks if i in written and when <= last]
+    all_in = next(when for when, _, offset in looks if offset >= size) if looks[-1][2] >= size else time.time()
+    status_lags = [when - written[i] for when, i in shown if i in written]
+    return {
+        "event_lag_s": statistics.median(lags), "lag_samples": len(lags), "events": len(written),
+        "status_lag_s": statistics.median(status_lags) if status_lags else float("nan"),
+        "status_samples": len(status_lags), "events_per_s": len(written) / (all_in - first), "events_mb": size / 1e6,
+        "ingest_cpu_share": ((after.user - before.user) + (after.system - before.system)) / wall,
+    }  # fmt: skip
+
+
 def fill_store(path: Path, count: int) -> None:
     """``count`` finished and pending jobs with realistic specs, as a few months of nights leave them."""
     store = Store(path)
@@ -154,7 +221,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--idle-s", type=float, default=30.0)
     parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--flood-s", type=float, default=10.0)
     args = parser.parse_args()
+    began = time.monotonic()
 
     with tempfile.TemporaryDirectory(prefix="tb-bench-") as tmp:
         project = Path(tmp) / "project"
@@ -163,6 +232,7 @@ def main() -> None:
         try:
             latencies = measure_pickup(project, args.drops)
             idle = measure_idle(daemon, args.idle_s)
+            flood = measure_events(project, daemon, args.flood_s)
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(60)
@@ -178,10 +248,22 @@ def main() -> None:
     print(f"status --json over {args.jobs} jobs, CPU time (user + system) of the child: "
           f"{status['status_10k_cpu_s']:.3f} s (the wall time of an otherwise idle machine)")  # fmt: skip
     print(f"idle daemon: {idle * 100:.2f} % of one core over {args.idle_s:.0f} s (bar < {BARS['idle_cpu_share']:.0%})")
+    print(f"events: {flood['events']:,} progress events ({flood['events_mb']:.0f} MB) in {args.flood_s:.0f} s; "
+          f"on the job's row (what status --json reads) after a median {flood['event_lag_s']:.3f} s over "
+          f"{flood['lag_samples']} looks; through `status --json` as a child, to its exit: median "
+          f"{flood['status_lag_s']:.3f} s over {flood['status_samples']} runs "
+          f"(bar < {BARS['event_lag_s']} s); {flood['events_per_s']:,.0f} events/s ingested "
+          f"(bar ≥ {MIN_EVENTS_PER_S:,}); daemon CPU {flood['ingest_cpu_share']:.3f} of a core meanwhile "
+          f"(bar < {BARS['ingest_cpu_share']})")  # fmt: skip
     figures = {"pickup_median_s": round(pickup, 4), "status_10k_s": round(status["status_10k_s"], 4),
-               "idle_cpu_share": round(idle, 5)}  # fmt: skip
+               "idle_cpu_share": round(idle, 5), "event_lag_s": round(flood["event_lag_s"], 4),
+               "events_per_s": round(flood["events_per_s"]),
+               "ingest_cpu_share": round(flood["ingest_cpu_share"], 4)}  # fmt: skip
     for name, bar in BARS.items():
         print(f"{name}: {'PASS' if figures[name] < bar else 'FAIL'} ({figures[name]} vs < {bar})")
+    ok = figures["events_per_s"] >= MIN_EVENTS_PER_S
+    print(f"events_per_s: {'PASS' if ok else 'FAIL'} ({figures['events_per_s']} vs ≥ {MIN_EVENTS_PER_S})")
+    print(f"benchmark wall time: {time.monotonic() - began:.0f} s")
     print(json.dumps(figures))
 
 

@@ -29,9 +29,16 @@ class ProbeSpec(JobSpec):
     action_attempts: int = Field(0, ge=0, description="the action happens only in the first N attempts; 0: all")
     ignore_sigterm: bool = False
     echo_env: str | None = Field(None, description="print this environment variable (and put it in a failure)")
+    flood_s: float = Field(0, ge=0, le=60, description="bench: progress events as fast as it can for this long")
+
+
+#: A flood's ``total``: its event ``i`` shows as progress ``i / FLOOD_TOTAL`` (bench/scheduler.py reads it back).
+FLOOD_TOTAL = 10**9
 
 
 def run(spec: ProbeSpec, ctx: JobContext) -> None:
+    if spec.flood_s:
+        _flood(spec, ctx)
     state_file = ctx.run_dir / "probe-state.json"
     done = json.loads(state_file.read_text())["done"] if state_file.exists() else 0
     if spec.ignore_sigterm:
@@ -55,6 +62,14 @@ def run(spec: ProbeSpec, ctx: JobContext) -> None:
     ctx.output(out, "result")
     with open(ctx.settings.project_dir / "completions.log", "a") as log:  # one line per success: no duplicates
         log.write(f"{ctx.job_id} {spec.name} {os.getpid()}\n")
+
+
+def _flood(spec: ProbeSpec, ctx: JobContext) -> None:
+    """Progress events as fast as the context writes them, for ``flood_s`` seconds (the ingestion benchmark)."""
+    deadline, done = time.monotonic() + spec.flood_s, 0
+    while time.monotonic() < deadline:
+        done += 1
+        ctx.progress("flooding", done=done, total=FLOOD_TOTAL, unit="events", force=True)
 
 
 def _act(spec: ProbeSpec) -> None:
