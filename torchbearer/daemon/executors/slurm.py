@@ -1,8 +1,9 @@
 """Workers as Slurm batch jobs: ``sbatch`` to start, ``squeue``/``scontrol`` to watch, ``scancel`` to stop.
 
-A shared filesystem is assumed: the compute nodes see the project folder, the state database and this Python
-environment at the same paths as the daemon, so the worker runs exactly as it would locally and records its own
-outcome in the store. The batch script ``exec``\\ s the worker, so the batch step *is* the worker process: the
+A shared filesystem is assumed for the project folder and this Python environment (the compute nodes see them
+at the daemon's paths), not for the state database: the worker runs exactly as it would locally, under the same
+contract (``runs.py``: it reads ``job.json`` and writes events and its outcome into its run folder, which the
+daemon ingests). The batch script ``exec``\\ s the worker, so the batch step *is* the worker process: the
 ``--signal=B:TERM@…`` warning before the time limit and ``scancel --full --signal=TERM`` both reach its SIGTERM
 handler, which stops at a safe point.
 
