@@ -58,7 +58,7 @@ def run_job(job_id: int, attempt: int) -> int:
     from torchbearer.jobs import get_kind
     from torchbearer.redact import register_settings
     from torchbearer.settings import Settings
-    from torchbearer.store import Store
+    from torchbearer.store import AttemptOutcome, Store
 
     settings = Settings.load()
     register_settings(settings)
@@ -83,19 +83,19 @@ def run_job(job_id: int, attempt: int) -> int:
         kind.run(spec, ctx)
     except JobInterrupted as exc:
         log.warning("interrupted: %s", exc)
-        finish(job_id, attempt, outcome="interrupted", exit_code=EXIT_INTERRUPTED, reason=str(exc))
+        finish(job_id, attempt, outcome=AttemptOutcome.INTERRUPTED, exit_code=EXIT_INTERRUPTED, reason=str(exc))
         return EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - every failure must be recorded, SystemExit included
         traceback.print_exc()
         sys.stderr.flush()
         if ctx.should_stop and not isinstance(exc, Exception):
-            finish(job_id, attempt, outcome="interrupted", exit_code=EXIT_INTERRUPTED)
+            finish(job_id, attempt, outcome=AttemptOutcome.INTERRUPTED, exit_code=EXIT_INTERRUPTED)
             return EXIT_INTERRUPTED
         # a wrong input is the user's mistake: its own exit code keeps it out of the crash-loop guard
         code = EXIT_INPUT if is_input_error(exc) else EXIT_FAILED
-        finish(job_id, attempt, outcome="failed", exit_code=code, reason=describe_exception(exc))
+        finish(job_id, attempt, outcome=AttemptOutcome.FAILED, exit_code=code, reason=describe_exception(exc))
         return code
-    finish(job_id, attempt, outcome="succeeded", exit_code=EXIT_SUCCEEDED)
+    finish(job_id, attempt, outcome=AttemptOutcome.SUCCEEDED, exit_code=EXIT_SUCCEEDED)
     log.info("job %s (#%d) succeeded", job.name, job.id)
     return EXIT_SUCCEEDED
 
