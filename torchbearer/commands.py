@@ -50,8 +50,8 @@ def spawned_jobs(store: Store, parent_ids: int | set[int]) -> list[Job]:
     sources = [SPAWNED_SOURCE.format(i) for i in ([parent_ids] if isinstance(parent_ids, int) else parent_ids)]
     if not sources:
         return []
-    rows = store.query(f"SELECT id FROM jobs WHERE source IN ({','.join('?' * len(sources))})", sources)
-    return store.jobs(ids=[row["id"] for row in rows]) if rows else []
+    ids = store.job_ids_from(sources)
+    return store.jobs(ids=ids) if ids else []
 
 
 def cancel(store: Store, ref: str | int) -> CommandResult:
@@ -73,7 +73,7 @@ def cancel(store: Store, ref: str | int) -> CommandResult:
 
 def _cancel_one(store: Store, job: Job) -> CommandResult:
     if job.state == JobState.RUNNING:
-        store.update_job(job.id, cancel_requested=1)
+        store.update_job(job.id, cancel_requested=True)
         return CommandResult(job.id, f"{_label(job)}: cancel requested; the daemon stops it")
     if job.state in PENDING_STATES and store.transition(
         job.id,
@@ -94,7 +94,7 @@ def retry(store: Store, ref: str | int) -> CommandResult:
         raise CommandError(f"{_label(job)} is {job.state}; only failed, cancelled or dependency-failed jobs retry")
     target = _gated_state(job)
     if not store.transition(job.id, target, expect=retryable, reason="retry on request", finished_at=None,
-                            next_try_at=None, cancel_requested=0):  # fmt: skip
+                            next_try_at=None, cancel_requested=False):  # fmt: skip
         raise CommandError(f"{_label(job)} changed meanwhile; try again")
     return CommandResult(job.id, f"{_label(job)}: {target}")
 

@@ -186,11 +186,11 @@ def recover_claimed(
     for claimed in sorted(accepted_dir.glob(f"{INGESTING_PREFIX}*")):
         token, _, name = claimed.name.removeprefix(INGESTING_PREFIX).partition("-")
         source = f"{name}#{token}"
-        rows = store.query("SELECT id FROM jobs WHERE source = ? ORDER BY id", [source])
-        if rows:
-            target = _unique(claimed.with_name(f"{rows[0]['id']}-{name}"))
+        ids = store.job_ids_from([source])
+        if ids:
+            target = _unique(claimed.with_name(f"{ids[0]}-{name}"))
             os.rename(claimed, target)
-            results.append(IngestResult(name, job_ids=tuple(r["id"] for r in rows), moved_to=target))
+            results.append(IngestResult(name, job_ids=tuple(ids), moved_to=target))
         else:
             results.append(_ingest_claimed(claimed, name, token, queue_dir / "rejected", store, paths, preflight))
     return results

@@ -19,10 +19,8 @@ import os
 import queue
 import subprocess
 import threading
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from torchbearer.redact import scrub, scrub_value
 from torchbearer.settings import Settings
@@ -40,10 +38,6 @@ COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 #: Apprise's notification type per event (the colour or icon a service shows).
 _TYPES = {"failed": "failure", "stalled": "warning", "paused": "warning", "succeeded": "success"}
-#: Query keys of a notifier URL whose value is a credential.
-_SECRET_KEYS = ("pass", "pwd", "token", "key", "secret", "auth", "webhook", "apikey")
-#: A path segment or host part this long, mixing letters and digits, is taken for a token (Slack, Telegram …).
-_TOKEN_MIN_CHARS = 16
 
 
 @dataclass
@@ -90,36 +84,6 @@ def format_duration(seconds: float) -> str:
     if seconds >= 60:
         return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
     return f"{seconds:.1f} s"
-
-
-# -- secrets ---------------------------------------------------------------------------------------------------
-
-
-def url_secrets(url: str) -> list[str]:
-    """The credentials inside one notifier URL: its password, secret query values, token-like parts, itself."""
-    found = [url]
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return found
-    userinfo, _, host = parts.netloc.rpartition("@")
-    if userinfo:
-        user, _, password = userinfo.partition(":")
-        found += [unquote(password)] if password else [unquote(user)]  # a lone user part is a token (ntfy)
-    for key, value in parse_qsl(parts.query):
-        if any(word in key.lower() for word in _SECRET_KEYS):
-            found.append(value)
-    for piece in [*host.replace(":", "/").split("/"), *parts.path.split("/")]:
-        piece = unquote(piece)
-        if len(piece) >= _TOKEN_MIN_CHARS and any(c.isdigit() for c in piece) and any(c.isalpha() for c in piece):
-            found.append(piece)
-    return found
-
-
-def notifier_secrets(settings: Any) -> Iterable[str]:
-    """``redact.add_source`` source: every credential in the settings' notifier URLs and command."""
-    secrets = [secret for url in getattr(settings, "notify_urls", ()) for secret in url_secrets(url)]
-    return secrets
 
 
 # -- building events from the store ----------------------------------------------------------------------------
@@ -255,9 +219,9 @@ class Notifier:
 
             client = apprise.Apprise()
             for number, url in enumerate(self.settings.notify_urls, 1):
-                if not client.add(url):
+                if not client.add(url.get_secret_value()):  # Apprise needs the credential to send
                     log.error("TORCHBEARER_NOTIFY_URLS: URL %d (%s) is not one Apprise understands; skipped",
-                              number, scrub(url.split("://", 1)[0]) + "://…")  # fmt: skip
+                              number, scrub(url.get_secret_value().split("://", 1)[0]) + "://…")  # fmt: skip
             self._apprise = client
         return self._apprise
 
@@ -279,8 +243,8 @@ class Notifier:
         env = {**os.environ, "TORCHBEARER_EVENT": payload, "TORCHBEARER_EVENT_NAME": event.event}
         try:
             done = subprocess.run(
-                self.settings.notify_command, shell=True, input=payload, text=True, env=env, capture_output=True,
-                timeout=COMMAND_TIMEOUT_S, cwd=self.settings.project_dir,
+                self.settings.notify_command.get_secret_value(), shell=True, input=payload, text=True, env=env,
+                capture_output=True, timeout=COMMAND_TIMEOUT_S, cwd=self.settings.project_dir,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             log.warning("TORCHBEARER_NOTIFY_COMMAND ran past %.0f s for %r: killed", COMMAND_TIMEOUT_S, event.title)

@@ -2,9 +2,9 @@
 
 A server that echoes a request back in an error (``…&password=…``) would otherwise put a credential into a
 job's reason, the store, ``show --json``, the daemon's log and the run folder's ``log.txt``. Each process
-registers the secret values it knows (:func:`register_settings`: the variables of
-:data:`~torchbearer.settings.SECRET_NAMES`; :func:`register`: a token obtained at run time; :func:`add_source`:
-more kinds of secrets later, e.g. the password in a notifier URL), and :func:`scrub` replaces each, as written
+registers the secret values it knows (:func:`register_settings`: every ``SecretStr`` setting, and the
+credentials inside notifier URLs; :func:`register`: a token obtained at run time; :func:`add_source`: more
+kinds of secrets later), and :func:`scrub` replaces each, as written
 and URL-encoded, with :data:`MASK`. Values after a secret-looking key (``password=``, ``access_token=``,
 ``Bearer``) are masked too, known or not. The store scrubs what it writes, the logging handlers and the
 worker's stdout/stderr scrub what they print.
@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 MASK = "***"
 #: Shorter values are not scrubbed: masking every "ab" in every message would destroy the text.
@@ -58,22 +58,41 @@ def add_source(source: Callable[[Any], Iterable[str | None]]) -> None:
     _sources.append(source)
 
 
-def _named_secrets(settings: Any) -> Iterable[str | None]:
-    from torchbearer.settings import SECRET_NAMES
-
-    return [settings.secret(name) for name in sorted(SECRET_NAMES)]
-
-
-add_source(_named_secrets)
+def _settings_secrets(settings: Any) -> Iterable[str | None]:
+    """Every ``SecretStr`` setting (credentials, notifier URLs and command) and the credentials inside each URL."""
+    values = list(settings.secret_values())
+    return values + [part for url in values if "://" in url for part in url_secrets(url)]
 
 
-def _notifier_secrets(settings: Any) -> Iterable[str | None]:
-    from torchbearer.notify import notifier_secrets
-
-    return notifier_secrets(settings)
+add_source(_settings_secrets)
 
 
-add_source(_notifier_secrets)  # passwords and tokens inside TORCHBEARER_NOTIFY_URLS
+#: Query keys of a notifier URL whose value is a credential.
+_SECRET_KEYS = ("pass", "pwd", "token", "key", "secret", "auth", "webhook", "apikey")
+#: A path segment or host part this long, mixing letters and digits, is taken for a token (Slack, Telegram …).
+_TOKEN_MIN_CHARS = 16
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials inside one URL (a notifier's): its password, secret query values, token-like parts,
+    itself."""
+    found = [url]
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return found
+    userinfo, _, host = parts.netloc.rpartition("@")
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        found += [unquote(password)] if password else [unquote(user)]  # a lone user part is a token (ntfy)
+    for key, value in parse_qsl(parts.query):
+        if any(word in key.lower() for word in _SECRET_KEYS):
+            found.append(value)
+    for piece in [*host.replace(":", "/").split("/"), *parts.path.split("/")]:
+        piece = unquote(piece)
+        if len(piece) >= _TOKEN_MIN_CHARS and any(c.isdigit() for c in piece) and any(c.isalpha() for c in piece):
+            found.append(piece)
+    return found
 
 
 def register_settings(settings: Any) -> None:

@@ -1,21 +1,29 @@
-"""Where things are: the queue, the run folders, the data root and the state database.
+"""Where things are: the queue, the run folders, the data root and the state database; limits, notifiers and
+credentials.
 
 Each value comes from, in order: an explicit argument (a CLI flag), the process environment, the env file
-(``.env`` in the project folder, or the file named by ``TORCHBEARER_ENV_FILE``), then the default. Every
-variable is documented in ``env.example``. Credentials are read from the same places through
-:meth:`Settings.secret` and never stored in the settings' printable form.
+(``.env`` in the project folder, or the file named by ``TORCHBEARER_ENV_FILE``), then the default. The
+precedence, the parsing and the types are pydantic-settings' (``Settings`` is a ``BaseSettings``; the env file is
+read by python-dotenv). Every variable is a field here and is documented in ``env.example``. Credentials are
+``SecretStr`` fields: they print as ``**********`` and are read with :meth:`Settings.secret` where a client
+really needs them; ``redact.register_settings`` registers every one so no text the project stores or prints
+holds them.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shlex
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-#: Variables that hold secrets: never printed, logged or written to the store.
-SECRET_NAMES = frozenset({"COPERNICUS_USER", "COPERNICUS_PASSWORD", "COPERNICUS_TOTP_SECRET"})
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 
 class SettingsError(ValueError):
@@ -23,22 +31,20 @@ class SettingsError(ValueError):
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a ``KEY=VALUE`` file (``#`` comments, optional ``export`` and quotes); missing file → {}."""
-    values: dict[str, str] = {}
+    """The ``KEY=VALUE`` pairs of an env file, parsed by python-dotenv (``#`` comments, ``export``, quotes);
+    missing file → {}. A line python-dotenv cannot read is an error naming the file and line (it would skip it)."""
     if not path.is_file():
-        return values
-    for number, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise SettingsError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()[:60]!r}")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
+        return {}
+    from dotenv.parser import parse_stream
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    values: dict[str, str] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            line = binding.original.string.strip()
+            raise SettingsError(f"{path}:{binding.original.line}: expected KEY=VALUE, got {line[:60]!r}")
+        if binding.key is not None and binding.value is not None:
+            values[binding.key] = binding.value
     return values
 
 
@@ -55,60 +61,175 @@ def split_urls(raw: str) -> tuple[str, ...]:
     return tuple(url.strip().strip(",") for url in _URL_SEPARATOR.split(raw) if url.strip().strip(","))
 
 
-def _notify_events(raw: str | None) -> frozenset[str]:
-    names = {name.strip().lower() for name in (raw or DEFAULT_NOTIFY_EVENTS).split(",") if name.strip()}
-    unknown = names - set(NOTIFY_EVENTS)
-    if unknown:
-        raise SettingsError(
-            f"TORCHBEARER_NOTIFY_EVENTS names {', '.join(sorted(unknown))}: known events are {', '.join(NOTIFY_EVENTS)}"
-        )
-    return frozenset(names)
+def _env(name: str, default: Any = None, **constraints: Any) -> Any:
+    """A field read from the variable ``name`` (and settable by its field name, as a flag does)."""
+    return Field(default, validation_alias=name, **constraints)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Resolved paths and limits of one project. Paths are absolute."""
+#: The environment :meth:`Settings.load` reads instead of ``os.environ`` (its ``environ`` argument).
+_environ: ContextVar[Mapping[str, str] | None] = ContextVar("torchbearer_environ", default=None)
 
-    project_dir: Path
-    queue_dir: Path
-    runs_dir: Path
-    data_dir: Path
-    state_path: Path
-    #: GPU ids, one job slot each; ``[]`` means one slot with no GPU named (CPU machines).
-    devices: tuple[str, ...] = ()
+#: Words for pydantic's error types, after ``NAME='value'``.
+_ERRORS = {
+    "float_parsing": "is not a number",
+    "int_parsing": "is not a whole number",
+    "int_from_float": "is not a whole number",
+    "bool_parsing": "is not one of 1/0, true/false, yes/no",
+    "greater_than_equal": "must not be negative",
+}
+
+
+class Settings(BaseSettings):
+    """Resolved paths and limits of one project. Paths are absolute. Built by :meth:`load`."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, case_sensitive=True, env_ignore_empty=True, extra="ignore", validate_by_name=True,
+        validate_by_alias=True, hide_input_in_errors=False,
+    )  # fmt: skip
+
+    project_dir: Path = _env("TORCHBEARER_PROJECT", Path())
+    queue_dir: Path = _env("TORCHBEARER_QUEUE", Path("queue"))
+    runs_dir: Path = _env("TORCHBEARER_RUNS", Path("runs"))
+    data_dir: Path = _env("TORCHBEARER_DATA", Path("data"))
+    state_path: Path = _env("TORCHBEARER_STATE", Path("state/torchbearer.db"))
+    #: GPU ids, one job slot each; ``()`` means one slot with no GPU named (CPU machines).
+    devices: Annotated[tuple[str, ...], NoDecode] = _env("TORCHBEARER_DEVICES", ())
     #: Seconds between SIGTERM and SIGKILL when a job is cancelled or the daemon stops.
-    kill_grace_s: float = 30.0
-    #: A worker's log.txt is cut back to its newest half when it grows past this many bytes.
-    log_cap_bytes: int = 50 * 1024 * 1024
+    kill_grace_s: float = _env("TORCHBEARER_KILL_GRACE_S", 30.0, ge=0)
+    #: A worker's log.txt is cut back to its newest half when it grows past this many MiB.
+    log_cap_mb: float = _env("TORCHBEARER_LOG_CAP_MB", 50.0, ge=0)
     #: Whether job files may name paths outside the project folder.
-    allow_outside_paths: bool = False
+    allow_outside_paths: bool = _env("TORCHBEARER_ALLOW_OUTSIDE_PATHS", False)
     #: Crash-loop guard: this many jobs in a row dying within ``crash_window_s`` of starting pause the queue.
-    crash_loop_count: int = 3
-    crash_window_s: float = 10.0
+    crash_loop_count: int = _env("TORCHBEARER_CRASH_LOOP_COUNT", 3, ge=0)
+    crash_window_s: float = _env("TORCHBEARER_CRASH_WINDOW_S", 10.0, ge=0)
+    #: Modules that register more job kinds (read from the process environment by ``jobs.load_plugins``, which
+    #: runs before any settings exist; here so that a bad value and the env file are one story).
+    plugins: str | None = _env("TORCHBEARER_PLUGINS")
     #: Where workers run: ``local`` (child processes) or ``slurm`` (batch jobs; see docs/slurm.md).
-    executor: str = "local"
+    executor: Literal["local", "slurm"] = _env("TORCHBEARER_EXECUTOR", "local")
     #: Slurm: the partition, extra ``sbatch`` options, the GPU generic resource (``gpu`` → ``--gres=gpu:N`` for a
     #: job with ``devices: N``) and how many device slots the daemon keeps submitted at once.
-    slurm_partition: str | None = None
-    slurm_args: tuple[str, ...] = ()
-    slurm_gres: str | None = None
-    slurm_slots: int = 4
-    #: Apprise URLs notified of job events (``notify.py``); they may hold credentials: never printed.
-    notify_urls: tuple[str, ...] = field(default=(), repr=False)
-    #: A shell command run per event, the event as JSON on stdin and in ``TORCHBEARER_EVENT``.
-    notify_command: str | None = field(default=None, repr=False)
+    slurm_partition: str | None = _env("TORCHBEARER_SLURM_PARTITION")
+    slurm_args: Annotated[tuple[str, ...], NoDecode] = _env("TORCHBEARER_SLURM_ARGS", ())
+    slurm_gres: str | None = _env("TORCHBEARER_SLURM_GRES")
+    slurm_slots: int = _env("TORCHBEARER_SLURM_SLOTS", 4)
+    #: Apprise URLs notified of job events (``notify.py``); they may hold credentials.
+    notify_urls: Annotated[tuple[SecretStr, ...], NoDecode] = _env("TORCHBEARER_NOTIFY_URLS", ())
+    #: A shell command run per event, the event as JSON on stdin and in ``TORCHBEARER_EVENT`` (may hold a token).
+    notify_command: SecretStr | None = _env("TORCHBEARER_NOTIFY_COMMAND")
     #: Which events are sent (``notify.EVENTS``).
-    notify_events: frozenset[str] = frozenset(DEFAULT_NOTIFY_EVENTS.split(","))
+    notify_events: Annotated[frozenset[str], NoDecode] = _env("TORCHBEARER_NOTIFY_EVENTS", DEFAULT_NOTIFY_EVENTS)
     #: Seconds without a progress event before a running job (one holding a device slot) counts as stalled;
     #: a job's ``stall_after`` overrides it; 0: never.
-    stall_after_s: float = 1800.0
-    #: Bytes of free disk the pre-flight check keeps aside: a file whose estimated writes need them is warned of.
-    disk_reserve_bytes: int = 0
+    stall_after_s: float = _env("TORCHBEARER_STALL_AFTER_S", 1800.0, ge=0)
+    #: GiB of free disk the pre-flight check keeps aside: a file whose estimated writes need them is warned of.
+    disk_reserve_gb: float = _env("TORCHBEARER_DISK_RESERVE_GB", 0.0, ge=0)
     #: Cron expression (minute hour day month weekday, local time) of the daemon's morning report; None: none.
-    report_at: str | None = None
+    report_at: str | None = _env("TORCHBEARER_REPORT_AT")
     #: Whether the daemon and ``submit`` run the pre-flight check on each file they queue.
-    preflight: bool = True
-    env_file_values: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    preflight: bool = _env("TORCHBEARER_PREFLIGHT", True)
+    #: Copernicus Data Space: the account (``source: copernicus``), its TOTP secret if 2FA is on, the endpoints
+    #: and the hosts a redirected download may still send the token to (comma-separated).
+    copernicus_user: SecretStr | None = _env("COPERNICUS_USER")
+    copernicus_password: SecretStr | None = _env("COPERNICUS_PASSWORD")
+    copernicus_totp_secret: SecretStr | None = _env("COPERNICUS_TOTP_SECRET")
+    copernicus_token_url: str | None = _env("COPERNICUS_TOKEN_URL")
+    copernicus_catalogue_url: str | None = _env("COPERNICUS_CATALOGUE_URL")
+    copernicus_download_url: str | None = _env("COPERNICUS_DOWNLOAD_URL")
+    copernicus_auth_hosts: str | None = _env("COPERNICUS_AUTH_HOSTS")
+    earth_search_url: str | None = _env("EARTH_SEARCH_URL")
+    #: HTTP of the imagery sources: connections per job (at most 4), tries without progress, first backoff (s).
+    http_connections: int | None = _env("TORCHBEARER_HTTP_CONNECTIONS", ge=1)
+    http_retries: int | None = _env("TORCHBEARER_HTTP_RETRIES", ge=0)
+    http_backoff_s: float | None = _env("TORCHBEARER_HTTP_BACKOFF_S", ge=0)
+
+    #: Every ``KEY=VALUE`` of the env file, for :meth:`secret` lookups of names that are no field (a plugin's).
+    _env_file_values: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    # -- parsing --------------------------------------------------------------------------------------------
+
+    @field_validator("project_dir")
+    @classmethod
+    def _absolute_project(cls, value: Path) -> Path:
+        return (value.expanduser() if str(value) else Path.cwd()).resolve()
+
+    @field_validator("queue_dir", "runs_dir", "data_dir", "state_path")
+    @classmethod
+    def _under_project(cls, value: Path, info: ValidationInfo) -> Path:
+        value = value.expanduser()
+        return (value if value.is_absolute() else info.data["project_dir"] / value).resolve()
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _device_list(cls, value: Any) -> Any:
+        return tuple(d.strip() for d in value.split(",") if d.strip()) if isinstance(value, str) else value
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _executor_name(cls, value: Any) -> Any:
+        name = str(value or "local").strip().lower()
+        if name not in {"local", "slurm"}:
+            raise ValueError(f"executor {name!r} (TORCHBEARER_EXECUTOR) must be 'local' or 'slurm'")
+        return name
+
+    @field_validator("slurm_args", mode="before")
+    @classmethod
+    def _shell_words(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as exc:
+            raise ValueError(f"TORCHBEARER_SLURM_ARGS: {exc}") from None
+
+    @field_validator("slurm_slots")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("TORCHBEARER_SLURM_SLOTS must be at least 1")
+        return value
+
+    @field_validator("notify_urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        return split_urls(value) if isinstance(value, str) else value
+
+    @field_validator("notify_events", mode="before")
+    @classmethod
+    def _event_names(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        names = {name.strip().lower() for name in value.split(",") if name.strip()}
+        unknown = names - set(NOTIFY_EVENTS)
+        if unknown:
+            raise ValueError(
+                f"TORCHBEARER_NOTIFY_EVENTS names {', '.join(sorted(unknown))}: known events are "
+                f"{', '.join(NOTIFY_EVENTS)}"
+            )
+        return frozenset(names)
+
+    @field_validator("notify_command", "report_at", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags, then the environment (``load``'s ``environ`` when given), then the env file; no secrets dir."""
+        environ = _environ.get()
+        if environ is not None:
+            env_settings.env_vars = parse_env_vars(environ, True, True, None)  # type: ignore[attr-defined]
+        return init_settings, env_settings, dotenv_settings
+
+    # -- building -------------------------------------------------------------------------------------------
 
     @classmethod
     def load(
@@ -121,75 +242,67 @@ class Settings:
         state_path: str | Path | None = None,
         devices: str | None = None,
         executor: str | None = None,
-        environ: dict[str, str] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> Settings:
-        """Resolve settings from arguments, then ``environ`` (default ``os.environ``), then the env file."""
+        """Resolve settings from arguments, then ``environ`` (default ``os.environ``), then the env file.
+
+        Raises :class:`SettingsError` naming the variable (and the env file's line) of a value that cannot be
+        used."""
         environ = dict(os.environ if environ is None else environ)
         project = Path(project_dir or environ.get("TORCHBEARER_PROJECT") or Path.cwd()).expanduser().resolve()
         env_file = Path(environ.get("TORCHBEARER_ENV_FILE") or project / ".env")
-        file_values = read_env_file(env_file)
-
-        def get(name: str, default: str | None = None) -> str | None:
-            return environ.get(name) or file_values.get(name) or default
-
-        def path(arg: str | Path | None, name: str, default: str) -> Path:
-            value = Path(arg or get(name, default)).expanduser()
-            return (value if value.is_absolute() else project / value).resolve()
-
-        def number(name: str, default: float) -> float:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a number") from None
-            if value < 0:
-                raise SettingsError(f"{name}={raw!r} must not be negative")
-            return value
-
-        device_list = devices if devices is not None else get("TORCHBEARER_DEVICES", "")
-        executor_name = (executor or get("TORCHBEARER_EXECUTOR", "local") or "local").strip().lower()
-        if executor_name not in {"local", "slurm"}:
-            raise SettingsError(f"executor {executor_name!r} (TORCHBEARER_EXECUTOR) must be 'local' or 'slurm'")
+        file_values = read_env_file(env_file)  # its errors first: pydantic-settings would skip a bad line
+        flags = {"queue_dir": queue_dir, "runs_dir": runs_dir, "data_dir": data_dir, "state_path": state_path,
+                 "devices": devices, "executor": executor}  # fmt: skip
+        token = _environ.set(environ)
         try:
-            slurm_args = tuple(shlex.split(get("TORCHBEARER_SLURM_ARGS", "") or ""))
-        except ValueError as exc:
-            raise SettingsError(f"TORCHBEARER_SLURM_ARGS: {exc}") from None
-        slurm_slots = int(number("TORCHBEARER_SLURM_SLOTS", 4))
-        if slurm_slots < 1:
-            raise SettingsError("TORCHBEARER_SLURM_SLOTS must be at least 1")
-        notify_events = _notify_events(get("TORCHBEARER_NOTIFY_EVENTS"))
-        return cls(
-            project_dir=project,
-            queue_dir=path(queue_dir, "TORCHBEARER_QUEUE", "queue"),
-            runs_dir=path(runs_dir, "TORCHBEARER_RUNS", "runs"),
-            data_dir=path(data_dir, "TORCHBEARER_DATA", "data"),
-            state_path=path(state_path, "TORCHBEARER_STATE", "state/torchbearer.db"),
-            devices=tuple(d.strip() for d in (device_list or "").split(",") if d.strip()),
-            kill_grace_s=number("TORCHBEARER_KILL_GRACE_S", 30.0),
-            log_cap_bytes=int(number("TORCHBEARER_LOG_CAP_MB", 50.0) * 1024 * 1024),
-            allow_outside_paths=(get("TORCHBEARER_ALLOW_OUTSIDE_PATHS", "0") or "0").lower() in {"1", "true", "yes"},
-            crash_loop_count=int(number("TORCHBEARER_CRASH_LOOP_COUNT", 3)),
-            crash_window_s=number("TORCHBEARER_CRASH_WINDOW_S", 10.0),
-            executor=executor_name,
-            slurm_partition=get("TORCHBEARER_SLURM_PARTITION"),
-            slurm_args=slurm_args,
-            slurm_gres=get("TORCHBEARER_SLURM_GRES"),
-            slurm_slots=slurm_slots,
-            notify_urls=split_urls(get("TORCHBEARER_NOTIFY_URLS", "") or ""),
-            notify_command=(get("TORCHBEARER_NOTIFY_COMMAND") or "").strip() or None,
-            notify_events=notify_events,
-            stall_after_s=number("TORCHBEARER_STALL_AFTER_S", 1800.0),
-            disk_reserve_bytes=int(number("TORCHBEARER_DISK_RESERVE_GB", 0.0) * 1024**3),
-            report_at=(get("TORCHBEARER_REPORT_AT") or "").strip() or None,
-            preflight=(get("TORCHBEARER_PREFLIGHT", "1") or "1").lower() not in {"0", "false", "no"},
-            env_file_values=file_values,
-        )
+            settings = cls(
+                _env_file=env_file if env_file.is_file() else None,
+                project_dir=project,
+                **{key: value for key, value in flags.items() if value is not None},
+            )
+        except ValidationError as exc:
+            raise SettingsError("; ".join(_describe(error) for error in exc.errors())) from None
+        finally:
+            _environ.reset(token)
+        settings._env_file_values = file_values
+        return settings
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    @property
+    def log_cap_bytes(self) -> int:
+        return int(self.log_cap_mb * 1024 * 1024)
+
+    @property
+    def disk_reserve_bytes(self) -> int:
+        return int(self.disk_reserve_gb * 1024**3)
+
+    @property
+    def env_file_values(self) -> dict[str, str]:
+        """The env file's ``KEY=VALUE`` pairs as read (secrets included: never print them)."""
+        return dict(self._env_file_values)
 
     def secret(self, name: str) -> str | None:
-        """A credential from the environment or the env file (``None`` when unset). Never log the value."""
-        return os.environ.get(name) or self.env_file_values.get(name) or None
+        """A variable's value (``None`` when unset): a field's (a ``SecretStr`` revealed), else, for a name that
+        is no field (a plugin's credential), the environment's or the env file's. Never log the value."""
+        field = _FIELD_OF.get(name)
+        if field is not None:
+            value = getattr(self, field)
+            if isinstance(value, SecretStr):
+                return value.get_secret_value() or None
+            return None if value is None else str(value)
+        return os.environ.get(name) or self._env_file_values.get(name) or None
+
+    def secret_values(self) -> list[str]:
+        """Every credential these settings hold (``SecretStr`` fields, notifier URLs), for ``redact``."""
+        values = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, SecretStr) and item.get_secret_value():
+                    values.append(item.get_secret_value())
+        return values
 
     @property
     def slots(self) -> tuple[str, ...]:
@@ -217,3 +330,26 @@ class Settings:
         """Create the queue, runs, data and state folders if missing."""
         for folder in (self.queue_dir, self.runs_dir, self.data_dir, self.state_path.parent):
             folder.mkdir(parents=True, exist_ok=True)
+
+
+#: ``{variable: field name}`` of every setting.
+_FIELD_OF = {str(field.validation_alias): name for name, field in Settings.model_fields.items()}
+#: Variables that hold secrets (the ``SecretStr`` fields): never printed, logged or written to the store.
+SECRET_NAMES = frozenset(
+    str(field.validation_alias)
+    for field in Settings.model_fields.values()
+    if field.annotation is not None and "SecretStr" in str(field.annotation) and "tuple" not in str(field.annotation)
+)
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error as ``NAME='value' why`` (our own validators' messages already name the variable)."""
+    name = str(error["loc"][0]) if error["loc"] else "settings"
+    name = str(Settings.model_fields[name].validation_alias) if name in Settings.model_fields else name
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])
+    words = _ERRORS.get(error["type"], error["msg"])
+    if error["type"] == "greater_than_equal" and error["ctx"]["ge"] != 0:
+        words = f"must be at least {error['ctx']['ge']}"
+    shown = "<hidden>" if name in SECRET_NAMES else repr(error["input"])
+    return f"{name}={shown} {words}"

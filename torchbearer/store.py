@@ -22,10 +22,10 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from enum import StrEnum
+from enum import Enum, StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from torchbearer.redact import scrub, scrub_value
 
@@ -45,6 +45,56 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"  # stopped by a daemon stop or crash; runs again
     DEPENDENCY_FAILED = "dependency-failed"
+
+
+#: The legal moves of a job: ``TRANSITIONS[a]`` holds every state a job in state ``a`` may move to, and
+#: ``TRANSITIONS[None]`` the states a new job starts in. :meth:`Store.transition` refuses any other move, so a
+#: bug that would, say, run a succeeded job again fails loudly instead of corrupting the queue.
+#: ``docs/architecture.md`` draws this table.
+TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
+    None: frozenset({JobState.QUEUED, JobState.WAITING, JobState.HELD}),  # submitted
+    # queued: started, held or cancelled by hand, or failed at placement (needs more slots than exist)
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.HELD, JobState.CANCELLED, JobState.FAILED}),
+    # waiting: its gates opened, a dependency failed, or held / cancelled by hand
+    JobState.WAITING: frozenset({JobState.QUEUED, JobState.DEPENDENCY_FAILED, JobState.HELD, JobState.CANCELLED}),
+    # held: released (queued, or waiting while its gates are shut) or cancelled
+    JobState.HELD: frozenset({JobState.QUEUED, JobState.WAITING, JobState.CANCELLED}),
+    # running: how the attempt ended; waiting is a failed attempt with retries left (its backoff)
+    JobState.RUNNING: frozenset(
+        {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED, JobState.WAITING}
+    ),
+    # interrupted: runs again like a queued job
+    JobState.INTERRUPTED: frozenset({JobState.RUNNING, JobState.HELD, JobState.CANCELLED, JobState.FAILED}),
+    JobState.SUCCEEDED: frozenset(),  # done for good
+    # failed, cancelled, dependency-failed: `torchbearer retry` queues them again (or waiting, behind gates)
+    JobState.FAILED: frozenset({JobState.QUEUED, JobState.WAITING}),
+    JobState.CANCELLED: frozenset({JobState.QUEUED, JobState.WAITING}),
+    JobState.DEPENDENCY_FAILED: frozenset({JobState.QUEUED, JobState.WAITING}),
+}
+
+
+class IllegalTransitionError(ValueError):
+    """A move of a job that :data:`TRANSITIONS` does not allow (a bug in the caller, not in the job)."""
+
+
+def check_transition(from_state: JobState | str | None, to_state: JobState | str) -> None:
+    """Raise :class:`IllegalTransitionError` unless a job may move from ``from_state`` to ``to_state``."""
+    source = None if from_state is None else JobState(from_state)
+    target = JobState(to_state)
+    if target not in TRANSITIONS[source]:
+        allowed = ", ".join(sorted(TRANSITIONS[source])) or "nothing"
+        raise IllegalTransitionError(
+            f"a job cannot move from {source or 'submitted'} to {target} (from {source or 'submitted'}: {allowed})"
+        )
+
+
+class AttemptOutcome(StrEnum):
+    """How one attempt of a job ended (``attempts.outcome``): written by the worker or the supervisor."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # stopped at a safe point or by a daemon stop; the job runs again
 
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.DEPENDENCY_FAILED})
@@ -290,6 +340,29 @@ def _now() -> float:
     return time.time()
 
 
+class _Keep(Enum):
+    KEEP = "keep"
+
+
+#: The default of a write method's column arguments: leave the column as it is (``None`` clears it).
+KEEP = _Keep.KEEP
+Keep = Literal[_Keep.KEEP]
+
+
+def _given(**columns: Any) -> dict[str, Any]:
+    """The columns a caller set (not :data:`KEEP`), text scrubbed of credentials, flags as 0/1."""
+    given = {}
+    for key, value in columns.items():
+        if value is KEEP:
+            continue
+        if isinstance(value, bool):
+            value = int(value)
+        elif isinstance(value, str):
+            value = scrub(value)  # a server's answer in a reason or a log tail may echo a credential
+        given[key] = value
+    return given
+
+
 def _too_new(path: Path, version: int) -> StoreError:
     return StoreError(
         f"{path} has schema version {version}, newer than this torchbearer knows "
@@ -414,6 +487,7 @@ class Store:
         with self.transaction() as conn:
             for new in batch:
                 state = self._initial_state(new)
+                check_transition(None, state)
                 cursor = conn.execute(
                     """INSERT INTO jobs (name, kind, state, priority, source, spec_given, spec, not_before,
                        retries, retry_backoff_s, timeout_s, devices, schedule_id, created_at, updated_at)
@@ -520,6 +594,43 @@ class Store:
         sql = f"SELECT json_group_array(json_object({pairs})) FROM (SELECT * FROM jobs ORDER BY id)"
         return self.conn.execute(sql).fetchone()[0]
 
+    def job_columns(self, columns: Sequence[str], *, since: float | None = None) -> list[tuple[Any, ...]]:
+        """The given columns of every job (or of those updated at or after ``since``) as tuples, by id.
+
+        Plain tuples, no :class:`Job`: the dashboard reads the queue table this way every tick.
+        """
+        unknown = set(columns) - {f.name for f in fields(Job)}
+        if unknown:
+            raise ValueError(f"jobs has no column {', '.join(sorted(unknown))}")
+        where, params = self._where(since=since)
+        return self.conn.execute(f"SELECT {', '.join(columns)} FROM jobs {where} ORDER BY id", params).fetchall()
+
+    def job_ids(self, *, states: Iterable[str] | None = None, limit: int | None = None) -> list[int]:
+        """Ids of the jobs in ``states`` (all without), lowest first, at most ``limit``."""
+        where, params = self._where(states=states)
+        sql = f"SELECT id FROM jobs {where} ORDER BY id" + (f" LIMIT {int(limit)}" if limit else "")
+        return [row[0] for row in self.conn.execute(sql, params)]
+
+    def job_ids_from(self, sources: Iterable[str]) -> list[int]:
+        """Ids of the jobs whose ``source`` is one of ``sources`` (a claimed file, a parent job), lowest first."""
+        sources = list(sources)
+        if not sources:
+            return []
+        marks = ",".join("?" * len(sources))
+        return [
+            row[0] for row in self.conn.execute(f"SELECT id FROM jobs WHERE source IN ({marks}) ORDER BY id", sources)
+        ]
+
+    def ended_jobs(self, since: float, *, limit: int = 500) -> list[dict[str, Any]]:
+        """The newest ``limit`` jobs that ended at or after ``since``, oldest first: id, name, kind, state,
+        started_at, finished_at, reason."""
+        rows = self.query(
+            "SELECT id, name, kind, state, started_at, finished_at, reason FROM jobs WHERE finished_at >= ? "
+            "ORDER BY finished_at DESC LIMIT ?",
+            [since, limit],
+        )
+        return rows[::-1]
+
     def counts_by_state(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
 
@@ -549,22 +660,41 @@ class Store:
         *,
         expect: Iterable[str] | None = None,
         reason: str | None = None,
-        **columns: Any,
+        started_at: float | Keep | None = KEEP,
+        finished_at: float | Keep | None = KEEP,
+        next_try_at: float | Keep | None = KEEP,
+        run_dir: str | Keep | None = KEEP,
+        slot: str | Keep | None = KEEP,
+        executor: str | Keep | None = KEEP,
+        pid: int | Keep | None = KEEP,
+        exit_code: int | Keep | None = KEEP,
+        cancel_requested: bool | Keep = KEEP,
+        error_tail: str | Keep | None = KEEP,
+        stage: str | Keep | None = KEEP,
+        progress: float | Keep | None = KEEP,
+        eta_s: float | Keep | None = KEEP,
     ) -> bool:
-        """Move a job to ``to_state`` (and set ``columns``) if its state is one of ``expect``.
+        """Move a job to ``to_state`` (and set the columns given; ``None`` clears one) if its state is one of
+        ``expect``.
 
-        ``reason`` replaces the job's reason (None clears it): it always describes the latest move.
+        ``reason`` replaces the job's reason (None clears it): it always describes the latest move. A move that
+        :data:`TRANSITIONS` does not allow raises :class:`IllegalTransitionError` (nothing is written).
 
         The check and the write are one transaction, so the daemon and a client cannot both act on a job.
         Returns whether the job moved. Every move is recorded in ``transitions`` with its time and reason.
         """
         now = _now()
         reason = scrub(reason) if reason else reason  # a server's answer may echo a credential
-        columns = {key: scrub(value) if isinstance(value, str) else value for key, value in columns.items()}
+        columns = _given(
+            started_at=started_at, finished_at=finished_at, next_try_at=next_try_at, run_dir=run_dir, slot=slot,
+            executor=executor, pid=pid, exit_code=exit_code, cancel_requested=cancel_requested,
+            error_tail=error_tail, stage=stage, progress=progress, eta_s=eta_s,
+        )  # fmt: skip
         with self.transaction() as conn:
             row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or (expect is not None and row[0] not in {str(s) for s in expect}):
                 return False
+            check_transition(row[0], to_state)
             values = {"state": str(to_state), "updated_at": now, "reason": reason, **columns}
             assignments = ", ".join(f"{key} = ?" for key in values)
             conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*values.values(), job_id])
@@ -574,15 +704,22 @@ class Store:
             )
         return True
 
-    def update_job(self, job_id: int, **columns: Any) -> None:
-        """Set columns of a job without a state change (priority, cancel_requested, progress …)."""
-        columns = {**columns, "updated_at": _now()}
-        for key in ("reason", "error_tail", "stage"):
-            if isinstance(columns.get(key), str):
-                columns[key] = scrub(columns[key])
-        for key in ("spec", "spec_given"):
-            if key in columns and not isinstance(columns[key], str):
-                columns[key] = json.dumps(columns[key], default=str)
+    def update_job(
+        self,
+        job_id: int,
+        *,
+        priority: int | Keep = KEEP,
+        cancel_requested: bool | Keep = KEEP,
+        pid: int | Keep | None = KEEP,
+        external_id: str | Keep | None = KEEP,
+        next_try_at: float | Keep | None = KEEP,
+    ) -> None:
+        """Set columns of a job without a state change (the columns given; ``None`` clears one)."""
+        columns = _given(
+            priority=priority, cancel_requested=cancel_requested, pid=pid, external_id=external_id,
+            next_try_at=next_try_at,
+        )  # fmt: skip
+        columns["updated_at"] = _now()
         assignments = ", ".join(f"{key} = ?" for key in columns)
         self.conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*columns.values(), job_id])
 
@@ -607,7 +744,7 @@ class Store:
         job_id: int,
         number: int,
         *,
-        outcome: str,
+        outcome: AttemptOutcome,
         exit_code: int | None = None,
         reason: str | None = None,
     ) -> None:
@@ -615,18 +752,38 @@ class Store:
         self.conn.execute(
             """UPDATE attempts SET finished_at = ?, outcome = ?, exit_code = COALESCE(?, exit_code),
                reason = COALESCE(?, reason) WHERE job_id = ? AND number = ?""",
-            (_now(), outcome, exit_code, scrub(reason) if reason else reason, job_id, number),
+            (_now(), AttemptOutcome(outcome), exit_code, scrub(reason) if reason else reason, job_id, number),
         )
 
     def set_attempt_pid(self, job_id: int, number: int, pid: int) -> None:
         self.conn.execute("UPDATE attempts SET pid = ? WHERE job_id = ? AND number = ?", (pid, job_id, number))
 
     def attempt(self, job_id: int, number: int) -> dict[str, Any] | None:
+        """One attempt's row; its ``outcome`` is an :class:`AttemptOutcome`, or None while it runs."""
         rows = self.query("SELECT * FROM attempts WHERE job_id = ? AND number = ?", [job_id, number])
-        return rows[0] if rows else None
+        return _typed_attempt(rows[0]) if rows else None
 
     def attempts(self, job_id: int) -> list[dict[str, Any]]:
-        return self.query("SELECT * FROM attempts WHERE job_id = ? ORDER BY number", [job_id])
+        rows = self.query("SELECT * FROM attempts WHERE job_id = ? ORDER BY number", [job_id])
+        return [_typed_attempt(row) for row in rows]
+
+    def open_attempts(self) -> list[tuple[int, str, int | None, str | None]]:
+        """``(job_id, job name, pid, slot)`` of every attempt still open of a running job, by job id."""
+        return self.conn.execute(
+            "SELECT a.job_id, j.name, a.pid, a.slot FROM attempts a JOIN jobs j ON j.id = a.job_id "
+            "WHERE j.state = ? AND a.finished_at IS NULL ORDER BY a.job_id",
+            (JobState.RUNNING,),
+        ).fetchall()
+
+    def attempt_seconds(self, since: float, until: float) -> float:
+        """Seconds of attempts that ran between ``since`` and ``until`` (UNIX s), each cut to that window."""
+        return float(
+            self.conn.execute(
+                "SELECT COALESCE(SUM(MIN(finished_at, ?) - MAX(started_at, ?)), 0) FROM attempts "
+                "WHERE finished_at >= ? AND started_at <= ?",
+                (until, since, since, until),
+            ).fetchone()[0]
+        )
 
     # -- progress, metrics, outputs -------------------------------------------------------------------------
 
@@ -689,6 +846,46 @@ class Store:
         if name is None:
             return self.query("SELECT * FROM metrics WHERE job_id = ? ORDER BY id", [job_id])
         return list(self.query("SELECT * FROM metrics WHERE job_id = ? AND name = ? ORDER BY id", [job_id, name]))
+
+    def metric_points(
+        self, job_id: int, *, after_id: int = 0, curves_only: bool = False, validation_only: bool = False
+    ) -> list[tuple[int, str, int | None, int | None, float | None]]:
+        """``(row id, name, epoch, step, value)`` of a job's metrics after row ``after_id``, oldest first.
+
+        ``curves_only`` keeps the values a curve draws once an epoch (no NULLs, no per-step series: ``…_step``,
+        ``lr``, ``samples_per_s``, ``data_wait_share``); ``validation_only`` keeps ``val/…``, ``test/…`` and
+        ``…_epoch`` values.
+        """
+        sql = "SELECT id, name, epoch, step, value FROM metrics WHERE job_id = ? AND id > ?"
+        if curves_only:
+            sql += (
+                " AND value IS NOT NULL AND name NOT IN ('lr', 'samples_per_s', 'data_wait_share')"
+                " AND name NOT LIKE '%!_step' ESCAPE '!'"
+            )
+        if validation_only:
+            sql += " AND value IS NOT NULL AND (name LIKE 'val/%' OR name LIKE 'test/%' OR name LIKE '%_epoch')"
+        return self.conn.execute(sql + " ORDER BY id", (job_id, after_id)).fetchall()
+
+    def metric_extremes(self, job_ids: Sequence[int]) -> dict[int, dict[str, tuple[float, float]]]:
+        """``{job id: {metric: (highest, lowest)}}`` of the given jobs."""
+        extremes: dict[int, dict[str, tuple[float, float]]] = {}
+        if not job_ids:
+            return extremes
+        marks = ",".join("?" * len(job_ids))
+        for job_id, name, high, low in self.conn.execute(
+            f"SELECT job_id, name, MAX(value), MIN(value) FROM metrics WHERE job_id IN ({marks}) GROUP BY job_id, name",
+            list(job_ids),
+        ):
+            extremes.setdefault(job_id, {})[name] = (high, low)
+        return extremes
+
+    def jobs_with_metric(self, prefix: str, *, limit: int = 200) -> list[tuple[int, str, str, str]]:
+        """``(id, name, kind, state)`` of the jobs with a metric whose name starts with ``prefix``, newest first."""
+        return self.conn.execute(
+            "SELECT id, name, kind, state FROM jobs WHERE id IN (SELECT DISTINCT job_id FROM metrics "
+            "WHERE substr(name, 1, ?) = ?) ORDER BY id DESC LIMIT ?",
+            (len(prefix), prefix, limit),
+        ).fetchall()
 
     def metric_names(self, job_id: int) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT name FROM metrics WHERE job_id = ?", (job_id,))]
@@ -762,6 +959,18 @@ class Store:
                 "UPDATE attempts SET events_offset = ? WHERE job_id = ? AND number = ?", (end_offset, job_id, number)
             )
 
+    def outputs_of(self, job_ids: Sequence[int]) -> dict[int, list[tuple[str, str]]]:
+        """``{job id: [(kind, path), …]}`` of the given jobs, each in the order written."""
+        outputs: dict[int, list[tuple[str, str]]] = {}
+        if not job_ids:
+            return outputs
+        marks = ",".join("?" * len(job_ids))
+        for job_id, kind, path in self.conn.execute(
+            f"SELECT job_id, kind, path FROM outputs WHERE job_id IN ({marks}) ORDER BY id", list(job_ids)
+        ):
+            outputs.setdefault(job_id, []).append((kind, path))
+        return outputs
+
     # -- schedules ------------------------------------------------------------------------------------------
 
     def add_schedule(
@@ -828,6 +1037,12 @@ class Store:
         if alive and info.get("host") == socket.gethostname():
             alive = pid_alive(int(info["pid"]))
         return {**info, "alive": alive}
+
+
+def _typed_attempt(row: dict[str, Any]) -> dict[str, Any]:
+    if row.get("outcome") is not None:
+        row["outcome"] = AttemptOutcome(row["outcome"])
+    return row
 
 
 def pid_alive(pid: int) -> bool:

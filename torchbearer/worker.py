@@ -61,6 +61,7 @@ def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
     from torchbearer.jobs import get_kind
     from torchbearer.redact import register_settings, scrub
     from torchbearer.settings import Settings
+    from torchbearer.store import AttemptOutcome
 
     settings = Settings.load()
     register_settings(settings)
@@ -76,7 +77,7 @@ def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
     job = ctx.job
     log.info("job %s (#%d) attempt %d: kind %s", ctx.name, job_id, attempt, job["kind"])
 
-    def finish(outcome: str, code: int, reason: str | None = None) -> int:
+    def finish(outcome: AttemptOutcome, code: int, reason: str | None = None) -> int:
         ctx.close()  # every event is in the file before the outcome says the attempt ended
         runs.write_outcome(run_dir, attempt, outcome, code, scrub(reason) if reason else reason)
         return code
@@ -87,17 +88,17 @@ def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
         kind.run(spec, ctx)
     except JobInterrupted as exc:
         log.warning("interrupted: %s", exc)
-        return finish("interrupted", EXIT_INTERRUPTED, str(exc))
+        return finish(AttemptOutcome.INTERRUPTED, EXIT_INTERRUPTED, str(exc))
     except BaseException as exc:  # noqa: BLE001 - every failure must be recorded, SystemExit included
         traceback.print_exc()
         sys.stderr.flush()
         if ctx.should_stop and not isinstance(exc, Exception):
-            return finish("interrupted", EXIT_INTERRUPTED)
+            return finish(AttemptOutcome.INTERRUPTED, EXIT_INTERRUPTED)
         # a wrong input is the user's mistake: its own exit code keeps it out of the crash-loop guard
         code = EXIT_INPUT if is_input_error(exc) else EXIT_FAILED
-        return finish("failed", code, describe_exception(exc))
+        return finish(AttemptOutcome.FAILED, code, describe_exception(exc))
     log.info("job %s (#%d) succeeded", ctx.name, job_id)
-    return finish("succeeded", EXIT_SUCCEEDED)
+    return finish(AttemptOutcome.SUCCEEDED, EXIT_SUCCEEDED)
 
 
 def main(argv: list[str] | None = None) -> int:

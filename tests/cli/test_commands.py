@@ -102,6 +102,7 @@ def test_release_during_a_retry_backoff_keeps_the_wait(project, store):
     from torchbearer.store import NewJob
 
     (job_id,) = store.add_jobs([NewJob("r", "probe", {}, {"name": "r", "kind": "probe"}, retries=2)])
+    store.transition(job_id, "running")  # its first attempt failed: waiting out the backoff
     store.transition(job_id, "waiting", reason="retry 1/2 in 600 s", next_try_at=time.time() + 600)
     commands.hold(store, job_id)
     assert commands.release(store, job_id).message == "r (#1): waiting"

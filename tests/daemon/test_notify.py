@@ -16,7 +16,7 @@ import pytest
 from tests.cli.conftest import tb
 from tests.conftest import DaemonProcess, wait_for, wait_state, write_job
 from tests.daemon.conftest import job_named, logged, stop_daemon
-from torchbearer.notify import url_secrets
+from torchbearer.redact import url_secrets
 from torchbearer.settings import Settings, split_urls
 from torchbearer.store import Store
 

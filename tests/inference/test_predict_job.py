@@ -71,6 +71,7 @@ def test_members_from_a_train_job_and_a_corrupt_checkpoint(project, store, stack
     models.mkdir()
     best = save_checkpoint(models / "best.ckpt", card_for(stack60, "unet", "resnet18"))
     (train_id,) = store.add_jobs([NewJob(name="unet", kind="train", spec_given={}, spec={})])
+    store.transition(train_id, JobState.RUNNING)
     store.transition(train_id, JobState.SUCCEEDED)
     store.add_output(train_id, best, "best_checkpoint")
     _project_scene(project)

@@ -143,9 +143,13 @@ def seed_store(store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch
     (run_dir / "log.txt").write_text(TRACEBACK + "\n")
 
     clock.at(NIGHT + 2 * 3600 + 1500)
+    # only legal moves (store.TRANSITIONS): a queued job reaches waiting through a hold and release
+    store.transition(job["ensemble"], JobState.HELD, reason="held")
     store.transition(job["ensemble"], JobState.WAITING, reason="waiting for fcn, farseg, unet")
     store.transition(job["dropped"], JobState.CANCELLED, finished_at=NIGHT + 1200, reason="cancelled on request")
     run("resumable", NIGHT + 1300, NIGHT + 1400, JobState.INTERRUPTED, reason="daemon stopped; runs again")
+    store.transition(job["orphan"], JobState.HELD, reason="held")
+    store.transition(job["orphan"], JobState.WAITING, reason="waiting for unet")
     store.transition(job["orphan"], JobState.DEPENDENCY_FAILED, finished_at=NIGHT + 2 * 3600 + 1500,
                      reason="dependency unet (#4) failed")  # fmt: skip
     store.set_meta("tui_last_opened", NIGHT - 3600)

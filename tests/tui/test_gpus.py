@@ -24,9 +24,7 @@ GIB = 2**30
 def worker_process(store, seeded):
     """A real process standing in for the running job's worker: its pid on the running attempt of farseg."""
     process = subprocess.Popen([sys.executable, "-c", "import time; data = bytearray(64 << 20); time.sleep(120)"])
-    store.conn.execute("UPDATE attempts SET pid = ? WHERE job_id = ? AND finished_at IS NULL",
-                       (process.pid, seeded["farseg"]))  # fmt: skip
-    store.conn.commit()
+    store.set_attempt_pid(seeded["farseg"], store.job(seeded["farseg"]).attempts, process.pid)
     yield process
     process.kill()
     process.wait()

@@ -25,7 +25,7 @@ from torchbearer.daemon.executors import Executor, WorkerHandle
 from torchbearer.daemon.executors.local import LocalExecutor, signal_process_group
 from torchbearer.daemon.oom import oom_evidence, oom_kill_count
 from torchbearer.settings import Settings
-from torchbearer.store import Job, JobState, Store, is_transient, pid_alive
+from torchbearer.store import AttemptOutcome, Job, JobState, Store, is_transient, pid_alive
 from torchbearer.worker import EXIT_INPUT, EXIT_INTERRUPTED, STACK_SIGNAL
 
 log = logging.getLogger("torchbearer.supervisor")
@@ -204,7 +204,7 @@ class Supervisor:
             )
         except OSError as exc:
             reason = f"could not start the worker: {exc}"
-            self.store.finish_attempt(job_id, attempt, outcome="failed", reason=reason)
+            self.store.finish_attempt(job_id, attempt, outcome=AttemptOutcome.FAILED, reason=reason)
             self.store.transition(job_id, JobState.FAILED, reason=reason, finished_at=time.time())
             log.error("job %s (#%d): %s", job.name, job_id, reason)
             return False
@@ -399,21 +399,22 @@ class Supervisor:
         elapsed = time.monotonic() - running.started
         now = time.time()
         common = {"finished_at": now, "exit_code": code, "pid": None, "stage": None, "eta_s": None}
-        if code == 0 and outcome == "succeeded":  # first: a job that finished as a cancel or timeout hit is done
+        # first: a job that finished as a cancel or timeout hit is done
+        if code == 0 and outcome == AttemptOutcome.SUCCEEDED:
             self.quick_failures.clear()
             self._end(running, JobState.SUCCEEDED, None, outcome, code, {**common, "progress": 1.0})
         elif job.cancel_requested:
-            self._end(running, JobState.CANCELLED, "cancelled on request", "cancelled", code, common)
+            self._end(running, JobState.CANCELLED, "cancelled on request", AttemptOutcome.CANCELLED, code, common)
         elif running.daemon_stopping and outcome is None:  # killed after the grace without a word: runs again
-            self._end(running, JobState.INTERRUPTED, "the daemon stopped while it ran; runs again", "interrupted",
-                      code, common)  # fmt: skip
+            self._end(running, JobState.INTERRUPTED, "the daemon stopped while it ran; runs again",
+                      AttemptOutcome.INTERRUPTED, code, common)  # fmt: skip
         elif running.stalled:
             self._fail(job, running, running.stalled, code, common)
         elif running.timed_out:
             self._fail(job, running, f"timed out after {running.timeout_s:.0f} s", code, common)
-        elif outcome == "interrupted" or code == EXIT_INTERRUPTED:
-            self._end(running, JobState.INTERRUPTED, "stopped at a safe point; runs again", "interrupted", code,
-                      common)  # fmt: skip
+        elif outcome == AttemptOutcome.INTERRUPTED or code == EXIT_INTERRUPTED:
+            self._end(running, JobState.INTERRUPTED, "stopped at a safe point; runs again",
+                      AttemptOutcome.INTERRUPTED, code, common)  # fmt: skip
         else:
             oom = None
             if code == -signal.SIGKILL and not running.killed_by_us:
@@ -424,8 +425,8 @@ class Supervisor:
             if code != EXIT_INPUT:  # a missing file or a refused path is a user error, not a crash
                 self._guard_crash_loop(running.job_id, elapsed)
 
-    def _end(self, running: RunningJob, state: JobState, reason: str | None, outcome: str, code: int | None,
-             columns: dict) -> None:  # fmt: skip
+    def _end(self, running: RunningJob, state: JobState, reason: str | None, outcome: AttemptOutcome,
+             code: int | None, columns: dict) -> None:  # fmt: skip
         self.store.finish_attempt(running.job_id, running.attempt, outcome=outcome, exit_code=code, reason=reason)
         self.store.transition(running.job_id, state, expect=[JobState.RUNNING], reason=reason, **columns)
         log.info("%s (#%d) %s%s", running.name, running.job_id, state, f": {reason}" if reason else "")
@@ -437,14 +438,15 @@ class Supervisor:
         if job.attempts <= job.retries:
             delay = job.retry_backoff_s * 2 ** (job.attempts - 1)
             retry = f"{reason}; retry {job.attempts}/{job.retries} in {delay:.0f} s"
-            self.store.finish_attempt(running.job_id, running.attempt, outcome="failed", exit_code=code, reason=reason)
+            self.store.finish_attempt(running.job_id, running.attempt, outcome=AttemptOutcome.FAILED, exit_code=code,
+                                      reason=reason)  # fmt: skip
             self.store.transition(running.job_id, JobState.WAITING, expect=[JobState.RUNNING], reason=retry,
                                   next_try_at=time.time() + delay, **columns)  # fmt: skip
             log.warning("%s (#%d) failed: %s", running.name, running.job_id, retry)
             if running.stalled:
                 self.on_event("stalled", running.job_id)
             return
-        self._end(running, JobState.FAILED, reason, "failed", code, columns)
+        self._end(running, JobState.FAILED, reason, AttemptOutcome.FAILED, code, columns)
 
     def _guard_crash_loop(self, job_id: int, elapsed_s: float) -> None:
         # Distinct jobs, not attempts: one broken job retrying must not pause a whole night's queue.
@@ -488,14 +490,15 @@ class Supervisor:
             if job.attempts:  # what it reported while the daemon was down, and how it ended (its outcome file)
                 contract.ingest(self.store, job.id, job.attempts, run_dir)
                 attempt = runs.read_outcome(run_dir, job.attempts) or attempt
-            if attempt.get("outcome") == "succeeded":  # never run twice
+            if attempt.get("outcome") == AttemptOutcome.SUCCEEDED:  # never run twice
                 state, reason = JobState.SUCCEEDED, "finished while the daemon was down"
                 self.store.finish_attempt(job.id, job.attempts, outcome="succeeded",
                                           exit_code=attempt.get("exit_code"))  # fmt: skip
             else:
                 state, reason = JobState.INTERRUPTED, "the daemon stopped while it ran; runs again"
                 if job.attempts:
-                    self.store.finish_attempt(job.id, job.attempts, outcome=attempt.get("outcome") or "interrupted",
+                    self.store.finish_attempt(job.id, job.attempts,
+                                              outcome=attempt.get("outcome") or AttemptOutcome.INTERRUPTED,
                                               reason=attempt.get("reason") or reason)  # fmt: skip
             self.store.transition(job.id, state, expect=[JobState.RUNNING], reason=reason, pid=None,
                                   finished_at=time.time() if state == JobState.SUCCEEDED else None)  # fmt: skip

@@ -85,12 +85,8 @@ def read_comparison(store: Store, job_ids: list[int]) -> Comparison:
             missing.append(job_id)
             continue
         points: dict[str, list[tuple[int | None, int | None, float]]] = {}
-        for row in store.conn.execute(
-            "SELECT name, epoch, step, value FROM metrics WHERE job_id = ? AND value IS NOT NULL "
-            "AND (name LIKE 'val/%' OR name LIKE 'test/%' OR name LIKE '%_epoch') ORDER BY id",
-            (job_id,),
-        ):
-            points.setdefault(row[0], []).append((row[1], row[2], row[3]))
+        for _, name, epoch, step, value in store.metric_points(job_id, validation_only=True):
+            points.setdefault(name, []).append((epoch, step, value))
         curves = {name: curve_from_points(name, pts) for name, pts in points.items()}
         runs.append(RunSummary(job.id, job.name, job.kind, job.state, curves, flatten(job.spec or {})))
     key = key_metric({name for run in runs for name in run.curves})
@@ -101,11 +97,7 @@ def read_comparison(store: Store, job_ids: list[int]) -> Comparison:
 
 def comparable_jobs(store: Store, limit: int = 200) -> list[tuple[int, str]]:
     """Jobs with validation metrics (train, classify …), newest first, as ``(id, "#id name (state)")``."""
-    rows = store.conn.execute(
-        "SELECT id, name, kind, state FROM jobs WHERE id IN (SELECT DISTINCT job_id FROM metrics "
-        "WHERE name LIKE 'val/%') ORDER BY id DESC LIMIT ?",
-        (limit,),
-    ).fetchall()
+    rows = store.jobs_with_metric("val/", limit=limit)
     return [(row[0], f"#{row[0]} {row[1]} · {row[2]} · {row[3]}") for row in rows]
 
 

@@ -15,7 +15,10 @@ from torchbearer.runs import LogFollower, log_path_of  # noqa: F401 - the run-fo
 from torchbearer.store import TERMINAL_STATES, Job, Store
 
 #: The light columns of the queue table (no specs): one indexed scan, cheap for 10 000 jobs.
-ROW_COLUMNS = "id, name, kind, state, priority, stage, progress, eta_s, started_at, finished_at, updated_at, reason"
+ROW_COLUMNS = (
+    "id", "name", "kind", "state", "priority", "stage", "progress", "eta_s", "started_at", "finished_at", "updated_at",
+    "reason",
+)  # fmt: skip
 
 #: Metrics drawn as the "key metric" curve, in order of preference; else the first ``val/*`` that is not a loss.
 KEY_METRICS = ("val/iou", "val/f1", "val/accuracy", "val/acc")
@@ -131,10 +134,7 @@ class WorkerMeter:
     def read(self, store: Store) -> tuple[WorkerUsage, ...]:
         import psutil
 
-        rows = store.conn.execute(
-            "SELECT a.job_id, j.name, a.pid, a.slot FROM attempts a JOIN jobs j ON j.id = a.job_id "
-            "WHERE j.state = 'running' AND a.finished_at IS NULL ORDER BY a.job_id"
-        ).fetchall()
+        rows = store.open_attempts()
         kept: dict[int, Any] = {}
         usages = []
         for job_id, name, pid, slot in rows:
@@ -297,9 +297,7 @@ class RunPanel:
 
 def job_rows(store: Store, *, since: float | None = None) -> list[JobRow]:
     """Queue-table rows, all of them or those updated at or after ``since``."""
-    where, params = ("WHERE updated_at >= ?", [since]) if since is not None else ("", [])
-    cursor = store.conn.execute(f"SELECT {ROW_COLUMNS} FROM jobs {where}", params)
-    return [JobRow(*row) for row in cursor.fetchall()]
+    return [JobRow(*row) for row in store.job_columns(ROW_COLUMNS, since=since)]
 
 
 def queue_info(store: Store) -> QueueInfo:
@@ -354,25 +352,10 @@ class Summary:
 
 def read_summary(store: Store, since: float, until: float, *, limit: int = 500) -> Summary:
     """The jobs that ended since ``since`` (at most ``limit``, newest kept), best metrics, outputs, run time."""
-    jobs = store.query(
-        "SELECT id, name, kind, state, started_at, finished_at, reason FROM jobs WHERE finished_at >= ? "
-        "ORDER BY finished_at DESC LIMIT ?",
-        [since, limit],
-    )[::-1]
+    jobs = store.ended_jobs(since, limit=limit)
     ids = [job["id"] for job in jobs]
-    marks = ",".join("?" * len(ids))
-    extremes: dict[int, dict[str, tuple[float, float]]] = {}
-    outputs: dict[int, list[tuple[str, str]]] = {}
-    if ids:
-        for job_id, name, high, low in store.conn.execute(
-            f"SELECT job_id, name, MAX(value), MIN(value) FROM metrics WHERE job_id IN ({marks}) GROUP BY job_id, name",
-            ids,
-        ):
-            extremes.setdefault(job_id, {})[name] = (high, low)
-        for job_id, kind, path in store.conn.execute(
-            f"SELECT job_id, kind, path FROM outputs WHERE job_id IN ({marks}) ORDER BY id", ids
-        ):
-            outputs.setdefault(job_id, []).append((kind, path))
+    extremes = store.metric_extremes(ids)
+    outputs = store.outputs_of(ids)
     rows = []
     for job in jobs:
         metrics = extremes.get(job["id"], {})
@@ -381,10 +364,6 @@ def read_summary(store: Store, since: float, until: float, *, limit: int = 500) 
         duration = job["finished_at"] - job["started_at"] if job["started_at"] else None
         rows.append(SummaryRow(job["id"], job["name"], job["kind"], job["state"], duration, job["reason"], best,
                                tuple(outputs.get(job["id"], ()))))  # fmt: skip
-    run_time = store.conn.execute(
-        "SELECT COALESCE(SUM(MIN(finished_at, ?) - MAX(started_at, ?)), 0) FROM attempts "
-        "WHERE finished_at >= ? AND started_at <= ?",
-        (until, since, since, until),
-    ).fetchone()[0]
+    run_time = store.attempt_seconds(since, until)
     pending = {s: n for s, n in store.counts_by_state().items() if s not in TERMINAL_STATES}
     return Summary(since, until, tuple(rows), float(run_time), pending)

@@ -19,7 +19,7 @@ from typing import Any
 
 from torchbearer.preflight import job_warnings
 from torchbearer.settings import Settings
-from torchbearer.store import Job, Store, StoreError
+from torchbearer.store import Job, JobState, Store, StoreError
 from torchbearer.tui.data import (
     Curve,
     JobDetail,
@@ -238,8 +238,7 @@ class Poller:
         as for the open job, so a panel costs the same each tick however long the run.
         """
         if changed or self._last_panels is None:
-            ids = [row[0] for row in store.conn.execute(
-                "SELECT id FROM jobs WHERE state = 'running' ORDER BY id LIMIT ?", (MAX_PANELS,))]  # fmt: skip
+            ids = store.job_ids(states=[JobState.RUNNING], limit=MAX_PANELS)
             self._panels = {i: self._panels.get(i) or _Panel(_Focus(i)) for i in ids}
             for job_id, panel in self._panels.items():
                 panel.job = store.job(job_id)
@@ -316,22 +315,14 @@ class Poller:
         Per-step series (``…_step``, ``lr``, ``samples_per_s``) are left out: a panel draws one value an epoch,
         and a night of per-step points would be rebuilt into a curve on every tick.
         """
-        rows = store.conn.execute(
-            "SELECT id, name, epoch, step, value FROM metrics WHERE job_id = ? AND id > ? AND value IS NOT NULL "
-            "AND name NOT IN ('lr', 'samples_per_s', 'data_wait_share') AND name NOT LIKE '%!_step' ESCAPE '!' "
-            "ORDER BY id",
-            (focus.job_id, focus.metric_after_id),
-        ).fetchall()
+        rows = store.metric_points(focus.job_id, after_id=focus.metric_after_id, curves_only=True)
         for row_id, name, epoch, step, value in rows:
             focus.points.setdefault(name, []).append((epoch, step, value))
             focus.metric_after_id = row_id
         return bool(rows)
 
     def _read_metrics(self, store: Store, focus: _Focus) -> None:
-        rows = store.conn.execute(
-            "SELECT id, name, epoch, step, value FROM metrics WHERE job_id = ? AND id > ? ORDER BY id",
-            (focus.job_id, focus.metric_after_id),
-        ).fetchall()
+        rows = store.metric_points(focus.job_id, after_id=focus.metric_after_id)
         for row_id, name, epoch, step, value in rows:
             if value is not None:
                 focus.points.setdefault(name, []).append((epoch, step, value))
