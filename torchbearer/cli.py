@@ -578,16 +578,16 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines from the end to start with")] = 50,
 ) -> None:
     """Print a job's log (the end of it), optionally following it."""
-    from torchbearer.runs import follow, log_path_of, read_tail
+    from torchbearer import runs
 
     settings: Settings = ctx.obj
     store = _store(ctx)
     job = _job_or_exit(store, job_ref)
-    path = log_path_of(job, settings.runs_dir)
+    path = runs.log_path_of(job, settings.runs_dir)
     if not path.exists() and not follow:
         raise fail(f"{job.name} (#{job.id}) has no log yet ({path})")
     if not follow:
-        print(read_tail(path, lines, max_bytes=max(64 * 1024, lines * 400)))
+        print(runs.read_tail(path, lines, max_bytes=max(64 * 1024, lines * 400)))
         return
 
     def ended() -> bool:
@@ -595,7 +595,7 @@ def logs(
         return current is None or current.state in TERMINAL_STATES
 
     with contextlib.suppress(KeyboardInterrupt):
-        follow(path, ended, lines=lines)
+        runs.follow(path, ended, lines=lines)
 
 
 # -- changing jobs and the queue ------------------------------------------------------------------------------
