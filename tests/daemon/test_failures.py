@@ -41,10 +41,11 @@ def test_hung_job_hits_its_timeout(project, store, tolerant_daemon):
 
 
 def test_timeout_of_a_job_ignoring_sigterm_ends_with_sigkill(project, store, tolerant_daemon):
-    text = probe("stubborn", action="hang", at_step=1, steps=3, timeout=1, ignore_sigterm="true")
+    # 3 s: the worker must have started (imports, settings) and ignored SIGTERM before the timeout hits
+    text = probe("stubborn", action="hang", at_step=1, steps=3, timeout=3, ignore_sigterm="true")
     write_job(project.queue_dir, "stubborn.yaml", text)
     job = wait_state(store, job_named(store, "stubborn").id, "failed")
-    assert job.reason.startswith("timed out after 1 s") and job.exit_code == -9
+    assert job.reason.startswith("timed out after 3 s") and job.exit_code == -9
     assert "ignored SIGTERM" in logged(tolerant_daemon)
 
 
