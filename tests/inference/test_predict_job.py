@@ -15,7 +15,8 @@ from tests.conftest import DaemonProcess, wait_for, wait_state, write_job
 from tests.daemon.conftest import stop_daemon
 from tests.inference.conftest import CROP, card_for, save_checkpoint
 from torchbearer.context import JobContext
-from torchbearer.inference.ensemble import Member, PredictOptions, predict_scene
+from torchbearer.inference.ensemble import PredictOptions, predict_scene
+from torchbearer.inference.members import Member
 from torchbearer.jobs import get_kind
 from torchbearer.jobs.predict import ModelRef
 from torchbearer.ml.checkpoint import CheckpointError, load_member
