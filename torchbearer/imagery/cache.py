@@ -45,7 +45,9 @@ TILE = 256
 #: being built becomes readable.
 STRIP_ROWS = TILE
 #: Creation options of a stack: tiles for window reads, ZSTD (decodes about twice as fast as DEFLATE here)
-#: with horizontal differencing, which suits smooth uint16 imagery.
+#: with horizontal differencing, which suits smooth uint16 imagery. Level 1: a seventh of the default level 9's
+#: CPU time to write (measured on the crop tiled to 960 × 1536: 0.16 s vs 1.19 s) for files 2 % larger, the same
+#: time to read: stacking is on a first prediction's critical path, next to the JPEG 2000 decoding.
 CREATION_OPTIONS: dict[str, Any] = {
     "driver": "GTiff",
     "dtype": "uint16",
@@ -54,6 +56,7 @@ CREATION_OPTIONS: dict[str, Any] = {
     "blockxsize": TILE,
     "blockysize": TILE,
     "compress": "zstd",
+    "zstd_level": 1,
     "predictor": 2,
     "interleave": "band",  # written band by band: pixel interleaving would recompress every tile per band
     "bigtiff": "if_safer",
