@@ -41,7 +41,8 @@ from inference import DEFAULT_SCENE, card, mosaic_vrt, peak_rss, reset_peak_rss,
 from torchbearer.explain.model import find_layer  # noqa: E402
 from torchbearer.explain.scene import scene_cams  # noqa: E402
 from torchbearer.imagery.cache import stack_info  # noqa: E402
-from torchbearer.inference.ensemble import Member, PredictOptions, predict_scene  # noqa: E402
+from torchbearer.inference.ensemble import PredictOptions, predict_scene  # noqa: E402
+from torchbearer.inference.members import Member  # noqa: E402
 from torchbearer.ml.checkpoint import load_member, save_checkpoint  # noqa: E402
 from torchbearer.ml.models import build_model  # noqa: E402
 

@@ -12,7 +12,8 @@ import pytest
 from tests.imagery.conftest import SAMPLE_AOI, SAMPLE_ID, SAMPLE_NAME
 from tests.imagery.fake_services import FakeServices, Product, build_catalogue, footprint
 from tests.imagery.test_copernicus import needed_sizes
-from torchbearer.imagery.cache import read_reflectance, stack_info
+from tests.reflectance import read_reflectance
+from torchbearer.imagery.cache import stack_info
 from torchbearer.imagery.copernicus import CredentialsMissing
 from torchbearer.imagery.fetch import NoScenesError, ensure_scenes
 from torchbearer.imagery.local import LocalScenesError

@@ -17,7 +17,7 @@ from torch import nn
 
 from torchbearer.imagery.cache import build_stack, stack_info
 from torchbearer.imagery.spec import BANDS_BY_RESOLUTION
-from torchbearer.inference.ensemble import Member
+from torchbearer.inference.members import Member
 from torchbearer.ml import checkpoint
 from torchbearer.ml.checkpoint import ModelCard
 from torchbearer.ml.models import build_model

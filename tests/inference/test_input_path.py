@@ -11,13 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
+from torch import nn
 
 from tests.inference.conftest import CROP, card_for, save_checkpoint
 from torchbearer.imagery import cache
-from torchbearer.imagery.cache import build_stack
+from torchbearer.imagery.cache import StackBuild, StackError, build_stack, start_stack
+from torchbearer.imagery.spec import BANDS_BY_RESOLUTION
 from torchbearer.inference import stream
-from torchbearer.inference.ensemble import Member, PredictOptions, predict_scene
-from torchbearer.ml.checkpoint import load_member
+from torchbearer.inference.ensemble import PredictOptions, predict_scene
+from torchbearer.inference.members import Member
+from torchbearer.inference.resume import FINGERPRINT_TAG, is_complete
+from torchbearer.ml.checkpoint import ModelCard, load_member
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[str]:
@@ -37,9 +42,10 @@ def test_bands_decoded_in_parallel_stack_to_the_same_file(tmp_path: Path, monkey
     monkeypatch.setattr(cache, "DECODE_THREADS", 1)
     serial = build_stack(CROP, 60, tmp_path / "serial")
     monkeypatch.setattr(cache, "DECODE_THREADS", 4)
-    threads = _spy(monkeypatch, cache, "_read_band")
+    threads = _spy(monkeypatch, cache, "_read_rows")
     parallel = build_stack(CROP, 60, tmp_path / "parallel")
-    assert len(threads) == 11 and all(t.startswith("band-decoder") for t in threads), threads
+    strips = -(-320 // cache.STRIP_ROWS)  # the crop is 320 rows high
+    assert len(threads) == 11 * strips and all(t.startswith("band-decoder") for t in threads), threads
     with rasterio.open(serial) as a, rasterio.open(parallel) as b:
         assert np.array_equal(a.read(), b.read())
         assert (a.descriptions, a.tags(), a.profile) == (b.descriptions, b.tags(), b.profile)
@@ -68,3 +74,75 @@ def test_reader_and_forward_threads_write_the_same_map(
     assert one.stats[60.0].batches == three.stats[60.0].batches and one.windows_skipped == three.windows_skipped
     digest = [hashlib.sha256(r.output.read_bytes()).hexdigest() for r in (one, three)]
     assert digest[0] == digest[1]
+
+
+def _conv1x1(bands: tuple[str, ...]) -> Member:
+    """A near-free member (what a GPU's forward costs the CPU): the input path is what these tests exercise."""
+    torch.manual_seed(0)
+    norm = {"mean": [0.1] * len(bands), "std": [0.05] * len(bands)}
+    card = ModelCard(arch="conv1x1", backbone=None, in_channels=len(bands), num_classes=2, classes=["clear", "cloud"],
+                     task="binary", bands=list(bands), resolution=60.0, norm=norm)  # fmt: skip
+    return Member("conv1x1", nn.Conv2d(len(bands), 1, 1), card)
+
+
+def test_windows_flow_before_the_stack_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first prediction from a SAFE folder reads windows from the strips already written while the stack is
+    still being built, and writes what predicting from the finished stack writes."""
+    events: list[str] = []
+    first_read = threading.Event()
+    real_decode, real_write, real_read = cache._read_rows, cache._write_strip, stream.GroupStream._read_window
+
+    def decode(band, top: int, bottom: int) -> np.ndarray:
+        if bottom == 320:  # the last strip's bands wait (a while at most) for a window to be read
+            first_read.wait(timeout=120)
+        return real_decode(band, top, bottom)
+
+    def write_strip(part: Path, data: list[np.ndarray], top: int) -> None:
+        real_write(part, data, top)
+        events.append(f"strip {top}")
+
+    def read_window(self, dataset, index: int, j: int) -> np.ndarray:
+        events.append("window")
+        first_read.set()
+        return real_read(self, dataset, index, j)
+
+    member = _conv1x1(BANDS_BY_RESOLUTION[60])
+    options = PredictOptions(window=64, overlap=0.25, batch_size=3)
+    reference = predict_scene([member], [build_stack(CROP, 60, tmp_path / "built")], tmp_path / "built.tif",
+                              options, created=1.7e9)  # fmt: skip
+    monkeypatch.setattr(cache, "_read_rows", decode)
+    monkeypatch.setattr(cache, "_write_strip", write_strip)
+    monkeypatch.setattr(stream.GroupStream, "_read_window", read_window)
+    build = start_stack(CROP, 60, tmp_path / "cache")
+    assert isinstance(build, StackBuild) and not build.path.exists()
+    streamed = predict_scene([member], [build], tmp_path / "streamed.tif", options, created=1.7e9)
+
+    strips = [i for i, e in enumerate(events) if e.startswith("strip")]
+    assert len(strips) > 1 and events.index("window") < strips[-1], events
+    with rasterio.open(reference.output) as a, rasterio.open(streamed.output) as b:
+        assert np.array_equal(a.read(), b.read())
+        tags = [{k: v for k, v in t.items() if k != FINGERPRINT_TAG} for t in (a.tags(), b.tags())]
+        assert tags[0] == tags[1]
+    with rasterio.open(tmp_path / "built" / build.path.name) as a, rasterio.open(build.path) as b:
+        assert np.array_equal(a.read(), b.read()) and a.tags() == b.tags() and a.descriptions == b.descriptions
+    # The finished map knows the finished stack: a retried job does not predict it again.
+    assert is_complete(streamed.output, [member], [build.path], options)
+    assert start_stack(CROP, 60, tmp_path / "cache") == build.path  # built once
+
+
+def test_a_build_that_fails_half_way_leaves_no_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = cache._write_strip
+
+    def write_strip(part: Path, data: list[np.ndarray], top: int) -> None:
+        if top > 0:
+            raise OSError("disk full")
+        real_write(part, data, top)
+
+    monkeypatch.setattr(cache, "_write_strip", write_strip)
+    build = start_stack(CROP, 60, tmp_path / "cache")
+    member = _conv1x1(BANDS_BY_RESOLUTION[60])
+    with pytest.raises(StackError, match="disk full"):
+        predict_scene([member], [build], tmp_path / "map.tif", PredictOptions(window=64, batch_size=3))
+    assert not build.path.exists() and not list((tmp_path / "cache").glob("*.part"))
+    monkeypatch.undo()
+    assert isinstance(start_stack(CROP, 60, tmp_path / "cache"), StackBuild)  # nothing looks complete: built again

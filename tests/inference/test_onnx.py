@@ -15,7 +15,8 @@ import rasterio
 from tests.cli.conftest import flat, tb
 from tests.inference.conftest import card_for, save_checkpoint
 from tests.inference.test_predict_job import _context
-from torchbearer.inference.ensemble import Member, PredictOptions, predict_scene
+from torchbearer.inference.ensemble import PredictOptions, predict_scene
+from torchbearer.inference.members import Member
 from torchbearer.inference.onnx import (
     PARITY_TOLERANCE,
     OnnxModel,

@@ -20,14 +20,9 @@ from tests.inference.conftest import (
     nodata_of,
     save_checkpoint,
 )
-from torchbearer.inference.ensemble import (
-    EnsembleError,
-    Member,
-    PredictionInterrupted,
-    PredictOptions,
-    is_complete,
-    predict_scene,
-)
+from torchbearer.inference.ensemble import PredictionInterrupted, PredictOptions, predict_scene
+from torchbearer.inference.members import EnsembleError, Member
+from torchbearer.inference.resume import is_complete
 from torchbearer.inference.writer import NODATA, partial_path
 from torchbearer.ml.checkpoint import CheckpointError, load_member
 

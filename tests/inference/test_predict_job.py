@@ -16,7 +16,8 @@ from tests.contract import ingest, job_context
 from tests.daemon.conftest import stop_daemon
 from tests.inference.conftest import CROP, card_for, save_checkpoint
 from torchbearer.context import JobContext
-from torchbearer.inference.ensemble import Member, PredictOptions, predict_scene
+from torchbearer.inference.ensemble import PredictOptions, predict_scene
+from torchbearer.inference.members import Member
 from torchbearer.jobs import get_kind
 from torchbearer.jobs.predict import ModelRef
 from torchbearer.ml.checkpoint import CheckpointError, load_member

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from torchbearer.inference.blending import GridWeights, window_weights
-from torchbearer.inference.ensemble import combine, tta_transforms
+from torchbearer.inference.combine import combine
+from torchbearer.inference.tta import tta_transforms
 from torchbearer.inference.windows import WindowGrid, axis_offsets, pad_to_window
 
 

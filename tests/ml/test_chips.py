@@ -121,7 +121,8 @@ def test_scene_masks_of_a_single_class_are_refused(stack: Path, tmp_path: Path) 
 
 
 def test_prediction_refuses_a_scene_of_another_domain(stack: Path, tmp_path: Path) -> None:
-    from torchbearer.inference.ensemble import EnsembleError, Member, predict_scene
+    from torchbearer.inference.ensemble import predict_scene
+    from torchbearer.inference.members import EnsembleError, Member
     from torchbearer.ml.checkpoint import ModelCard, load_member, save_checkpoint
     from torchbearer.ml.models import build_model
 
@@ -136,7 +137,8 @@ def test_prediction_refuses_a_scene_of_another_domain(stack: Path, tmp_path: Pat
 
 def test_forest_on_chips_predicts_the_scene_as_an_ensemble_member(chips: Path, stack: Path, tmp_path: Path) -> None:
     """Sampled balanced pixels → forest → joblib checkpoint → ``load_member`` → a map like a network's."""
-    from torchbearer.inference.ensemble import Member, PredictOptions, predict_scene
+    from torchbearer.inference.ensemble import PredictOptions, predict_scene
+    from torchbearer.inference.members import Member
     from torchbearer.inference.onnx import choose_runtimes
     from torchbearer.ml.checkpoint import ModelCard, load_member, read_card
     from torchbearer.ml.forest import ForestModel, evaluate, fit_forest, sample_pixels, save_forest

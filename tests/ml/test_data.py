@@ -17,7 +17,8 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 from rasterio.windows import Window
 
 from tests.ml.conftest import MASKS, SAMPLE
-from torchbearer.imagery.cache import build_stack, read_reflectance, stack_info
+from tests.reflectance import read_reflectance
+from torchbearer.imagery.cache import build_stack, stack_info
 from torchbearer.ml.checkpoint import normalize
 from torchbearer.ml.datamodules import SegmentationDataModule
 from torchbearer.ml.labels import IGNORE, LabelError, scene_target
@@ -199,13 +200,12 @@ def test_worker_processes_deliver_the_same_batches(stack: Path) -> None:
 def test_standardising_terms_fold_reflectance_and_statistics_into_one_multiply_add():
     """The one multiply-add the training collate and the inference forward use equals the reference path:
     (DN + offset) / quantification, minus the mean, over the std; DN 0 stays no data (the callers zero it)."""
-    from torchbearer.imagery.cache import to_reflectance
     from torchbearer.ml.checkpoint import standardising_terms
 
     rng = np.random.default_rng(0)
     dn = rng.integers(1, 12000, size=(3, 8, 8)).astype(np.uint16)
     mean, std = [0.1, 0.2, 0.3], [0.05, 0.1, 0.2]
     a, b = standardising_terms((1 / 10000, -1000 / 10000), mean, std)
-    reference = normalize(to_reflectance(dn, -1000, 10000)[0], mean, std)
+    reference = normalize((dn.astype(np.float32) - 1000) / 10000, mean, std)  # (DN + offset) / quantification
     assert a.dtype == b.dtype == np.float32
     np.testing.assert_allclose(dn * a[:, None, None] + b[:, None, None], reference, rtol=1e-5, atol=1e-5)

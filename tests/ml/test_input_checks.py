@@ -22,7 +22,8 @@ from tests.daemon.conftest import job_named
 from tests.inference.conftest import crop_stack
 from tests.ml.conftest import MASKS, SAMPLE
 from torchbearer.imagery.cache import StackError, build_stack, stack_info
-from torchbearer.inference.ensemble import Member, PredictOptions, predict_scene
+from torchbearer.inference.ensemble import PredictOptions, predict_scene
+from torchbearer.inference.members import Member
 from torchbearer.jobs.train import TrainSpec, build_task, stacks_resolution
 from torchbearer.ml.checkpoint import ModelCard, input_description, load_member
 from torchbearer.ml.datamodules import SegmentationDataModule
@@ -104,7 +105,7 @@ def test_card_records_product_level_and_offset_and_predict_warns(
 
     l1c = ModelCard(**{**card.to_dict(), "extra": input_description(["L1C"], [0.0])})
     member = Member(name="toa", model=build_model("fcn", None, 11, 1), card=l1c)
-    with caplog.at_level(logging.WARNING, logger="torchbearer.inference.ensemble"):
+    with caplog.at_level(logging.WARNING, logger="torchbearer.inference.groups"):
         predict_scene([member], [small60], tmp_path / "map.tif", PredictOptions(window=64, optimize=False))
     assert "the model was trained on L1C scenes, this one is L2A" in caplog.text
     assert "reflectance offset (BOA_ADD_OFFSET) is -1000, the training scenes' was 0" in caplog.text

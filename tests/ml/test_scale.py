@@ -139,7 +139,8 @@ def test_many_scenes_through_the_daemon(sample_project, store, daemon) -> None:
 def test_predict_class_map_uses_the_recorded_threshold() -> None:
     from types import SimpleNamespace
 
-    from torchbearer.inference.ensemble import class_map, model_threshold
+    from torchbearer.inference.combine import class_map
+    from torchbearer.inference.members import model_threshold
 
     members = [SimpleNamespace(card=SimpleNamespace(extra={"threshold": 0.3}))]
     assert model_threshold(members) == pytest.approx(0.3)

@@ -13,7 +13,8 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from torchbearer.imagery.cache import StackError, build_stack, read_reflectance, stack_info, stack_path
+from tests.reflectance import read_reflectance
+from torchbearer.imagery.cache import StackError, build_stack, stack_info, stack_path
 from torchbearer.imagery.safe import SafeError, read_safe
 
 REPO = Path(__file__).resolve().parents[2]

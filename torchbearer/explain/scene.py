@@ -25,7 +25,7 @@ from torchbearer.explain.cams import CamMaker
 from torchbearer.explain.model import ClassScore
 from torchbearer.explain.patches import check_bands
 from torchbearer.imagery.cache import StackError, stack_info
-from torchbearer.inference.ensemble import GDAL_CACHE_BYTES, map_large_blocks
+from torchbearer.inference.ensemble import GDAL_CACHE_BYTES
 from torchbearer.inference.stream import GroupStream, StopRequested
 from torchbearer.inference.writer import StripWriter
 from torchbearer.ml.checkpoint import ModelCard, standardising_terms
@@ -100,7 +100,6 @@ def scene_cams(
 
         raise ExplainError(str(exc)) from None
     indexes = check_bands(info, card)
-    map_large_blocks()
     started = time.perf_counter()
     maker = CamMaker(model, layer, methods)
     forward = cam_forward(maker, card, info.reflectance_terms, class_index, torch.device(device))

@@ -35,7 +35,7 @@ from torch import nn
 from torchbearer.ml.checkpoint import CheckpointError, ModelCard, load_member
 
 if TYPE_CHECKING:
-    from torchbearer.inference.ensemble import Member
+    from torchbearer.inference.members import Member
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,8 @@ def choose_runtimes(
     best of two), and keeps the faster; the choice and both times are logged. Members without a checkpoint
     file stay on PyTorch.
     """
-    from torchbearer.inference.ensemble import EnsembleError, channels_last, prepare_model
+    from torchbearer.inference.members import EnsembleError
+    from torchbearer.inference.prepare import channels_last, prepare_model
 
     chosen = []
     for member in members:

@@ -26,37 +26,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import rasterio
 import torch
-from affine import Affine
 from rasterio.windows import Window
 
-from torchbearer.imagery.cache import valid_pixels
+from torchbearer.imagery.cache import StackBuild, valid_pixels
+from torchbearer.imagery.grid import Grid
 from torchbearer.inference.blending import GridWeights
 from torchbearer.inference.windows import WindowGrid, overlap_pixels, pad_to_window
 
 READERS = max(1, min(4, os.cpu_count() or 1))
 """Threads decoding windows of a stack ahead of the model (:class:`GroupStream`'s ``readers``)."""
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A georeferenced pixel grid: CRS, affine transform (CRS units), size in pixels."""
-
-    crs: rasterio.crs.CRS
-    transform: Affine
-    width: int
-    height: int
-
-    @property
-    def resolution(self) -> float:
-        """Pixel width in CRS units (metres for the UTM grids of Sentinel-2)."""
-        return abs(self.transform.a)
-
-    def same_as(self, other: Grid) -> bool:
-        return (
-            self.crs == other.crs
-            and self.transform.almost_equals(other.transform)
-            and (self.width, self.height) == (other.width, other.height)
-        )
 
 
 @dataclass
@@ -115,6 +93,9 @@ class GroupStream:
         readers: threads decoding windows of the stack (each its own handle on it; default :data:`READERS`);
             1 reads in the reader thread itself. Several keep a fast model (a GPU's) fed: decoding a
             window's tiles costs more than its forward there.
+        building: the stack while it is being built (``imagery.cache.StackBuild``): each window waits for the
+            rows it needs and is read through a handle opened after they were written, so windows flow from
+            the first strip on instead of after the whole stack.
     """
 
     def __init__(
@@ -132,8 +113,10 @@ class GroupStream:
         strip_rows: int = 64,
         prefetch: int = 2,
         readers: int | None = None,
+        building: StackBuild | None = None,
     ) -> None:
         self.dataset = dataset
+        self.building = building
         self.indexes = indexes
         self.forward = forward
         self.members = members
@@ -169,21 +152,23 @@ class GroupStream:
         handed on; the order, and so every batch, is the same as with one reader.
         """
         windows = ((i, j) for i in range(self.start_index, len(self.grid.rows)) for j in range(len(self.grid.cols)))
-        if self.readers <= 1:
-            for i, j in windows:
-                yield i, j, self._read_window(self.dataset, i, j)
-            return
         local, opened, lock = threading.local(), [], threading.Lock()
 
         def read(i: int, j: int) -> np.ndarray:
-            if not hasattr(local, "dataset"):
-                local.dataset = rasterio.open(self.dataset.name)
-                with lock:
-                    opened.append(local.dataset)
+            need = min(self.grid.rows[i] + self.grid.size, self.grid.height)
+            if getattr(local, "rows", -1) < need:  # no handle yet, or one opened before these rows were written
+                local.dataset, local.rows = self._open(need)
+                if local.dataset is not self.dataset:
+                    with lock:
+                        opened.append(local.dataset)
             return self._read_window(local.dataset, i, j)
 
-        pending: deque[tuple[int, int, Future[np.ndarray]]] = deque()
         try:
+            if self.readers <= 1:
+                for i, j in windows:
+                    yield i, j, read(i, j)
+                return
+            pending: deque[tuple[int, int, Future[np.ndarray]]] = deque()
             with ThreadPoolExecutor(self.readers, thread_name_prefix="window-decoder") as pool:
                 try:
                     for i, j in windows:
@@ -200,6 +185,15 @@ class GroupStream:
         finally:
             for dataset in opened:
                 dataset.close()
+
+    def _open(self, rows: int) -> tuple[rasterio.io.DatasetReader, int]:
+        """A handle for a reader thread through which the first ``rows`` rows read right, and how many do."""
+        if self.building is not None:
+            self.building.wait_rows(rows)
+            return self.building.open()
+        if self.readers <= 1:
+            return self.dataset, self.grid.height
+        return rasterio.open(self.dataset.name), self.grid.height
 
     def _batches(self) -> Iterator[_Batch]:
         """The windows that have data, in batches that never span two rows of windows (a row's last batch is

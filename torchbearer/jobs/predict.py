@@ -27,7 +27,7 @@ from torchbearer.spec import JobSpec, StrictModel
 
 if TYPE_CHECKING:
     from torchbearer.context import JobContext
-    from torchbearer.inference.ensemble import Member
+    from torchbearer.inference.members import Member
 
 
 class ModelRef(StrictModel):
@@ -111,7 +111,7 @@ def checkpoint_of(ref: ModelRef, ctx: JobContext, where: str) -> tuple[Path, str
 
 def load_members(spec: PredictSpec, ctx: JobContext, device: str) -> list[Member]:
     """Load every member's checkpoint and check they can be combined (before any scene is touched)."""
-    from torchbearer.inference.ensemble import Member, check_compatible
+    from torchbearer.inference.members import Member, check_compatible
     from torchbearer.ml.checkpoint import load_member
 
     members: list[Member] = []
@@ -129,9 +129,15 @@ def load_members(spec: PredictSpec, ctx: JobContext, device: str) -> list[Member
     return members
 
 
-def scene_inputs(spec: PredictSpec, ctx: JobContext, resolutions: list[int]) -> list[list[Path]]:
-    """Each scene as its stacked GeoTIFFs, one per resolution the members need (SAFE folders get stacked)."""
-    from torchbearer.imagery.cache import build_stack
+def scene_inputs(
+    spec: PredictSpec, ctx: JobContext, resolutions: list[int], streaming: bool = False
+) -> list[list[Path]]:
+    """Each scene as its stacked GeoTIFFs, one per resolution the members need (SAFE folders get stacked).
+
+    ``streaming``: a SAFE folder not stacked yet comes as an ``imagery.cache.StackBuild`` that the prediction
+    builds while it reads it (windows flow from the first strip), not as a finished stack.
+    """
+    from torchbearer.imagery.cache import build_stack, start_stack
     from torchbearer.imagery.fetch import ensure_scenes
 
     data_dir = ctx.settings.data_dir
@@ -148,7 +154,8 @@ def scene_inputs(spec: PredictSpec, ctx: JobContext, resolutions: list[int]) -> 
         stacks = []
         for path in [ctx.resolve(p) for p in ([entry] if isinstance(entry, str) else entry)]:
             if path.is_dir():
-                stacks += [build_stack(path, r, data_dir / "cache", report=ctx.progress) for r in resolutions]
+                stack = start_stack if streaming else build_stack
+                stacks += [stack(path, r, data_dir / "cache", report=ctx.progress) for r in resolutions]
             elif path.is_file():
                 stacks.append(path)
             else:
@@ -162,7 +169,7 @@ def output_path(spec: PredictSpec, ctx: JobContext, stacks: list[Path], count: i
     output = ctx.resolve(spec.output)
     if count == 1:
         return output
-    scene = re.sub(r"_\d+m$", "", stacks[0].stem)  # a cached stack is <product>_<res>m.tif
+    scene = re.sub(r"_\d+m$", "", Path(stacks[0]).stem)  # a cached stack is <product>_<res>m.tif
     return output.with_name(f"{output.stem}_{scene}{output.suffix}")
 
 
@@ -170,23 +177,21 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
     """Load and check the members, get the scenes, predict each into its map; resumable after SIGTERM."""
     import torch
 
+    from torchbearer.allocator import map_large_blocks
     from torchbearer.context import JobInterrupted
-    from torchbearer.inference.ensemble import (
-        PredictionInterrupted,
-        PredictOptions,
-        is_complete,
-        map_paths,
-        predict_scene,
-    )
+    from torchbearer.inference.ensemble import PredictionInterrupted, PredictOptions, predict_scene
     from torchbearer.inference.onnx import choose_runtimes
+    from torchbearer.inference.paths import map_paths
+    from torchbearer.inference.resume import is_complete
     from torchbearer.jobs.classify_predict import is_classification, run_classification
 
+    map_large_blocks()  # the worker runs this one job: keep its resident set flat over wide scenes
     if is_classification(spec, ctx):
         return run_classification(spec, ctx)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     members = load_members(spec, ctx, device)
     runtimes = choose_runtimes(members, spec.runtime, device, window=spec.window, optimize=spec.optimize)
-    scenes = scene_inputs(spec, ctx, sorted({int(m.card.resolution) for m in members}))
+    scenes = scene_inputs(spec, ctx, sorted({int(m.card.resolution) for m in members}), streaming=True)
     options = PredictOptions(
         window=spec.window, overlap=spec.overlap, batch_size=spec.batch_size, combine=spec.combine, tta=spec.tta,
         class_map=spec.class_map, member_maps=spec.member_maps, device=device, optimize=spec.optimize,

@@ -44,7 +44,7 @@ def bounded_memory() -> Iterator[None]:
     """Run a step with a fixed GDAL block cache and large blocks mapped by glibc, so its resident set does not
     grow with the scene. Blocks of 1 MiB and more are mapped and unmapped (``mallopt(M_MMAP_THRESHOLD)``)
     because chips and table blocks freed by several threads otherwise fragment glibc's heap arenas; the same
-    setting as ``inference.ensemble.map_large_blocks``, which cannot be imported here without torch."""
+    setting as ``torchbearer.allocator.map_large_blocks``."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 2**20)  # -3: M_MMAP_THRESHOLD

@@ -1,0 +1,137 @@
+"""Members grouped by resolution: each group reads the scene's stack at its resolution once per window for all its
+members, and runs them on a batch of DN windows (reflectance, standardising, no data, TTA in one function)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import rasterio
+import torch
+from torch import nn
+
+from torchbearer.imagery.cache import StackBuild, StackInfo, band_indexes, stack_info
+from torchbearer.inference.combine import probabilities
+from torchbearer.inference.members import EnsembleError, Member
+from torchbearer.inference.prepare import channels_last
+from torchbearer.inference.stream import ForwardFn
+from torchbearer.inference.tta import tta_transforms
+from torchbearer.ml.checkpoint import standardising_terms
+from torchbearer.ml.domains import DomainError, check_domain
+
+if TYPE_CHECKING:
+    from torchbearer.inference.ensemble import PredictOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ResolutionGroup:
+    """Members sharing a resolution, and the stack they read."""
+
+    members: list[int]
+    """Indexes of the group's members in the ensemble."""
+    info: StackInfo
+    """The stack they read (its grid is the group's grid)."""
+    dataset: rasterio.io.DatasetReader
+    indexes: list[int]
+    """The stack's bands any of them needs, 1-based, in stack order (one read per window)."""
+    building: StackBuild | None = None
+    """The stack while it is being built (windows wait for its strips), None for a finished one."""
+
+
+def group_members(
+    members: Sequence[Member], stacks: Sequence[Path | StackBuild], context: ExitStack
+) -> list[ResolutionGroup]:
+    """Group the members by resolution, each with the scene's stack at that resolution (finest first).
+
+    A stack still to be built (:class:`~torchbearer.imagery.cache.StackBuild`) is started here: its bands'
+    names and tags are on disk at once, its pixels follow strip by strip.
+    """
+    infos: dict[float, StackInfo] = {}
+    builds: dict[float, StackBuild] = {}
+    for path in stacks:
+        if isinstance(path, StackBuild):
+            path.start()
+            info = stack_info(path.readable_path())
+            builds[round(info.resolution, 6)] = path
+        else:
+            info = stack_info(path)
+        res = round(info.resolution, 6)
+        if res in infos:
+            raise EnsembleError(f"two inputs at {res:g} m for one scene: {infos[res].path} and {path}")
+        infos[res] = info
+    if len({str(i.crs) for i in infos.values()}) > 1:
+        raise EnsembleError(f"the inputs of one scene must share a CRS: {', '.join(str(s) for s in stacks)}")
+    chosen: dict[float, list[int]] = {}
+    for i, member in enumerate(members):
+        res = round(float(member.card.resolution), 6)
+        if res not in infos:
+            have = ", ".join(f"{r:g} m" for r in sorted(infos)) or "none"
+            raise EnsembleError(f"model {member.name!r} needs the scene at {res:g} m; the inputs are at {have}")
+        band_indexes(infos[res], member.card.bands)  # raises naming the bands the stack lacks
+        differences = getattr(member.card, "input_differences", lambda *_: [])
+        for difference in differences(infos[res].product_level, infos[res].offset):
+            log.warning("model %r, scene %s: %s", member.name, infos[res].path.name, difference)
+        try:  # a model trained on reflectance or 8-bit chips must not see DN (nor the reverse)
+            check_domain(member.card.value_domain, infos[res].path, repr(member.name))
+        except DomainError as exc:
+            raise EnsembleError(str(exc)) from None
+        chosen.setdefault(res, []).append(i)
+    groups = []
+    for res in sorted(chosen):
+        info = infos[res]
+        wanted = {b for i in chosen[res] for b in members[i].card.bands}
+        indexes = band_indexes(info, [b for b in info.bands if b in wanted])  # stack order: one read
+        building = builds.get(res)
+        dataset = context.enter_context(building.open()[0] if building else rasterio.open(info.path))
+        groups.append(ResolutionGroup(chosen[res], info, dataset, indexes, building))
+    return groups
+
+
+def group_forward(
+    members: Sequence[Member],
+    models: Sequence[nn.Module],
+    group: ResolutionGroup,
+    options: PredictOptions,
+    device: torch.device,
+) -> ForwardFn:
+    """The function that runs a group's members on a batch of DN windows (B × bands read × size × size)."""
+    names = [group.info.bands[k - 1] for k in group.indexes]
+    plans = []
+    for member, model in zip(members, models, strict=True):
+        pick = torch.tensor([names.index(b) for b in member.card.bands])
+        # DN → reflectance → standardised in one multiply-add, as in training.
+        a, b = standardising_terms(group.info.reflectance_terms, member.card.norm["mean"], member.card.norm["std"])
+        plans.append(
+            (member, model, pick, torch.from_numpy(a).view(1, -1, 1, 1), torch.from_numpy(b).view(1, -1, 1, 1))
+        )
+    transforms = tta_transforms(options.tta)
+    amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    layout = torch.channels_last if channels_last(device, options.optimize) else torch.contiguous_format
+
+    def forward(x: torch.Tensor) -> list[torch.Tensor]:
+        nodata = (x == 0).any(dim=1, keepdim=True)  # DN 0 in any band is no data (imagery/cache.py)
+        out = []
+        with torch.inference_mode(), amp:
+            for member, model, pick, scale, shift in plans:
+                xm = torch.addcmul(shift, x[:, pick], scale).masked_fill_(nodata, 0.0)
+                xm = xm.to(device, non_blocking=True).contiguous(memory_format=layout)
+                total = None
+                for apply, invert in transforms:
+                    logits = model(apply(xm))
+                    if logits.shape[-2:] != xm.shape[-2:]:
+                        raise EnsembleError(
+                            f"model {member.name!r} returned {tuple(logits.shape[-2:])} pixels for a "
+                            f"{tuple(xm.shape[-2:])} window"
+                        )
+                    p = invert(probabilities(logits, member.card.task))
+                    total = p if total is None else total + p
+                out.append((total / len(transforms)).float().cpu())
+        return out
+
+    return forward
