@@ -90,6 +90,13 @@ def rss_growth(stack: Path, out: Path, args: argparse.Namespace) -> dict:
     return figures
 
 
+def report_memory(info, small: dict, big: dict, args: argparse.Namespace) -> None:
+    """Print the two children's figures."""
+    print(f"small net: scene {info.width}×{info.height} peak RSS +{small['growth'] / 2**20:.0f} MB above the model "
+          f"({small['seconds']:.1f} s); {args.mosaic}×{args.mosaic} mosaic +{big['growth'] / 2**20:.0f} MB "
+          f"({big['seconds']:.1f} s); base RSS {small['base'] / 2**20:.0f} MB", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scene", type=Path, default=DEFAULT_SCENE, help="SAFE folder or 60 m stacked GeoTIFF")
@@ -97,6 +104,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--mosaic", type=int, default=6, help="the big scene is an N × N mosaic of the scene")
+    parser.add_argument("--memory-only", action="store_true", help="only rss_growth_big (skip the U-Net timings)")
     parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -105,9 +113,16 @@ def main() -> None:
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-explain-"))
-    stack, _ = stack_of(args.scene.resolve(), tmp / "cache")
+    stack, *_ = stack_of(args.scene.resolve(), tmp / "cache")
     info = stack_info(stack)
     mpx = info.width * info.height / 1e6
+    if args.memory_only:
+        print(f"scene {stack.name} ({info.width} × {info.height}), memory only", flush=True)
+        small = rss_growth(stack, tmp / "rss-scene.tif", args)
+        big = rss_growth(mosaic_vrt(stack, tmp / "mosaic.vrt", args.mosaic), tmp / "rss-mosaic.tif", args)
+        report_memory(info, small, big, args)
+        print(json.dumps({"rss_growth_big": round(big["growth"] / small["growth"], 3)}))
+        return
     checkpoint = unet(tmp, info.bands)
     print(f"scene {stack.name} ({info.width} × {info.height}), U-Net ResNet-34, window {args.window}, overlap "
           f"{args.overlap}, batch {args.batch_size}, {torch.get_num_threads()} torch threads", flush=True)  # fmt: skip
@@ -137,9 +152,7 @@ def main() -> None:
 
     small = rss_growth(stack, tmp / "rss-scene.tif", args)
     big = rss_growth(mosaic_vrt(stack, tmp / "mosaic.vrt", args.mosaic), tmp / "rss-mosaic.tif", args)
-    print(f"small net: scene {info.width}×{info.height} peak RSS +{small['growth'] / 2**20:.0f} MB above the model "
-          f"({small['seconds']:.1f} s); {args.mosaic}×{args.mosaic} mosaic +{big['growth'] / 2**20:.0f} MB "
-          f"({big['seconds']:.1f} s); base RSS {small['base'] / 2**20:.0f} MB", flush=True)  # fmt: skip
+    report_memory(info, small, big, args)
     print(json.dumps({"cam_over_predict": round(pred_wall / cam_wall, 3),
                       "rss_growth_big": round(big["growth"] / small["growth"], 3)}))  # fmt: skip
 

@@ -9,6 +9,7 @@ import rasterio
 import torch
 from torch import nn
 
+from tests.classify.conftest import patch_project  # noqa: F401 - the classify tests' project with the SCL patches
 from tests.inference.conftest import part60, small60, stack20, stack60  # noqa: F401 - fixtures shared with inference
 from tests.ml.conftest import sample_project  # noqa: F401 - the train tests' project with the crop and masks
 from torchbearer.explain.patches import Patch, scene_window_patches

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.classify.conftest import classify_yaml
 from tests.conftest import wait_state, write_job
 from tests.daemon.conftest import job_named
 from tests.ml.conftest import train_yaml
@@ -40,3 +41,27 @@ def test_explain_a_train_jobs_checkpoint_through_the_daemon(sample_project, stor
     summary = (Path(job.run_dir) / "explain.md").read_text()
     assert "class 'cloud' of best.ckpt (fcn), layer backbone" in summary and "predicted" in summary
     assert preview_candidate(store.outputs(job.id)).suffix == ".png"  # the dashboard's Outputs tab shows one
+
+
+@pytest.mark.slow  # about 2 min on the loaded 2-core machine: a classify job, then the explain job
+def test_explain_a_classify_jobs_checkpoint_through_the_daemon(patch_project, store, daemon) -> None:
+    # One epoch from random weights on the real SCL patches, logging sample classifications to TensorBoard.
+    train = classify_yaml("scl", train="epochs: 1, early_stopping: null, log_images: 2")
+    explain = (
+        "name: why-scl\nkind: explain\nmodel: {job: scl}\npatches: {folder: data/patches/t29unu-scl, count: 4}\n"
+        "target_class: water\nmethods: [gradcam, guided]\nattributions: {steps: 2, patches: 4}\n"
+        "embeddings: {k: 2, tensorboard: false}\ndevice: cpu\n"
+    )
+    night = "jobs:\n- " + train.replace("\n", "\n  ").rstrip() + "\n- " + explain.replace("\n", "\n  ").rstrip() + "\n"
+    write_job(patch_project.queue_dir, "scl.yaml", night)
+    trained = _finished(store, "scl")
+    events = list(Path(trained.run_dir).glob("logs/tensorboard/attempt-1/events.out.tfevents.*"))
+    assert events and b"val/sample_1" in events[0].read_bytes(), "sample classifications logged as images"
+
+    job = _finished(store, "why-scl")
+    names = [Path(o["path"]).name for o in store.outputs(job.id, "explanation")]
+    assert len([n for n in names if n.endswith(".png") and n.split("_")[0] in ("cloud", "shadow", "water",
+                                                                              "vegetation")]) == 4  # fmt: skip
+    assert {"band_importance.csv", "embeddings.parquet", "clusters.gpkg", "explain.md"} <= set(names)
+    summary = (Path(job.run_dir) / "explain.md").read_text()
+    assert "class 'water' of best.ckpt (classifier), layer layer4" in summary

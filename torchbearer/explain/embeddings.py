@@ -90,12 +90,14 @@ def pca_2d(vectors: np.ndarray) -> np.ndarray:
 
 
 def lon_lat(patches: list[Patch]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Centres of the patches: x, y in each patch's CRS and lon, lat in WGS 84."""
+    """Centres of the patches: x, y in each patch's CRS and lon, lat in WGS 84 (NaN for a patch without a grid)."""
     from rasterio.warp import transform
 
-    xs, ys = np.zeros(len(patches)), np.zeros(len(patches))
-    lons, lats = np.zeros(len(patches)), np.zeros(len(patches))
+    xs, ys = np.full(len(patches), np.nan), np.full(len(patches), np.nan)
+    lons, lats = np.full(len(patches), np.nan), np.full(len(patches), np.nan)
     for i, patch in enumerate(patches):
+        if not patch.georeferenced:
+            continue
         xs[i], ys[i] = patch.centre
         (lons[i],), (lats[i],) = transform(patch.crs, "EPSG:4326", [xs[i]], [ys[i]])
     return xs, ys, lons, lats
@@ -109,7 +111,7 @@ def write_parquet(path: Path, patches: list[Patch], vectors: np.ndarray, predict
 
     xs, ys, lons, lats = lon_lat(patches)
     table = pa.table({
-        "name": [p.name for p in patches], "x": xs, "y": ys, "crs": [str(p.crs) for p in patches],
+        "name": [p.name for p in patches], "x": xs, "y": ys, "crs": [str(p.crs) if p.crs else "" for p in patches],
         "lon": lons, "lat": lats, "prediction": predictions, "cluster": clusters.astype(np.int32),
         "pc1": pcs[:, 0], "pc2": pcs[:, 1],
         "embedding": pa.array(list(vectors.astype(np.float32)), type=pa.list_(pa.float32())),

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from torchbearer.ml.checkpoint import ModelCard
 
 
 class ExplainError(ValueError):
@@ -26,11 +31,17 @@ LAYER_CANDIDATES = ("backbone.layer4", "encoder.layer4", "backbone", "decoder")
 def automatic_layer(model: nn.Module) -> str:
     """The name of the layer whose activations a CAM uses for ``model``.
 
-    timm classifiers name their deepest feature stage in ``feature_info`` (``layer4`` of a ResNet, the last
-    block of an EfficientNet); TorchGeo's FarSeg and smp's U-Net with a ResNet encoder have ``layer4`` (stride
+    A timm classifier: the top-level module just before its global pooling, whose output is
+    ``forward_features``' (``layer4`` of a ResNet, ``bn2`` of a MobileNetV2 or EfficientNet: the head
+    convolution after the last block, ``act4`` of Xception): the last map with positions, and the one whose
+    mean over the pixels is the penultimate vector. Other timm models name their deepest feature stage in
+    ``feature_info``. TorchGeo's FarSeg and smp's U-Net with a ResNet encoder have ``layer4`` (stride
     32, the most semantic map); TorchGeo's FCN has no stages: the output of its convolution stack
     (``backbone``) feeds the 1 × 1 head; an smp U-Net with another encoder uses its decoder's output.
     """
+    children = [name for name, _ in model.named_children()]
+    if "global_pool" in children and children.index("global_pool") > 0 and hasattr(model, "forward_head"):
+        return children[children.index("global_pool") - 1]
     info = getattr(model, "feature_info", None)
     if isinstance(info, list) and info and isinstance(info[-1], dict) and "module" in info[-1]:
         return str(info[-1]["module"])
@@ -58,6 +69,25 @@ def find_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
             f"its top-level layers are {', '.join(n for n, _ in model.named_children())}")  # fmt: skip
         raise ExplainError(f"layer {name!r} does not exist in this {type(model).__name__}; {hint}")
     return name, modules[name]
+
+
+def load_explained(path: Path, device: str) -> tuple[nn.Module, ModelCard]:
+    """The network of a checkpoint any training kind made (``train``'s segmentation models, ``classify``'s
+    timm classifiers) on ``device`` in eval mode, with its card; a clear error for anything else."""
+    from torchbearer.inference.classify import CLASSIFIER_ARCH, load_classifier
+    from torchbearer.ml.checkpoint import FOREST_SUFFIX, load_member, read_card
+    from torchbearer.ml.names import ARCHITECTURES
+
+    if Path(path).suffix == FOREST_SUFFIX:
+        raise ExplainError(f"{path} is a random forest (pixels in, no layers or gradients): explain takes the "
+                           "networks of train (segmentation) and classify (classifier) checkpoints")  # fmt: skip
+    card = read_card(path)
+    if card.arch == CLASSIFIER_ARCH:
+        return load_classifier(path, device).model, card
+    if card.arch not in ARCHITECTURES:
+        known = f"segmentation models ({', '.join(ARCHITECTURES)}) and {CLASSIFIER_ARCH} checkpoints"
+        raise ExplainError(f"{path} is a checkpoint of an unknown kind (arch {card.arch!r}): explain takes {known}")
+    return load_member(path, device)
 
 
 def class_index(classes: list[str], name: str | None, task: str) -> int:
@@ -102,14 +132,21 @@ def scores(model: nn.Module, x: torch.Tensor, targets: list[ClassScore]) -> torc
     return torch.stack([t(o) for t, o in zip(targets, output, strict=True)])
 
 
-def predicted(output: torch.Tensor, classes: list[str], binary: bool) -> list[str]:
-    """A title per example: the predicted class (share of pixels for segmentation, probability otherwise)."""
-    probs = torch.sigmoid(output.float()) if binary else torch.softmax(output.float(), dim=1)
+def predicted(output: torch.Tensor, classes: list[str], task: str) -> list[str]:
+    """A title per example: the predicted class (share of pixels for segmentation, probability otherwise); for a
+    multi-label classifier every class at ≥ 50 % (``;``-joined), or ``none`` with the likeliest one's."""
+    binary = task == "binary"
+    probs = torch.sigmoid(output.float()) if binary or task == "multilabel" else torch.softmax(output.float(), dim=1)
     if binary:
         probs = torch.cat([1 - probs, probs], dim=1)
     titles = []
     for p in probs:
-        if p.ndim == 1:
+        if task == "multilabel":
+            chosen = [k for k in range(len(classes)) if p[k] >= 0.5]
+            top = int(p.argmax())
+            titles.append(f"{';'.join(classes[k] for k in chosen)} ({p[chosen].min():.0%}+)" if chosen
+                          else f"none ({classes[top]} {p[top]:.0%})")  # fmt: skip
+        elif p.ndim == 1:
             k = int(p.argmax())
             titles.append(f"{classes[k]} ({p[k]:.0%})")
         else:

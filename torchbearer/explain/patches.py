@@ -8,6 +8,7 @@ gets coordinates and its footprint goes into the GeoPackage.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from torchbearer.explain.model import ExplainError
@@ -27,22 +29,33 @@ from torchbearer.ml.checkpoint import ModelCard, standardising_terms
 @dataclass
 class Patch:
     """One input: ``dn`` (bands × H × W, uint16, the model's bands in its order), the reflectance terms of its
-    stack, its grid (``crs``, ``transform`` of its top-left pixel) and a name for file names and tables."""
+    stack, its grid (``crs``, ``transform`` of its top-left pixel; None for a patch without georeferencing) and
+    a name for file names and tables. ``masked``: DN 0 is no data (fed as the mean, as ``train`` and ``predict``
+    do); False for a classifier's patches, which ``classify`` trains on whole, in their own units."""
 
     name: str
     dn: np.ndarray
     terms: tuple[float, float]
     crs: Any
-    transform: Affine
+    transform: Affine | None
+    masked: bool = True
 
     @property
     def valid(self) -> np.ndarray:
         """Where the patch has data (H × W)."""
+        if not self.masked:
+            return np.ones(self.dn.shape[-2:], dtype=bool)
         return valid_pixels(self.dn)
+
+    @property
+    def georeferenced(self) -> bool:
+        """The patch has a CRS and a grid (so a centre in lon, lat and a footprint)."""
+        return self.crs is not None and self.transform is not None
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """``(left, bottom, right, top)`` in CRS units."""
+        assert self.transform is not None
         h, w = self.dn.shape[-2:]
         left, top = self.transform * (0, 0)
         right, bottom = self.transform * (w, h)
@@ -51,6 +64,7 @@ class Patch:
     @property
     def centre(self) -> tuple[float, float]:
         """``(x, y)`` of the patch's centre in CRS units."""
+        assert self.transform is not None
         h, w = self.dn.shape[-2:]
         return self.transform * (w / 2, h / 2)
 
@@ -89,6 +103,79 @@ def folder_patches(folder: Path, card: ModelCard) -> list[Patch]:
             dn = ds.read(indexes)
         patches.append(Patch(path.stem, dn, info.reflectance_terms, info.crs, info.transform))
     return patches
+
+
+def spread(items: list, count: int) -> list:
+    """At most ``count`` of ``items``, evenly spaced from first to last (so a folder sorted by class gives
+    patches of every class, not ``count`` of the first)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, count).round().astype(int))]
+
+
+def classifier_patches(root: Path, card: ModelCard, count: int = 10_000) -> list[Patch]:
+    """The patches of a classifier (``classify``'s layouts, ``ml/patches.py``) under ``root``, in the card's
+    band order and the patches' own units (``terms`` (1, 0): the card's statistics are in those units), fed
+    whole. ``folders``: every image under ``root``, class folders or not, named by relative path;
+    ``bigearthnet``: every ``<patch>/`` folder with a ``<patch>_<band>.tif`` per band, resampled onto the
+    finest band's grid as in training. GeoTIFFs keep their grid; PNG / JPEG patches have none. At most
+    ``count``, spread over the folder (:func:`spread`), are read."""
+    from torchbearer.ml.patches import IMAGE_SUFFIXES, PatchDataError, find_layout, read_bigearthnet
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ExplainError(f"patches folder {root} does not exist")
+    size = card.extra.get("patch_size")
+    patches = []
+    try:
+        if find_layout(root) == "bigearthnet":
+            for folder in spread(sorted(p for p in root.iterdir() if p.is_dir()), count):
+                dn = read_bigearthnet(folder, list(card.bands))
+                crs, transform = _finest_grid([folder / f"{folder.name}_{b}.tif" for b in card.bands])
+                patches.append(Patch(folder.name, dn, (1.0, 0.0), crs, transform, masked=False))
+        else:
+            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            for path in spread(files, count):
+                dn, crs, transform = _classifier_patch(path, card)
+                name = path.relative_to(root).with_suffix("").as_posix().replace("/", "_")
+                patches.append(Patch(name, dn, (1.0, 0.0), crs, transform, masked=False))
+    except PatchDataError as exc:
+        raise ExplainError(str(exc)) from None
+    if not patches:
+        raise ExplainError(f"patches folder {root} holds no patches ({', '.join(IMAGE_SUFFIXES)}, or BigEarthNet "
+                           "patch folders)")  # fmt: skip
+    wrong = [p.name for p in patches if size is not None and p.dn.shape[-2:] != (size, size)]
+    if wrong:
+        shape = patches[[p.name for p in patches].index(wrong[0])].dn.shape
+        raise ExplainError(f"patch {wrong[0]} is {shape[2]} × {shape[1]} pixels; the classifier takes {size} × "
+                           f"{size} ({len(wrong)} such patches in {root})")  # fmt: skip
+    return patches
+
+
+def _classifier_patch(path: Path, card: ModelCard) -> tuple[np.ndarray, Any, Affine | None]:
+    """A patch file's pixels in the card's band order, its CRS and transform (None, None without them)."""
+    from torchbearer.ml.patches import read_patch
+
+    data, names = read_patch(path)
+    missing = [b for b in card.bands if b not in names]
+    if missing:
+        raise ExplainError(f"patch {path} lacks bands {' '.join(missing)} the classifier was trained on (it has "
+                           f"{' '.join(names)})")  # fmt: skip
+    with warnings.catch_warnings():  # a PNG / JPEG patch has no grid: said by returning None
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            crs, transform = ds.crs, ds.transform
+    return data[[names.index(b) for b in card.bands]], crs, (transform if crs is not None else None)
+
+
+def _finest_grid(files: list[Path]) -> tuple[Any, Affine]:
+    """CRS and transform of the finest of a BigEarthNet patch's band files (the grid its bands are read on)."""
+    grids = []
+    for path in files:
+        with rasterio.open(path) as ds:
+            grids.append((abs(ds.transform.a), ds.crs, ds.transform))
+    _, crs, transform = min(grids, key=lambda g: g[0])
+    return crs, transform
 
 
 def scene_window_patches(stack: Path, card: ModelCard, size: int) -> Iterator[Patch]:

@@ -128,6 +128,7 @@ class ClassifyTrainOptions(StrictModel):
     plateau_patience: int = Field(2, ge=0, description="plateau: flat epochs before a reduction")
     early_stopping: StoppingSpec | None = Field(default_factory=StoppingSpec)
     checkpoint_every: int | None = Field(None, ge=1, description="also keep epoch-NNN.ckpt every N epochs")
+    log_images: int = Field(0, ge=0, le=32, description="validation patches logged to TensorBoard each epoch")
     num_workers: int | Literal["auto"] = Field("auto", description="DataLoader workers; auto: 0 on CPU")
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field("auto", description="auto: mixed on GPU")
     seed: int = Field(0, ge=0)
@@ -316,6 +317,10 @@ def run(spec: ClassifySpec, ctx: JobContext) -> None:
                                          save_on_train_epoch_end=False))  # fmt: skip
     if stopping is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=stopping.patience))
+    if options.log_images:
+        from torchbearer.ml.classification import SampleClassifications
+
+        callbacks.append(SampleClassifications(options.log_images))
     logs, version = ctx.run_dir / "logs", f"attempt-{ctx.attempt}"
     trainer = L.Trainer(
         max_epochs=options.epochs, accelerator="gpu" if cuda else "cpu", devices=1,

@@ -44,7 +44,7 @@ class PatchesSpec(StrictModel):
 
     folder: str | None = Field(None, description="GeoTIFF patches (uint16 DN, bands named or in stack order)")
     job: str | int | None = Field(None, description="a train job (name or id) whose validation patches to use")
-    count: int = Field(16, ge=1, le=10_000, description="most patches taken")
+    count: int = Field(16, ge=1, le=10_000, description="most patches taken (a classifier's: spread over the folder)")
 
     @model_validator(mode="after")
     def _one_source(self) -> PatchesSpec:
@@ -184,26 +184,38 @@ def run(spec: ExplainSpec, ctx: JobContext) -> None:
     import torch
 
     from torchbearer.allocator import map_large_blocks
-    from torchbearer.explain.model import class_index, find_layer
-    from torchbearer.explain.patches import check_bands, folder_patches
+    from torchbearer.explain.model import ExplainError, class_index, find_layer, load_explained
+    from torchbearer.explain.patches import check_bands, classifier_patches, folder_patches
     from torchbearer.imagery.cache import stack_info
+    from torchbearer.inference.classify import CLASSIFIER_ARCH
     from torchbearer.jobs.predict import checkpoint_of
-    from torchbearer.ml.checkpoint import load_member
 
     map_large_blocks()  # the worker runs this one job: keep its resident set flat over wide scenes
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     ctx.progress("preparing data", force=True)
     path, _ = checkpoint_of(spec.model, ctx, "model")
-    model, card = load_member(path, device)
+    model, card = load_explained(path, device)
+    classifier = card.arch == CLASSIFIER_ARCH
     # Everything a user can get wrong is checked before the first long step.
     index = class_index(card.classes, spec.target_class, card.task)
     layer_name, layer = find_layer(model, spec.layer)
+    if classifier and spec.scene:
+        raise ExplainError(f"scene: whole-scene CAMs are made with segmentation models; {path.name} is a "
+                           f"{card.backbone} classifier of {card.extra.get('patch_size', '?')}-pixel patches: "
+                           "explain it on patches (patches: {folder: …})")  # fmt: skip
+    if classifier and spec.patches is not None and spec.patches.job is not None:
+        raise ExplainError(f"patches.job takes a train job's validation patches; for the classifier {path.name} "
+                           "give its patches as a folder (patches: {folder: …}, classify's layouts)")  # fmt: skip
     stack = scene_stack(spec, ctx, card.resolution) if spec.scene else None
     if stack is not None:
         check_bands(stack_info(stack), card)
     patches: list[Patch] = []
     if spec.patches is not None and spec.patches.folder is not None:
-        patches = folder_patches(ctx.resolve(spec.patches.folder), card)[: spec.patches.count]
+        folder = ctx.resolve(spec.patches.folder)
+        if classifier:
+            patches = classifier_patches(folder, card, spec.patches.count)
+        else:
+            patches = folder_patches(folder, card)[: spec.patches.count]
     elif spec.patches is not None:
         patches = job_patches(spec, ctx, card)
     ctx.check_stop()
@@ -263,7 +275,7 @@ def patch_cams(spec: ExplainSpec, ctx: JobContext, subject: Subject, patches: li
             x, valid = _batch(group, card, subject.device)
             maps = maker(x, [ClassScore(index, binary, v) for v in valid])
             with torch.inference_mode():
-                titles = predicted(subject.model(x), card.classes, binary)
+                titles = predicted(subject.model(x), card.classes, card.task)
             for k, patch in enumerate(group):
                 title = f"{patch.name}: predicted {titles[k]}; explaining {card.classes[index]}"
                 png = save_overlay(folder / f"{patch.name}.png", x[k].cpu().numpy(), card.bands, maps[k],
@@ -340,7 +352,7 @@ def embeddings(spec: ExplainSpec, ctx: JobContext, subject: Subject, patches: li
         x, valid = _batch(group, card, subject.device)
         v, output = emb.embed(subject.model, subject.layer, x, valid)
         vectors.append(v)
-        predictions += [t.split(" (")[0] for t in predicted(output, card.classes, card.task == "binary")]
+        predictions += [t.split(" (")[0] for t in predicted(output, card.classes, card.task)]
         images += [emb.thumbnail(rgb_image(i, list(card.bands)), 64) for i in x.cpu().numpy()]
     matrix = np.concatenate(vectors)
     clusters = emb.cluster(matrix, options.k, options.k_range)
@@ -360,11 +372,12 @@ def embeddings(spec: ExplainSpec, ctx: JobContext, subject: Subject, patches: li
         f"PCA of the embeddings coloured by cluster; {chosen}",
     )
     add(ctx, emb.write_cluster_grid(out / "clusters.png", images, clusters.labels), "example patches per cluster")
-    add(
-        ctx,
-        emb.write_footprints(out / "clusters.gpkg", patches, predictions, clusters.labels),
-        "footprints of the patches with their cluster (GeoPackage, layer patches)",
-    )
+    if all(p.georeferenced for p in patches):  # PNG / JPEG patches have no footprint to map
+        add(
+            ctx,
+            emb.write_footprints(out / "clusters.gpkg", patches, predictions, clusters.labels),
+            "footprints of the patches with their cluster (GeoPackage, layer patches)",
+        )
     if options.tensorboard:
         board = emb.write_projector(out / "tensorboard", matrix, patches, predictions, clusters.labels, images)
         add(ctx, board, "TensorBoard projector (tensorboard --logdir this folder)")

@@ -386,3 +386,43 @@ class TwoPhaseFinetuning(L.Callback):
             for group in trainer.optimizers[0].param_groups:
                 group["lr"] = lr
         pl_module.log("phase", float(self.phase(epoch)), on_epoch=True, on_step=False)
+
+
+class SampleClassifications(L.Callback):
+    """Log the first ``count`` validation patches to TensorBoard after each validation epoch (``val/sample_<i>``):
+    the patch's RGB composite titled with its true and predicted classes (multi-label: every class at ≥ 50 %),
+    so the Images tab shows the predictions change epoch by epoch. Does nothing without a TensorBoard logger."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        from torchbearer.explain.model import predicted
+        from torchbearer.ml.plots import rgb_image
+
+        if trainer.sanity_checking or batch_idx != 0:
+            return
+        board = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if board is None:
+            return
+        card = pl_module.card
+        images, labels = batch["image"][: self.count], batch["label"][: self.count].cpu()
+        with torch.no_grad():
+            titles = predicted(pl_module(images), card.classes, card.task)
+        for i, (image, label) in enumerate(zip(images.float().cpu().numpy(), labels, strict=True)):
+            truth = ";".join(c for c, on in zip(card.classes, label, strict=True) if on) if label.ndim else \
+                card.classes[int(label)]  # fmt: skip
+            fig, ax = plt.subplots(figsize=(2.6, 2.9))
+            ax.imshow(rgb_image(image, list(card.bands)))
+            ax.set_title(f"true {truth}\npredicted {titles[i]}", fontsize=7)
+            ax.axis("off")
+            board.experiment.add_figure(f"val/sample_{i}", fig, trainer.global_step, close=True)
