@@ -616,6 +616,13 @@ class Store:
             (_now(), outcome, exit_code, scrub(reason) if reason else reason, job_id, number),
         )
 
+    def discard_attempt(self, job_id: int, number: int) -> None:
+        """Forget the latest attempt, which never started (its worker could not be submitted): the next attempt
+        takes its number, and a job's retries are not spent on a cluster that was out of reach."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM attempts WHERE job_id = ? AND number = ?", (job_id, number))
+            conn.execute("UPDATE jobs SET attempts = ? WHERE id = ? AND attempts = ?", (number - 1, job_id, number))
+
     def set_attempt_pid(self, job_id: int, number: int, pid: int) -> None:
         self.conn.execute("UPDATE attempts SET pid = ? WHERE job_id = ? AND number = ?", (pid, job_id, number))
 

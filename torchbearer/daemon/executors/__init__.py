@@ -6,6 +6,11 @@ from pathlib import Path
 from typing import Protocol
 
 
+class SubmitLater(OSError):
+    """The executor cannot start workers now (a cluster's controller out of reach): nothing was started, and the
+    job waits in the queue (its reason: this message) until the executor's :meth:`unavailable` says go."""
+
+
 class WorkerHandle(Protocol):
     """A started worker, as the supervisor sees it."""
 

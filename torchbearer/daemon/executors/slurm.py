@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchbearer.daemon.executors import SubmitLater
 from torchbearer.settings import SECRET_NAMES, Settings, SettingsError
 from torchbearer.worker import EXIT_INTERRUPTED
 
@@ -48,12 +49,32 @@ SLURM_ENDINGS = {
     "PREEMPTED": "Slurm preempted it (PREEMPTED)",
     "TIMEOUT": "Slurm ended it at its time limit (TIMEOUT); raise --time in TORCHBEARER_SLURM_ARGS",
 }
+#: Words of Slurm's messages (and ours) that mean the controller could not be reached or answer in time: a
+#: restart or a network fault, not a refusal of the job. Anything else sbatch says is a refusal.
+UNREACHABLE_MARKERS = (
+    "Unable to contact slurm controller", "connect failure", "Connection refused", "Socket timed out",
+    "Zero Bytes were transmitted", "Transport endpoint is not connected", "did not answer within",
+    "temporarily unavailable", "standby mode",
+)  # fmt: skip
+#: Seconds before the first new submission once the controller could not be reached; doubles each time it still
+#: cannot, up to :data:`SUBMIT_BACKOFF_MAX_S`.
+SUBMIT_BACKOFF_S = 2.0
+SUBMIT_BACKOFF_MAX_S = 120.0
 #: Variables naming GPUs: on a cluster, Slurm sets them for the GPUs it allocates.
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
 
 
 class SlurmError(OSError):
     """A Slurm command could not be run or refused the request (the message is Slurm's own)."""
+
+
+class SlurmUnavailable(SlurmError, SubmitLater):
+    """``sbatch`` could not reach the controller: nothing was submitted; the job is submitted again later."""
+
+
+def unreachable(error: SlurmError) -> bool:
+    """Whether a failed Slurm command says the controller was out of reach, rather than refusing the request."""
+    return any(marker.lower() in str(error).lower() for marker in UNREACHABLE_MARKERS)
 
 
 def slurm_command(args: list[str], *, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
@@ -232,6 +253,9 @@ class SlurmExecutor:
         self.workers: dict[str, SlurmWorker] = {}
         self._last_query = -math.inf
         self._last_error = ""
+        self._submit_backoff_s = 0.0  # seconds to wait after the next unreachable controller; 0: none seen
+        self._submit_at = -math.inf  # monotonic seconds: no submission before
+        self._held = ""  # why submissions wait, while they do
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SlurmExecutor:
@@ -282,10 +306,33 @@ class SlurmExecutor:
         )
         command = self.sbatch_options(job_name=f"tb-{log_path.parent.name}", log_path=log_path, cwd=cwd,
                                       devices=devices)  # fmt: skip
-        job_id = slurm_command(command, env=env, stdin=script).strip().split(";")[0]
+        try:
+            answer = slurm_command(command, env=env, stdin=script)
+        except SlurmError as exc:
+            if unreachable(exc):
+                raise self._hold(exc) from None
+            raise
+        self._submit_backoff_s, self._held = 0.0, ""
+        job_id = answer.strip().split(";")[0]
         if not job_id.isdigit():
             raise SlurmError(f"sbatch answered {job_id!r}, not a job id")
         return self._watch(SlurmWorker(self, job_id))
+
+    def _hold(self, error: SlurmError) -> SlurmUnavailable:
+        """Hold submissions back after an unreachable controller: 2 s, then twice as long each time, up to
+        :data:`SUBMIT_BACKOFF_MAX_S`. (A submission whose answer timed out may have reached the controller
+        after all: see "sbatch failures" in docs/slurm.md.)"""
+        delay = self._submit_backoff_s or SUBMIT_BACKOFF_S
+        self._submit_backoff_s = min(2 * delay, SUBMIT_BACKOFF_MAX_S)
+        self._submit_at = time.monotonic() + delay
+        self._held = f"Slurm cannot take jobs now ({error}); trying again in {delay:.0f} s"
+        log.warning("%s", self._held)
+        return SlurmUnavailable(self._held)
+
+    def unavailable(self) -> str | None:
+        """Why no job can be submitted now (the controller was out of reach at the last try), or None once it
+        is time to try again."""
+        return self._held if time.monotonic() < self._submit_at else None
 
     def attach(self, job_id: str) -> SlurmWorker | None:
         """A handle on a job submitted earlier (by a daemon that died), or None if Slurm has no record of it."""
