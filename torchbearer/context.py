@@ -7,6 +7,7 @@ outputs go through it, throttled so a fast training loop cannot flood the databa
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sqlite3
 import threading
@@ -24,6 +25,12 @@ log = logging.getLogger("torchbearer.job")
 
 #: Most refused writes a job keeps for later; beyond, metrics are dropped (outputs are few).
 MAX_PENDING_WRITES = 100_000
+
+
+def task_rank() -> int:
+    """This process's rank among the ``srun`` tasks of a job trained in parallel (the Slurm executor sets
+    ``TORCHBEARER_TASKS`` for those); 0 for a job that runs as one process."""
+    return int(os.environ.get("SLURM_PROCID") or 0) if os.environ.get("TORCHBEARER_TASKS") else 0
 
 
 class JobInterrupted(Exception):
@@ -53,6 +60,8 @@ class JobContext:
     settings: Settings
     store: Store
     progress_interval_s: float = 0.5
+    #: Rank of this process among a parallel job's tasks (:func:`task_rank`): only rank 0 reports.
+    rank: int = 0
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _last_progress: float = field(default=0.0, repr=False)
     #: Writes (metrics, outputs) the store refused while read-only / full / failing, replayed in order later.
@@ -106,6 +115,8 @@ class JobContext:
         """Do ``write`` after the ones still pending; if the store refuses it for now (read-only, disk full,
         I/O error), keep it for later (``keep``) or drop it (progress), log once, and go on: a store fault must
         not cost the job. Returns whether everything was written."""
+        if self.rank:  # another task of a parallel job: rank 0 reports for all of them
+            return True
         try:
             while self._pending:
                 self._pending[0]()

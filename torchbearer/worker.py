@@ -54,7 +54,7 @@ def is_input_error(exc: BaseException) -> bool:
 
 def run_job(job_id: int, attempt: int) -> int:
     """Run one attempt of a job; returns the process exit code."""
-    from torchbearer.context import JobContext, JobInterrupted
+    from torchbearer.context import JobContext, JobInterrupted, task_rank
     from torchbearer.jobs import get_kind
     from torchbearer.redact import register_settings
     from torchbearer.settings import Settings
@@ -69,13 +69,15 @@ def run_job(job_id: int, attempt: int) -> int:
         return EXIT_USAGE
     run_dir = Path(job.run_dir) if job.run_dir else settings.runs_dir / f"{job.id}-{job.name}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = JobContext(job_id=job.id, name=job.name, attempt=attempt, run_dir=run_dir, settings=settings, store=store)
+    ctx = JobContext(job_id=job.id, name=job.name, attempt=attempt, run_dir=run_dir, settings=settings, store=store,
+                     rank=task_rank())  # fmt: skip
     ctx.install_signal_handlers()
     log.info("job %s (#%d) attempt %d: kind %s", job.name, job.id, attempt, job.kind)
 
     def finish(job_id: int, attempt: int, **outcome: object) -> None:
-        # waits out a store that refuses writes: how the attempt ended must be recorded
-        ctx.persist(lambda: store.finish_attempt(job_id, attempt, **outcome))
+        # waits out a store that refuses writes: how the attempt ended must be recorded (by rank 0 alone)
+        if not ctx.rank:
+            ctx.persist(lambda: store.finish_attempt(job_id, attempt, **outcome))
 
     try:
         kind = get_kind(job.kind)

@@ -67,6 +67,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 MinJobAge=300
+# KillWait: a job at its time limit (or cancelled) gets SIGKILL 5 s after SIGTERM, not 30 s, so tests wait less.
+KillWait=5
 $NODE State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF

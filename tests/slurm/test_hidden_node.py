@@ -9,7 +9,6 @@ still reach the store and ``status --json``.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,10 +17,11 @@ import pytest
 from tests.cli.conftest import tb
 from tests.conftest import DaemonProcess, wait_for, wait_state, write_job
 from tests.daemon.conftest import completions, job_named, probe, stop_daemon
-from tests.ml.conftest import MASKS, SAMPLE, SAMPLE_NAME, train_yaml
+from tests.ml.make_chips import make_chip_folder
+from tests.ml.test_chip_training import TRAIN as CHIP_TRAIN
 from tests.slurm.conftest import db_shown
 from torchbearer import commands
-from torchbearer.daemon.executors.slurm import query_active
+from torchbearer.daemon.executors.slurm import parse_scontrol, query_active
 
 pytestmark = pytest.mark.slurm
 
@@ -30,6 +30,11 @@ def status_job(job_id: int) -> dict:
     """The job as ``torchbearer status --json --all`` shows it (read by the CLI from the store)."""
     document = json.loads(tb("status", "--json", "--all").stdout)
     return next(job for job in document["jobs"] if job["id"] == job_id)
+
+
+def scontrol_job(job_id: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, check=True)
+    return parse_scontrol(out.stdout)
 
 
 def running_with_progress(store, name):
@@ -105,22 +110,32 @@ def test_time_limit_hit_on_the_node_fails_the_job_saying_so(node_project, node_s
 
 
 @pytest.fixture
-def node_sample(node_project):
-    """The node project with the sample scene and its cloud masks (as ``tests/ml``'s ``sample_project``)."""
-    shutil.copytree(SAMPLE, node_project.project_dir / "data" / SAMPLE_NAME)
-    shutil.copytree(MASKS, node_project.project_dir / "masks")
+def node_chips(node_project):
+    """The node project with ``data/chips/``: chips cut from the real sample scene (``tests/ml/make_chips.py``)."""
+    make_chip_folder(node_project.project_dir / "data" / "chips")
     return node_project
 
 
 @pytest.mark.slow
-def test_training_job_on_the_node_reports_curves_and_outcome(node_sample, node_store, node_daemon):
-    write_job(node_sample.queue_dir, "fcn.yaml", train_yaml("fcn", epochs=2))
-    job = wait_state(node_store, job_named(node_store, "fcn").id, {"succeeded", "failed"}, timeout=300)
-    assert job.state == "succeeded", (job.reason, (Path(job.run_dir) / "log.txt").read_text()[-3000:])
-    assert job.executor == "slurm" and job.external_id.isdigit()
-    assert sorted(m["epoch"] for m in node_store.metrics(job.id, "val/iou")) == [0, 1]  # the curves
-    assert len(node_store.metrics(job.id, "train/loss_step")) >= 2
-    outputs = {o["kind"]: Path(o["path"]) for o in node_store.outputs(job.id)}
-    assert outputs["checkpoint"] == Path(job.run_dir) / "checkpoints" / "last.ckpt" and outputs["checkpoint"].is_file()
+def test_two_srun_tasks_train_one_model_with_ddp(node_chips, node_store, node_daemon):
+    """A training job on the node, with ``devices: 2``: two srun tasks, one DDP run over gloo; rank 0 alone
+    reports (one set of curves, one checkpoint, one outcome), and what it reports reaches ``status --json``."""
+    job_file = f"name: ddp\nkind: train\ndataset: data/chips\nclasses: [clear, cloud]\n{CHIP_TRAIN}\ndevices: 2\n"
+    write_job(node_chips.queue_dir, "ddp.yaml", job_file)
+    job = wait_state(node_store, job_named(node_store, "ddp").id, {"succeeded", "failed"}, timeout=300)
+    run_dir = Path(job.run_dir)
+    log = (run_dir / "log.txt").read_text()
+    assert job.state == "succeeded", (job.reason, log[-3000:])
+    slurm = scontrol_job(job.external_id)
+    assert (slurm["NumTasks"], slurm["NumNodes"]) == ("2", "1")
+    for rank in (0, 1):  # both processes joined one process group
+        assert f"distributed data parallel: 2 processes (2 a node on 1 nodes), rank {rank}" in log
+    assert sorted(m["epoch"] for m in node_store.metrics(job.id, "val/iou")) == [0, 1]  # one set of curves
+    assert sorted(m["epoch"] for m in node_store.metrics(job.id, "train/loss_epoch")) == [0, 1]
+    kinds = [o["kind"] for o in node_store.outputs(job.id)]
+    assert kinds.count("checkpoint") == 1 and kinds.count("best_checkpoint") == 1 and kinds.count("plot") == 2
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not list(run_dir.glob("targets*"))
+    assert [a["outcome"] for a in node_store.attempts(job.id)] == ["succeeded"]
     shown = status_job(job.id)
     assert (shown["state"], shown["progress"], shown["attempts"]) == ("succeeded", 1.0, 1)

@@ -207,6 +207,7 @@ class Supervisor:
                 log_path=log_path,
                 cwd=self.settings.project_dir,
                 devices=len(slots),
+                nodes=job.spec.get("num_nodes"),  # kinds that train in parallel have it (one process per slot)
             )
         except SubmitLater as exc:  # nothing started: back to the queue, the attempt forgotten, tried again later
             self.store.discard_attempt(job_id, attempt)

@@ -1,10 +1,14 @@
 """Workers as Slurm batch jobs: ``sbatch`` to start, ``squeue``/``scontrol`` to watch, ``scancel`` to stop.
 
-A shared filesystem is assumed: the compute nodes see the project folder, the state database and this Python
-environment at the same paths as the daemon, so the worker runs exactly as it would locally and records its own
-outcome in the store. The batch script ``exec``\\ s the worker, so the batch step *is* the worker process: the
-``--signal=B:TERM@…`` warning before the time limit and ``scancel --full --signal=TERM`` both reach its SIGTERM
-handler, which stops at a safe point.
+A shared filesystem is assumed for the project folder and this Python environment (the same paths as the
+daemon's), not for the state database: the worker reads its job from its run folder and reports through files
+there, as a local worker does. The batch script ``exec``\\ s the worker, so the batch step *is* the worker
+process: the ``--signal=B:TERM@…`` warning before the time limit and ``scancel --full --signal=TERM`` both
+reach its SIGTERM handler, which stops at a safe point. A job trained in parallel (:func:`parallel`) runs as
+``srun`` tasks instead, every one of them warned (``--signal=TERM@…``).
+
+A controller out of reach is not a refusal: :class:`SlurmUnavailable` sends the job back to the queue, and
+submissions wait (:meth:`SlurmExecutor.unavailable`), 2 s at first, doubling to :data:`SUBMIT_BACKOFF_MAX_S`.
 
 Every job is submitted ``--no-requeue``: one Slurm job is one attempt, and the daemon decides what runs again.
 All running jobs are queried with one ``squeue`` call at most every :data:`POLL_INTERVAL_S` seconds; a job that
@@ -154,6 +158,14 @@ def query_ended(job_id: str) -> SlurmJobState | None:
     return None
 
 
+def parallel(devices: int, nodes: int | None) -> int:
+    """How many ``srun`` tasks a job runs as: ``devices`` × ``nodes`` for a kind that trains in parallel (its
+    spec has ``num_nodes``) asking for more than one process; 0 for a job that runs as one process."""
+    if nodes is None or devices * nodes <= 1:
+        return 0
+    return devices * nodes
+
+
 class SlurmWorker:
     """A worker submitted by :class:`SlurmExecutor`: ``external_id`` is its Slurm job id."""
 
@@ -274,13 +286,20 @@ class SlurmExecutor:
             secrets_in_env_file=SECRET_NAMES & settings.env_file_values.keys(),
         )
 
-    def sbatch_options(self, *, job_name: str, log_path: Path, cwd: Path, devices: int) -> list[str]:
-        """The ``sbatch`` command line for one worker."""
+    def sbatch_options(
+        self, *, job_name: str, log_path: Path, cwd: Path, devices: int, nodes: int | None = None
+    ) -> list[str]:
+        """The ``sbatch`` command line for one worker; for a parallel job (``nodes`` given, see
+        :func:`parallel`), ``devices`` tasks on each of ``nodes`` nodes, all of them warned before the limit."""
+        tasks = parallel(devices, nodes)
+        warned = "TERM" if tasks else "B:TERM"  # B: the batch step, which is the worker when it runs alone
         options = [
             "sbatch", "--parsable", "--no-requeue", "--export=ALL", f"--job-name={job_name}", f"--chdir={cwd}",
             f"--output={str(log_path).replace('%', '%%')}", "--open-mode=append",
-            f"--signal=B:TERM@{math.ceil(self.signal_lead_s)}",
+            f"--signal={warned}@{math.ceil(self.signal_lead_s)}",
         ]  # fmt: skip
+        if tasks:
+            options += [f"--nodes={nodes}", f"--ntasks-per-node={devices}"]
         if self.partition:
             options.append(f"--partition={self.partition}")
         if self.gres and devices:
@@ -288,10 +307,19 @@ class SlurmExecutor:
         return options + list(self.extra_args)
 
     def start(
-        self, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path, devices: int = 1
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        cwd: Path,
+        devices: int = 1,
+        nodes: int | None = None,
     ) -> SlurmWorker:
         """Submit ``argv`` as a batch job named ``tb-<run folder>`` (``tb-<id>-<name>``); output appends to
-        ``log_path``."""
+        ``log_path``. A parallel job (:func:`parallel`) runs ``argv`` as ``srun`` tasks, one per device slot on
+        each node, with ``TORCHBEARER_TASKS`` set to their number (Lightning's ``SLURMEnvironment`` makes them
+        one DDP run; the worker of rank 0 alone reports)."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in env.items() if k not in GPU_VARIABLES and k not in self.secrets_in_env_file}
         exposed = sorted(SECRET_NAMES & env.keys())
@@ -299,13 +327,20 @@ class SlurmExecutor:
             log.warning("%s reach Slurm jobs through their environment, which Slurm stores with each job; "
                         "put them in the project's env file instead", ", ".join(exposed))  # fmt: skip
             self._warned_secrets = True
+        tasks = parallel(devices, nodes)
+        launch = shlex.join(argv)
+        if tasks:
+            env["TORCHBEARER_TASKS"] = str(tasks)
+            # srun (Slurm 22.05+) no longer takes --cpus-per-task from sbatch's; a task that fails ends the others
+            launch = f"srun --kill-on-bad-exit=1 {launch}"
         script = (
             "#!/bin/sh\n"
             "echo \"[torchbearer] Slurm job $SLURM_JOB_ID on $(hostname), $(date '+%F %T')\"\n"
-            f"exec {shlex.join(argv)}\n"
+            + ('export SRUN_CPUS_PER_TASK="${SLURM_CPUS_PER_TASK:-1}"\n' if tasks else "")
+            + f"exec {launch}\n"
         )
         command = self.sbatch_options(job_name=f"tb-{log_path.parent.name}", log_path=log_path, cwd=cwd,
-                                      devices=devices)  # fmt: skip
+                                      devices=devices, nodes=nodes)  # fmt: skip
         try:
             answer = slurm_command(command, env=env, stdin=script)
         except SlurmError as exc:
