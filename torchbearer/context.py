@@ -115,8 +115,6 @@ class JobContext:
         """Do ``write`` after the ones still pending; if the store refuses it for now (read-only, disk full,
         I/O error), keep it for later (``keep``) or drop it (progress), log once, and go on: a store fault must
         not cost the job. Returns whether everything was written."""
-        if self.rank:  # another task of a parallel job: rank 0 reports for all of them
-            return True
         try:
             while self._pending:
                 self._pending[0]()
@@ -161,6 +159,8 @@ class JobContext:
     ) -> bool:
         """Record a progress event; skipped (returns False) if the last one was under the interval ago,
         unless it is the last of its stage (``done >= total``): the end of a stage is never dropped."""
+        if self.rank:  # another task of a parallel job: rank 0 reports for all of them (ditto below)
+            return False
         now = time.monotonic()
         finished = done is not None and total is not None and done >= total
         if not (force or finished) and now - self._last_progress < self.progress_interval_s:
@@ -179,13 +179,15 @@ class JobContext:
 
     def metrics(self, values: dict[str, float], *, step: int | None = None, epoch: int | None = None) -> None:
         """Record several values of one moment (curves in the dashboard)."""
-        if values:
+        if values and not self.rank:
             values = dict(values)
             self._write(lambda: self.store.add_metrics(self.job_id, values, attempt=self.attempt, step=step,
                                                        epoch=epoch))  # fmt: skip
 
     def output(self, path: str | Path, kind: str) -> None:
         """Record a product of the job: ``checkpoint``, ``best_checkpoint``, ``map``, ``plot``, ``scene`` …"""
+        if self.rank:
+            return
         resolved = Path(path).resolve()
         self._write(lambda: self.store.add_output(self.job_id, resolved, kind))
 
