@@ -8,6 +8,7 @@ still reach the store and ``status --json``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -24,6 +25,13 @@ from torchbearer import commands
 from torchbearer.daemon.executors.slurm import parse_scontrol, query_active
 
 pytestmark = pytest.mark.slurm
+
+#: A worker on this node can only work if it never opens the store (the worker contract, ``torchbearer/runs.py``);
+#: before that contract is in, these tests run only with ``TB_TEST_SLURM_SHOW_DB=1`` (the Slurm side alone).
+needs_contract = pytest.mark.skipif(
+    importlib.util.find_spec("torchbearer.runs") is None and not db_shown(),
+    reason="workers still open the state database (no torchbearer/runs.py): set TB_TEST_SLURM_SHOW_DB=1",
+)
 
 
 def status_job(job_id: int) -> dict:
@@ -57,6 +65,7 @@ def test_the_node_cannot_see_the_state_database(node_project, node_store, hidden
     assert any(hidden_dir.iterdir())
 
 
+@needs_contract
 def test_failing_job_on_the_node_is_failed_with_its_reason(node_project, node_store, node_daemon):
     write_job(node_project.queue_dir, "bad.yaml", probe("bad", steps=2, action="raise", at_step=1))
     job = wait_state(node_store, job_named(node_store, "bad").id, "failed")
@@ -67,6 +76,7 @@ def test_failing_job_on_the_node_is_failed_with_its_reason(node_project, node_st
     assert (shown["state"], shown["reason"]) == ("failed", "RuntimeError: probe bad failed on purpose")
 
 
+@needs_contract
 def test_cancel_on_the_node_stops_the_job_at_a_safe_point(node_project, node_store, node_daemon):
     write_job(node_project.queue_dir, "long.yaml", probe("long", steps=600, step_s=0.05))
     job = running_with_progress(node_store, "long")
@@ -77,6 +87,7 @@ def test_cancel_on_the_node_stops_the_job_at_a_safe_point(node_project, node_sto
     assert completions(node_project) == []
 
 
+@needs_contract
 def test_daemon_killed_reattaches_to_its_job_on_the_node(node_project, node_store, node_daemon):
     """The worker goes on while no daemon runs; the next daemon watches it again and ingests what it reported."""
     write_job(node_project.queue_dir, "steady.yaml", probe("steady", steps=40, step_s=0.1))
@@ -95,6 +106,7 @@ def test_daemon_killed_reattaches_to_its_job_on_the_node(node_project, node_stor
     assert steps == list(range(1, 41))  # every step's value, once, those made while no daemon ran included
 
 
+@needs_contract
 @pytest.mark.slow
 def test_time_limit_hit_on_the_node_fails_the_job_saying_so(node_project, node_store):
     """A worker that ignores the warning is ended by Slurm at its ``--time``: the reason says so."""
@@ -116,6 +128,7 @@ def node_chips(node_project):
     return node_project
 
 
+@needs_contract
 @pytest.mark.slow
 def test_two_srun_tasks_train_one_model_with_ddp(node_chips, node_store, node_daemon):
     """A training job on the node, with ``devices: 2``: two srun tasks, one DDP run over gloo; rank 0 alone
