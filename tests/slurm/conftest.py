@@ -100,11 +100,11 @@ def db_shown() -> bool:
     return os.environ.get("TB_TEST_SLURM_SHOW_DB") == "1"
 
 
-def node_hides(hidden_dir: Path) -> bool | None:
-    """Whether the slurmd that start-local-slurm.sh started next to ``hidden_dir`` has the tmpfs over it in its
-    mount namespace; None when there is no such slurmd to look at (a cluster started elsewhere)."""
+def node_hides(folder: Path, hidden_dir: Path) -> bool | None:
+    """Whether the slurmd that start-local-slurm.sh started in ``folder`` has the tmpfs over ``hidden_dir`` in
+    its mount namespace; None when there is no such slurmd to look at (a cluster started elsewhere)."""
     try:
-        pid = int((hidden_dir.parent / "state" / "slurmd.pid").read_text())
+        pid = int((folder / "state" / "slurmd.pid").read_text())
         mounts = Path(f"/proc/{pid}/mountinfo").read_text()
     except (OSError, ValueError):
         return None
@@ -112,12 +112,14 @@ def node_hides(hidden_dir: Path) -> bool | None:
 
 
 @pytest.fixture
-def node_project(slurm_project: Settings, hidden_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def node_project(
+    slurm_project: Settings, slurm_conf: str, hidden_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
     """``slurm_project`` whose state database lives in the folder the node hides: only the daemon reaches it."""
     if db_shown():
         yield slurm_project
         return
-    if node_hides(hidden_dir) is False:
+    if node_hides(Path(slurm_conf).parent, hidden_dir) is False:
         pytest.skip("the test cluster's slurmd hides nothing: this host allows no mount namespace (CAP_SYS_ADMIN)")
     folder = Path(tempfile.mkdtemp(prefix="state-", dir=hidden_dir))
     monkeypatch.setenv("TORCHBEARER_STATE", str(folder / "torchbearer.db"))
