@@ -9,6 +9,7 @@ daemon ingests. Progress is throttled so a fast training loop cannot flood the f
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -24,6 +25,12 @@ log = logging.getLogger("torchbearer.job")
 
 #: Most refused writes a job keeps for later; beyond, metrics are dropped (outputs are few).
 MAX_PENDING_WRITES = 100_000
+
+
+def task_rank() -> int:
+    """This process's rank among the ``srun`` tasks of a job trained in parallel (the Slurm executor sets
+    ``TORCHBEARER_TASKS`` for those); 0 for a job that runs as one process."""
+    return int(os.environ.get("SLURM_PROCID") or 0) if os.environ.get("TORCHBEARER_TASKS") else 0
 
 
 class JobInterrupted(Exception):
@@ -54,6 +61,8 @@ class JobContext:
     #: The job as the daemon resolved it (``job.json``): ``spec``, ``kind``, ``refs`` (the jobs it names) …
     job: dict[str, Any] = field(default_factory=dict)
     progress_interval_s: float = 0.5
+    #: Rank of this process among a parallel job's tasks (:func:`task_rank`): only rank 0 reports.
+    rank: int = 0
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _last_progress: float = field(default=0.0, repr=False)
     _events: runs.EventWriter | None = field(default=None, repr=False)
@@ -75,7 +84,9 @@ class JobContext:
         return self._events
 
     def emit(self, event_type: str, /, **fields: Any) -> None:
-        """Append one event for the daemon (secrets scrubbed on the way)."""
+        """Append one event for the daemon (secrets scrubbed on the way); only rank 0 of a parallel job reports."""
+        if self.rank:
+            return
         self.events.append(event_type, **scrub_value(fields))
 
     # -- stopping -------------------------------------------------------------------------------------------
@@ -137,6 +148,8 @@ class JobContext:
     ) -> bool:
         """Record a progress event; skipped (returns False) if the last one was under the interval ago,
         unless it is the last of its stage (``done >= total``): the end of a stage is never dropped."""
+        if self.rank:  # another task of a parallel job: rank 0 reports for all of them (ditto below)
+            return False
         now = time.monotonic()
         finished = done is not None and total is not None and done >= total
         if not (force or finished) and now - self._last_progress < self.progress_interval_s:

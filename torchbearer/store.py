@@ -59,9 +59,17 @@ TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
     JobState.WAITING: frozenset({JobState.QUEUED, JobState.DEPENDENCY_FAILED, JobState.HELD, JobState.CANCELLED}),
     # held: released (queued, or waiting while its gates are shut) or cancelled
     JobState.HELD: frozenset({JobState.QUEUED, JobState.WAITING, JobState.CANCELLED}),
-    # running: how the attempt ended; waiting is a failed attempt with retries left (its backoff)
+    # running: how the attempt ended; waiting is a failed attempt with retries left (its backoff); queued is a
+    # submission a cluster's controller could not take (nothing started, the attempt discarded)
     JobState.RUNNING: frozenset(
-        {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED, JobState.WAITING}
+        {
+            JobState.SUCCEEDED,
+            JobState.FAILED,
+            JobState.CANCELLED,
+            JobState.INTERRUPTED,
+            JobState.WAITING,
+            JobState.QUEUED,
+        }
     ),
     # interrupted: runs again like a queued job
     JobState.INTERRUPTED: frozenset({JobState.RUNNING, JobState.HELD, JobState.CANCELLED, JobState.FAILED}),
@@ -754,6 +762,13 @@ class Store:
                reason = COALESCE(?, reason) WHERE job_id = ? AND number = ?""",
             (_now(), AttemptOutcome(outcome), exit_code, scrub(reason) if reason else reason, job_id, number),
         )
+
+    def discard_attempt(self, job_id: int, number: int) -> None:
+        """Forget the latest attempt, which never started (its worker could not be submitted): the next attempt
+        takes its number, and a job's retries are not spent on a cluster that was out of reach."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM attempts WHERE job_id = ? AND number = ?", (job_id, number))
+            conn.execute("UPDATE jobs SET attempts = ? WHERE id = ? AND attempts = ?", (number - 1, job_id, number))
 
     def set_attempt_pid(self, job_id: int, number: int, pid: int) -> None:
         self.conn.execute("UPDATE attempts SET pid = ? WHERE job_id = ? AND number = ?", (pid, job_id, number))

@@ -57,7 +57,7 @@ def is_input_error(exc: BaseException) -> bool:
 def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
     """Run one attempt of a job; returns the process exit code."""
     from torchbearer import runs
-    from torchbearer.context import JobContext, JobInterrupted
+    from torchbearer.context import JobContext, JobInterrupted, task_rank
     from torchbearer.jobs import get_kind
     from torchbearer.redact import register_settings, scrub
     from torchbearer.settings import Settings
@@ -73,13 +73,15 @@ def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
     if ctx.job_id != job_id:
         log.error("%s is the job file of job #%d, not #%d", run_dir / runs.JOB_FILE, ctx.job_id, job_id)
         return EXIT_USAGE
+    ctx.rank = task_rank()  # a parallel job's srun tasks: only rank 0 reports
     ctx.install_signal_handlers()
     job = ctx.job
     log.info("job %s (#%d) attempt %d: kind %s", ctx.name, job_id, attempt, job["kind"])
 
     def finish(outcome: AttemptOutcome, code: int, reason: str | None = None) -> int:
         ctx.close()  # every event is in the file before the outcome says the attempt ended
-        runs.write_outcome(run_dir, attempt, outcome, code, scrub(reason) if reason else reason)
+        if not ctx.rank:  # one outcome per job, however many tasks ran it
+            runs.write_outcome(run_dir, attempt, outcome, code, scrub(reason) if reason else reason)
         return code
 
     try:

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from torchbearer.context import task_rank
+from torchbearer.daemon.executors.local import LocalExecutor
 from torchbearer.daemon.executors.slurm import (
     SlurmExecutor,
     SlurmJobState,
     SlurmWorker,
+    parallel,
     parse_exit_code,
     parse_scontrol,
 )
@@ -92,3 +95,26 @@ def test_executor_from_settings_needs_sbatch_on_path(tmp_path, monkeypatch):
 def test_bad_slurm_settings_say_which_variable(tmp_path, env, message):
     with pytest.raises(SettingsError, match=message):
         Settings.load(tmp_path, environ=env)
+
+
+def test_a_parallel_job_asks_for_a_task_per_device_on_each_node_and_warns_every_task():
+    executor = SlurmExecutor(gres="gpu")
+    options = executor.sbatch_options(job_name="tb-4-ddp", log_path=Path("/p/runs/4-ddp/log.txt"), cwd=Path("/p"),
+                                      devices=2, nodes=3)  # fmt: skip
+    assert {"--nodes=3", "--ntasks-per-node=2", "--gres=gpu:2", "--signal=TERM@60"} <= set(options)
+    assert parallel(2, 3) == 6 and parallel(1, 1) == 0  # one process: the batch step is the worker
+    alone = executor.sbatch_options(job_name="x", log_path=Path("/l"), cwd=Path("/"), devices=2, nodes=None)
+    assert "--signal=B:TERM@60" in alone and not any(o.startswith(("--nodes", "--ntasks")) for o in alone)
+
+
+def test_the_local_executor_refuses_a_job_spread_over_nodes(tmp_path):
+    with pytest.raises(OSError, match="num_nodes: 2 needs the Slurm executor"):
+        LocalExecutor().start(["true"], env={}, log_path=tmp_path / "log.txt", cwd=tmp_path, devices=1, nodes=2)
+
+
+def test_a_worker_is_rank_0_unless_it_is_a_later_task_of_a_parallel_job(monkeypatch):
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.delenv("TORCHBEARER_TASKS", raising=False)
+    assert task_rank() == 0  # a Slurm job of one process (SLURM_PROCID is set in every Slurm job)
+    monkeypatch.setenv("TORCHBEARER_TASKS", "2")
+    assert task_rank() == 1

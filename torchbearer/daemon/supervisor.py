@@ -21,7 +21,7 @@ from pathlib import Path
 
 from torchbearer import runs
 from torchbearer.daemon import contract
-from torchbearer.daemon.executors import Executor, WorkerHandle
+from torchbearer.daemon.executors import Executor, SubmitLater, WorkerHandle
 from torchbearer.daemon.executors.local import LocalExecutor, signal_process_group
 from torchbearer.daemon.oom import oom_evidence, oom_kill_count
 from torchbearer.settings import Settings
@@ -173,6 +173,11 @@ class Supervisor:
         job = self.store.job(job_id)
         if job is None:
             return False
+        held = getattr(self.executor, "unavailable", lambda: None)()
+        if held is not None:  # a cluster that cannot take jobs now: the job waits in the queue, saying why
+            if job.reason != held:
+                self.store.update_job(job_id, reason=held)
+            return False
         busy_pid = live_worker(self.store, job)
         if busy_pid is not None:  # a worker of its last attempt still runs: never two attempts at once
             if job_id not in self._busy_logged:
@@ -201,7 +206,13 @@ class Supervisor:
                 log_path=log_path,
                 cwd=self.settings.project_dir,
                 devices=len(slots),
+                nodes=job.spec.get("num_nodes"),  # kinds that train in parallel have it (one process per slot)
             )
+        except SubmitLater as exc:  # nothing started: back to the queue, the attempt forgotten, tried again later
+            self.store.discard_attempt(job_id, attempt)
+            self.store.transition(job_id, JobState.QUEUED, expect=[JobState.RUNNING], reason=str(exc),
+                                  started_at=None, slot=None, executor=None, stage=None)  # fmt: skip
+            return False
         except OSError as exc:
             reason = f"could not start the worker: {exc}"
             self.store.finish_attempt(job_id, attempt, outcome=AttemptOutcome.FAILED, reason=reason)

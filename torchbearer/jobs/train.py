@@ -176,6 +176,9 @@ class TrainSpec(JobSpec):
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainOptions = Field(default_factory=TrainOptions)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_nodes: int = Field(
+        1, ge=1, le=1024, description="Slurm nodes; with the Slurm executor, devices × num_nodes DDP processes"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainSpec:
@@ -296,13 +299,49 @@ def training_data(spec: TrainSpec, ctx: JobContext) -> tuple[list[Scene] | ChipS
     assert spec.masks is not None  # checked by the spec
     masks = [ctx.resolve(m) for m in ([spec.masks] if isinstance(spec.masks, str) else spec.masks)]
     skipped: list[str] = []
-    shutil.rmtree(ctx.run_dir / "targets", ignore_errors=True)  # an earlier attempt's (memory-mapped targets)
+    targets = targets_dir(ctx)
+    shutil.rmtree(targets, ignore_errors=True)  # an earlier attempt's (memory-mapped targets)
     scenes = load_scenes(stacks, masks, spec.class_names, bands=spec.bands, class_field=spec.class_field,
                          resolution=resolution, cache_dir=ctx.settings.data_dir / "cache" / "mapped",
-                         work_dir=ctx.run_dir / "targets", skipped=skipped)  # fmt: skip
+                         work_dir=targets, skipped=skipped)  # fmt: skip
     for reason in skipped:  # in the job's log and on the dashboard
         ctx.progress("preparing data", force=True, skipped=reason)
     return scenes, resolution, skipped
+
+
+def targets_dir(ctx: JobContext) -> Path:
+    """The folder of the memory-mapped targets: one per process of a parallel job (each builds its own)."""
+    return ctx.run_dir / ("targets" if not ctx.rank else f"targets-rank{ctx.rank}")
+
+
+def check_alone(spec: TrainSpec) -> None:
+    """Refuse ``num_nodes`` > 1 in a worker that runs alone (not one of the Slurm executor's srun tasks)."""
+    from torchbearer.context import JobInputError
+
+    if spec.num_nodes > 1 and int(os.environ.get("TORCHBEARER_TASKS") or 0) <= 1:
+        raise JobInputError(f"num_nodes: {spec.num_nodes} needs the Slurm executor, which starts a process per "
+                            "device on each node; this worker runs alone")  # fmt: skip
+
+
+def processes(spec: TrainSpec, cuda: bool) -> dict[str, Any]:
+    """The Trainer's ``devices``, ``num_nodes`` and ``strategy``: DDP over the ``srun`` tasks Slurm started for
+    the job (``devices`` a node, on ``num_nodes`` nodes; gloo on the CPU, NCCL on GPUs), which Lightning's
+    ``SLURMEnvironment`` finds in the ``SLURM_*`` variables; one device otherwise (the local executor runs one
+    process whatever ``devices`` says)."""
+    tasks = int(os.environ.get("TORCHBEARER_TASKS") or 0)
+    if tasks <= 1:
+        return {"devices": 1}
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+    from lightning.pytorch.strategies import DDPStrategy
+
+    per_node = int(os.environ["SLURM_NTASKS_PER_NODE"].split("(")[0])  # "2", or "2(x3)" on three nodes
+    nodes = int(os.environ.get("SLURM_NNODES") or 1)
+    log.info("distributed data parallel: %d processes (%d a node on %d nodes), rank %s", tasks, per_node, nodes,
+             os.environ.get("SLURM_PROCID"))  # fmt: skip
+    # auto_requeue off: the daemon decides what runs again (its jobs are --no-requeue), not Lightning's handlers
+    strategy = DDPStrategy(cluster_environment=SLURMEnvironment(auto_requeue=False),
+                           process_group_backend=None if cuda else "gloo")  # fmt: skip
+    return {"devices": per_node, "num_nodes": nodes, "strategy": strategy}
 
 
 def _num_workers(spec: TrainSpec, cuda: bool) -> int:
@@ -454,6 +493,7 @@ def write_plots(model: Any, card: ModelCard, datamodule: PatchDataModule, count:
 def run(spec: TrainSpec, ctx: JobContext) -> None:
     """Prepare the data, train (resuming from ``last.ckpt`` when there is one), record the products."""
     # Scenes and masks first, without torch: a bad input fails the job in a second, not after the imports.
+    check_alone(spec)
     ctx.progress("preparing data", force=True)
     data, resolution, skipped = training_data(spec, ctx)
     ctx.check_stop()
@@ -469,6 +509,8 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
     datamodule = build_datamodule(spec, ctx, data, cuda)
     if spec.model.arch == "random-forest":
+        if ctx.rank:  # a forest trains in one process: rank 0's
+            return
         from torchbearer.ml.forest import train_forest_job
 
         train_forest_job(spec, ctx, datamodule, model_card(spec, datamodule, resolution))
@@ -504,7 +546,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     trainer = L.Trainer(
         max_epochs=spec.train.epochs,
         accelerator="gpu" if cuda else "cpu",
-        devices=1,
+        **processes(spec, cuda),
         precision=_precision(spec, cuda),
         logger=[
             TensorBoardLogger(logs, name="tensorboard", version=version),
@@ -528,6 +570,9 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
         ctx.progress("validating", force=True)
         results = trainer.test(task, datamodule=datamodule, ckpt_path=str(best_path), verbose=False)
         ctx.metrics({k: float(v) for k, v in results[0].items()}, step=trainer.global_step)
+    if ctx.rank:  # another process of a parallel run: rank 0 evaluates, plots and reports
+        shutil.rmtree(targets_dir(ctx), ignore_errors=True)
+        return
     task.load_state_dict(torch.load(best_path, map_location=task.device, weights_only=True)["state_dict"])
     ctx.progress("evaluating", force=True)
     from torchbearer.ml.report import report_training
@@ -541,7 +586,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     score = float(best.best_model_score) if best.best_model_score is not None else float("nan")
     log.info("best %s = %.4g at %s", monitor, score, best_path)
     del datamodule, data
-    shutil.rmtree(ctx.run_dir / "targets", ignore_errors=True)
+    shutil.rmtree(targets_dir(ctx), ignore_errors=True)
 
 
 def fit_resumable(trainer: Any, task: Any, datamodule: Any, resume: Path | None, last: Path, ctx: JobContext) -> None:

@@ -216,10 +216,18 @@ class LastCheckpoint(Checkpoint):
         if callable(self.handler) and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.handler)
 
+    def _stop_requested(self, trainer: L.Trainer) -> bool:
+        """Whether to stop now. In a parallel (DDP) run every process must take the same branch, since saving
+        is collective: a stop seen by any of them is decided by all (one small all-reduce)."""
+        stop = self.should_stop()
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        return stop
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self.should_stop() or batch_idx + 1 >= trainer.num_training_batches:
+        if batch_idx + 1 >= trainer.num_training_batches or not self._stop_requested(trainer):
             return
         self.save(trainer)
         self._stop(trainer)
@@ -232,7 +240,7 @@ class LastCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._saved_now(trainer):  # no validation this epoch: its end is the safe point
             self.save(trainer)
-        if self.should_stop():
+        if self._stop_requested(trainer):
             self._stop(trainer)
 
     def _stop(self, trainer: L.Trainer) -> None:

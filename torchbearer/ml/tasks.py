@@ -141,14 +141,15 @@ class SegmentationTask(L.LightningModule):
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         logits = self(batch["image"])
         target = batch["mask"].long()
-        self.log(f"{stage}/loss", self.loss(logits, target), on_epoch=True, batch_size=len(logits))
+        # sync_dist: under DDP the epoch's value is the mean over every process's share of the split
+        self.log(f"{stage}/loss", self.loss(logits, target), on_epoch=True, batch_size=len(logits), sync_dist=True)
         predicted = self.predict_classes(logits)
         for metric in self.metrics[stage].values():
             metric.update(predicted, target)
 
     def _report(self, stage: str) -> None:
         metrics = self.metrics[stage]
-        self.log_dict(metric_values(stage, metrics, self.card))
+        self.log_dict(metric_values(stage, metrics, self.card), sync_dist=True)  # equal on every process already
         for metric in metrics.values():
             metric.reset()
 

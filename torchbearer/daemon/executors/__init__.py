@@ -6,6 +6,11 @@ from pathlib import Path
 from typing import Protocol
 
 
+class SubmitLater(OSError):
+    """The executor cannot start workers now (a cluster's controller out of reach): nothing was started, and the
+    job waits in the queue (its reason: this message) until the executor's :meth:`unavailable` says go."""
+
+
 class WorkerHandle(Protocol):
     """A started worker, as the supervisor sees it."""
 
@@ -26,6 +31,16 @@ class Executor(Protocol):
     name: str
 
     def start(
-        self, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path, devices: int = 1
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        cwd: Path,
+        devices: int = 1,
+        nodes: int | None = None,
     ) -> WorkerHandle:
-        """Start ``argv`` with output appended to ``log_path``; ``devices``: the job's device slots (GPUs)."""
+        """Start ``argv`` with output appended to ``log_path``; ``devices``: the job's device slots (GPUs).
+
+        ``nodes``: None for a job of one process; a number for a kind that trains in parallel (its spec has
+        ``num_nodes``): one process per device slot on each of ``nodes`` nodes, where the executor can."""

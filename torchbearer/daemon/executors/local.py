@@ -52,10 +52,20 @@ class LocalExecutor:
     name = "local"
 
     def start(
-        self, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path, devices: int = 1
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        cwd: Path,
+        devices: int = 1,
+        nodes: int | None = None,
     ) -> LocalWorker:
-        """Start ``argv`` here; its GPUs are already named in ``env`` (``CUDA_VISIBLE_DEVICES``), so ``devices``
-        is not needed."""
+        """Start ``argv`` here, as one process; its GPUs are already named in ``env`` (``CUDA_VISIBLE_DEVICES``),
+        so ``devices`` is not needed. A job spread over several ``nodes`` is refused: that needs Slurm."""
+        if nodes is not None and nodes > 1:
+            raise OSError(f"num_nodes: {nodes} needs the Slurm executor (TORCHBEARER_EXECUTOR=slurm); "
+                          "the local executor runs a job on this machine only")  # fmt: skip
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:  # O_APPEND: the log can be cut back while the child writes
             process = subprocess.Popen(

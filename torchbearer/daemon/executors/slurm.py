@@ -5,7 +5,11 @@ at the daemon's paths), not for the state database: the worker runs exactly as i
 contract (``runs.py``: it reads ``job.json`` and writes events and its outcome into its run folder, which the
 daemon ingests). The batch script ``exec``\\ s the worker, so the batch step *is* the worker process: the
 ``--signal=B:TERM@…`` warning before the time limit and ``scancel --full --signal=TERM`` both reach its SIGTERM
-handler, which stops at a safe point.
+handler, which stops at a safe point. A job trained in parallel (:func:`parallel`) runs as ``srun`` tasks
+instead, every one of them warned (``--signal=TERM@…``); only rank 0 reports.
+
+A controller out of reach is not a refusal: :class:`SlurmUnavailable` sends the job back to the queue, and
+submissions wait (:meth:`SlurmExecutor.unavailable`), 2 s at first, doubling to :data:`SUBMIT_BACKOFF_MAX_S`.
 
 Every job is submitted ``--no-requeue``: one Slurm job is one attempt, and the daemon decides what runs again.
 All running jobs are queried with one ``squeue`` call at most every :data:`POLL_INTERVAL_S` seconds; a job that
@@ -25,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchbearer.daemon.executors import SubmitLater
 from torchbearer.settings import SECRET_NAMES, Settings, SettingsError
 from torchbearer.worker import EXIT_INTERRUPTED
 
@@ -49,12 +54,32 @@ SLURM_ENDINGS = {
     "PREEMPTED": "Slurm preempted it (PREEMPTED)",
     "TIMEOUT": "Slurm ended it at its time limit (TIMEOUT); raise --time in TORCHBEARER_SLURM_ARGS",
 }
+#: Words of Slurm's messages (and ours) that mean the controller could not be reached or answer in time: a
+#: restart or a network fault, not a refusal of the job. Anything else sbatch says is a refusal.
+UNREACHABLE_MARKERS = (
+    "Unable to contact slurm controller", "connect failure", "Connection refused", "Socket timed out",
+    "Zero Bytes were transmitted", "Transport endpoint is not connected", "did not answer within",
+    "temporarily unavailable", "standby mode",
+)  # fmt: skip
+#: Seconds before the first new submission once the controller could not be reached; doubles each time it still
+#: cannot, up to :data:`SUBMIT_BACKOFF_MAX_S`.
+SUBMIT_BACKOFF_S = 2.0
+SUBMIT_BACKOFF_MAX_S = 120.0
 #: Variables naming GPUs: on a cluster, Slurm sets them for the GPUs it allocates.
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
 
 
 class SlurmError(OSError):
     """A Slurm command could not be run or refused the request (the message is Slurm's own)."""
+
+
+class SlurmUnavailable(SlurmError, SubmitLater):
+    """``sbatch`` could not reach the controller: nothing was submitted; the job is submitted again later."""
+
+
+def unreachable(error: SlurmError) -> bool:
+    """Whether a failed Slurm command says the controller was out of reach, rather than refusing the request."""
+    return any(marker.lower() in str(error).lower() for marker in UNREACHABLE_MARKERS)
 
 
 def slurm_command(args: list[str], *, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
@@ -132,6 +157,14 @@ def query_ended(job_id: str) -> SlurmJobState | None:
         if found == job_id and state:
             return SlurmJobState(state.split()[0], parse_exit_code(exit_code or "0:0"))
     return None
+
+
+def parallel(devices: int, nodes: int | None) -> int:
+    """How many ``srun`` tasks a job runs as: ``devices`` × ``nodes`` for a kind that trains in parallel (its
+    spec has ``num_nodes``) asking for more than one process; 0 for a job that runs as one process."""
+    if nodes is None or devices * nodes <= 1:
+        return 0
+    return devices * nodes
 
 
 class SlurmWorker:
@@ -233,6 +266,9 @@ class SlurmExecutor:
         self.workers: dict[str, SlurmWorker] = {}
         self._last_query = -math.inf
         self._last_error = ""
+        self._submit_backoff_s = 0.0  # seconds to wait after the next unreachable controller; 0: none seen
+        self._submit_at = -math.inf  # monotonic seconds: no submission before
+        self._held = ""  # why submissions wait, while they do
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SlurmExecutor:
@@ -251,13 +287,20 @@ class SlurmExecutor:
             secrets_in_env_file=SECRET_NAMES & settings.env_file_values.keys(),
         )
 
-    def sbatch_options(self, *, job_name: str, log_path: Path, cwd: Path, devices: int) -> list[str]:
-        """The ``sbatch`` command line for one worker."""
+    def sbatch_options(
+        self, *, job_name: str, log_path: Path, cwd: Path, devices: int, nodes: int | None = None
+    ) -> list[str]:
+        """The ``sbatch`` command line for one worker; for a parallel job (``nodes`` given, see
+        :func:`parallel`), ``devices`` tasks on each of ``nodes`` nodes, all of them warned before the limit."""
+        tasks = parallel(devices, nodes)
+        warned = "TERM" if tasks else "B:TERM"  # B: the batch step, which is the worker when it runs alone
         options = [
             "sbatch", "--parsable", "--no-requeue", "--export=ALL", f"--job-name={job_name}", f"--chdir={cwd}",
             f"--output={str(log_path).replace('%', '%%')}", "--open-mode=append",
-            f"--signal=B:TERM@{math.ceil(self.signal_lead_s)}",
+            f"--signal={warned}@{math.ceil(self.signal_lead_s)}",
         ]  # fmt: skip
+        if tasks:
+            options += [f"--nodes={nodes}", f"--ntasks-per-node={devices}"]
         if self.partition:
             options.append(f"--partition={self.partition}")
         if self.gres and devices:
@@ -265,10 +308,19 @@ class SlurmExecutor:
         return options + list(self.extra_args)
 
     def start(
-        self, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path, devices: int = 1
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        cwd: Path,
+        devices: int = 1,
+        nodes: int | None = None,
     ) -> SlurmWorker:
         """Submit ``argv`` as a batch job named ``tb-<run folder>`` (``tb-<id>-<name>``); output appends to
-        ``log_path``."""
+        ``log_path``. A parallel job (:func:`parallel`) runs ``argv`` as ``srun`` tasks, one per device slot on
+        each node, with ``TORCHBEARER_TASKS`` set to their number (Lightning's ``SLURMEnvironment`` makes them
+        one DDP run; the worker of rank 0 alone reports)."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in env.items() if k not in GPU_VARIABLES and k not in self.secrets_in_env_file}
         exposed = sorted(SECRET_NAMES & env.keys())
@@ -276,17 +328,47 @@ class SlurmExecutor:
             log.warning("%s reach Slurm jobs through their environment, which Slurm stores with each job; "
                         "put them in the project's env file instead", ", ".join(exposed))  # fmt: skip
             self._warned_secrets = True
+        tasks = parallel(devices, nodes)
+        launch = shlex.join(argv)
+        if tasks:
+            env["TORCHBEARER_TASKS"] = str(tasks)
+            # srun (Slurm 22.05+) no longer takes --cpus-per-task from sbatch's; a task that fails ends the others
+            launch = f"srun --kill-on-bad-exit=1 {launch}"
         script = (
             "#!/bin/sh\n"
             "echo \"[torchbearer] Slurm job $SLURM_JOB_ID on $(hostname), $(date '+%F %T')\"\n"
-            f"exec {shlex.join(argv)}\n"
+            + ('export SRUN_CPUS_PER_TASK="${SLURM_CPUS_PER_TASK:-1}"\n' if tasks else "")
+            + f"exec {launch}\n"
         )
         command = self.sbatch_options(job_name=f"tb-{log_path.parent.name}", log_path=log_path, cwd=cwd,
-                                      devices=devices)  # fmt: skip
-        job_id = slurm_command(command, env=env, stdin=script).strip().split(";")[0]
+                                      devices=devices, nodes=nodes)  # fmt: skip
+        try:
+            answer = slurm_command(command, env=env, stdin=script)
+        except SlurmError as exc:
+            if unreachable(exc):
+                raise self._hold(exc) from None
+            raise
+        self._submit_backoff_s, self._held = 0.0, ""
+        job_id = answer.strip().split(";")[0]
         if not job_id.isdigit():
             raise SlurmError(f"sbatch answered {job_id!r}, not a job id")
         return self._watch(SlurmWorker(self, job_id))
+
+    def _hold(self, error: SlurmError) -> SlurmUnavailable:
+        """Hold submissions back after an unreachable controller: 2 s, then twice as long each time, up to
+        :data:`SUBMIT_BACKOFF_MAX_S`. (A submission whose answer timed out may have reached the controller
+        after all: see "sbatch failures" in docs/slurm.md.)"""
+        delay = self._submit_backoff_s or SUBMIT_BACKOFF_S
+        self._submit_backoff_s = min(2 * delay, SUBMIT_BACKOFF_MAX_S)
+        self._submit_at = time.monotonic() + delay
+        self._held = f"Slurm cannot take jobs now ({error}); trying again in {delay:.0f} s"
+        log.warning("%s", self._held)
+        return SlurmUnavailable(self._held)
+
+    def unavailable(self) -> str | None:
+        """Why no job can be submitted now (the controller was out of reach at the last try), or None once it
+        is time to try again."""
+        return self._held if time.monotonic() < self._submit_at else None
 
     def attach(self, job_id: str) -> SlurmWorker | None:
         """A handle on a job submitted earlier (by a daemon that died), or None if Slurm has no record of it."""
