@@ -132,3 +132,18 @@ def test_a_plot_job_draws_curves_from_what_the_daemon_wrote_into_its_run_folder(
     assert [m["value"] for m in refs["trained"]["metrics"]] == [0.9, 0.6, 0.4]
     plots = [Path(o["path"]) for o in store.outputs(look.id, "plot")]
     assert [p.name for p in plots] == ["curves_loss.png"] and plots[0].parent == Path(look.run_dir)
+
+
+def test_the_worker_side_does_not_even_import_the_store():
+    """The worker, its context and every built-in kind load without ``store.py`` (nor commands or ingest, which
+    write it): a worker cannot reach the database by accident."""
+    script = (
+        "import sys, torchbearer.worker, torchbearer.context, torchbearer.sweeps.trials\n"
+        "from torchbearer.jobs import get_kind\n"
+        "for kind in ('train', 'predict', 'download', 'classify', 'sweep', 'prepare', 'plot', 'explain'):\n"
+        "    get_kind(kind)\n"
+        "print([m for m in ('torchbearer.store', 'torchbearer.commands', 'torchbearer.ingest') if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
