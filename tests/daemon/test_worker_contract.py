@@ -117,3 +117,33 @@ def test_submit_events_queue_each_spawned_job_once(project, store):
     children = runs.read_json(run_dir / runs.CHILDREN_FILE)["jobs"]
     assert children == {"sw-1": {"id": child.id, "state": "queued", "reason": None, "outputs": [],
                                  "metrics": {"m": []}}}  # fmt: skip
+
+
+def test_a_plot_job_draws_curves_from_what_the_daemon_wrote_into_its_run_folder(project, store, daemon):
+    """The plot worker gets the metrics of the job it draws from ``job.json`` (``refs``), not from the store."""
+    (trained,) = store.add_jobs([NewJob("trained", "probe", {}, {"name": "trained", "kind": "probe"})])
+    for step, loss in enumerate([0.9, 0.6, 0.4], start=1):
+        store.add_metrics(trained, {"val/loss": loss}, attempt=1, step=step)
+    store.transition(trained, "succeeded")
+    write_job(project.queue_dir, "look.yaml", "name: look\nkind: plot\ncurves: trained\n")
+    look = wait_state(store, job_named(store, "look").id, {"succeeded", "failed"}, timeout=60)
+    assert look.state == "succeeded", (look.reason, Path(look.run_dir, "log.txt").read_text()[-2000:])
+    refs = runs.read_job_file(Path(look.run_dir))["refs"]
+    assert [m["value"] for m in refs["trained"]["metrics"]] == [0.9, 0.6, 0.4]
+    plots = [Path(o["path"]) for o in store.outputs(look.id, "plot")]
+    assert [p.name for p in plots] == ["curves_loss.png"] and plots[0].parent == Path(look.run_dir)
+
+
+def test_the_worker_side_does_not_even_import_the_store():
+    """The worker, its context and every built-in kind load without ``store.py`` (nor commands or ingest, which
+    write it): a worker cannot reach the database by accident."""
+    script = (
+        "import sys, torchbearer.worker, torchbearer.context, torchbearer.sweeps.trials\n"
+        "from torchbearer.jobs import get_kind\n"
+        "for kind in ('train', 'predict', 'download', 'classify', 'sweep', 'prepare', 'plot', 'explain'):\n"
+        "    get_kind(kind)\n"
+        "print([m for m in ('torchbearer.store', 'torchbearer.commands', 'torchbearer.ingest') if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
