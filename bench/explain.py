@@ -12,7 +12,8 @@ one run (so the machine's speed cancels out):
   ``optimize: false`` (the eager forward the CAM runs).
 - ``rss_growth_big``: peak RSS above the loaded model for the CAMs of a 6 × 6 mosaic of the scene (a VRT) ÷ for
   the scene itself, each in a fresh process, with a small convolution net (3 × 3 conv, ReLU, 1 × 1 head) so
-  that the pipeline's memory, not the network's activations, is measured.
+  that the pipeline's memory, not the network's activations, is measured; both with the same batch (see
+  :func:`memory_batch`). ``--memory-only`` measures just this.
 
 The last line is one JSON object of these figures.
 """
@@ -81,9 +82,19 @@ def rss_child(stack: Path, out: Path, window: int, overlap: float, batch_size: i
     print(json.dumps({"base": base, "peak": peak_rss(), "seconds": time.perf_counter() - start}))
 
 
-def rss_growth(stack: Path, out: Path, args: argparse.Namespace) -> dict:
+def memory_batch(info, args: argparse.Namespace) -> int:
+    """The batch both memory children use: ``--batch-size``, or fewer when the scene's rows hold fewer windows
+    (a batch never spans two rows: on the 512-pixel-wide crop, three windows of 256 at overlap 0.25, so its
+    batches were of three while the mosaic's were of four, and the activations of that fourth window, about
+    25 MB, counted as growth with the scene)."""
+    from torchbearer.inference.windows import WindowGrid
+
+    return min(args.batch_size, len(WindowGrid.over(info.height, info.width, args.window, args.overlap).cols))
+
+
+def rss_growth(stack: Path, out: Path, args: argparse.Namespace, batch: int) -> dict:
     command = [sys.executable, __file__, "--rss-child", str(stack), "--out", str(out), "--window", str(args.window),
-               "--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]  # fmt: skip
+               "--overlap", str(args.overlap), "--batch-size", str(batch)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     figures["growth"] = figures["peak"] - figures["base"]
@@ -117,9 +128,10 @@ def main() -> None:
     info = stack_info(stack)
     mpx = info.width * info.height / 1e6
     if args.memory_only:
-        print(f"scene {stack.name} ({info.width} × {info.height}), memory only", flush=True)
-        small = rss_growth(stack, tmp / "rss-scene.tif", args)
-        big = rss_growth(mosaic_vrt(stack, tmp / "mosaic.vrt", args.mosaic), tmp / "rss-mosaic.tif", args)
+        batch = memory_batch(info, args)
+        print(f"scene {stack.name} ({info.width} × {info.height}), memory only, batch {batch}", flush=True)
+        small = rss_growth(stack, tmp / "rss-scene.tif", args, batch)
+        big = rss_growth(mosaic_vrt(stack, tmp / "mosaic.vrt", args.mosaic), tmp / "rss-mosaic.tif", args, batch)
         report_memory(info, small, big, args)
         print(json.dumps({"rss_growth_big": round(big["growth"] / small["growth"], 3)}))
         return
@@ -150,8 +162,10 @@ def main() -> None:
     print(f"Grad-CAM ÷ predict: {pred_wall / cam_wall:.3f} wall, {pred_cpu / cam_cpu:.3f} CPU; ÷ eager predict: "
           f"{eager_wall / cam_wall:.3f} wall, {eager_cpu / cam_cpu:.3f} CPU", flush=True)  # fmt: skip
 
-    small = rss_growth(stack, tmp / "rss-scene.tif", args)
-    big = rss_growth(mosaic_vrt(stack, tmp / "mosaic.vrt", args.mosaic), tmp / "rss-mosaic.tif", args)
+    batch = memory_batch(info, args)
+    print(f"memory: batches of {batch} windows in both children", flush=True)
+    small = rss_growth(stack, tmp / "rss-scene.tif", args, batch)
+    big = rss_growth(mosaic_vrt(stack, tmp / "mosaic.vrt", args.mosaic), tmp / "rss-mosaic.tif", args, batch)
     report_memory(info, small, big, args)
     print(json.dumps({"cam_over_predict": round(pred_wall / cam_wall, 3),
                       "rss_growth_big": round(big["growth"] / small["growth"], 3)}))  # fmt: skip

@@ -133,6 +133,9 @@ def test_a_classify_checkpoint_explained_on_its_patches(project, store, scl_clas
     with pytest.raises(ExplainError, match=r"layer 'layer5' does not exist in this ResNet; did you mean 'layer4'"):
         _explain(project, store, "b", model={"checkpoint": str(scl_classifier)}, target_class="cloud",
                  layer="layer5", patches={"folder": "scl"})  # fmt: skip
+    with pytest.raises(ExplainError, match=r"patches.job takes a train job's validation patches; .* as a folder"):
+        _explain(project, store, "d", model={"checkpoint": str(scl_classifier)}, target_class="cloud",
+                 patches={"job": "scl"})  # fmt: skip
     with pytest.raises(ExplainError, match=r"whole-scene CAMs are made with segmentation models"):
         _explain(project, store, "c", model={"checkpoint": str(scl_classifier)}, target_class="cloud",
                  scene="scl/water/x.tif")  # fmt: skip
@@ -182,3 +185,21 @@ def test_a_multi_label_prediction_names_every_class_above_one_half() -> None:
     logits = torch.tensor([[3.0, -3.0, 2.0], [-3.0, -3.0, -1.0]])
     assert predicted(logits, ["a", "b", "c"], "multilabel") == ["a;c (88%+)", "none (c 27%)"]
     assert predicted(logits, ["a", "b", "c"], "multiclass")[0] == "a (73%)"
+
+
+def test_patches_without_a_grid_get_no_coordinates(tmp_path: Path) -> None:
+    # An RGB PNG cut from a real SCL patch: read as bands red, green, blue, with no CRS to place it by.
+    from PIL import Image
+
+    from torchbearer.explain.embeddings import lon_lat
+
+    with rasterio.open(PATCHES / "water" / sorted(p.name for p in (PATCHES / "water").iterdir())[0]) as src:
+        rgb = np.stack([src.read(src.descriptions.index(b) + 1) for b in ("B04", "B03", "B02")], axis=-1)
+    (tmp_path / "water").mkdir()
+    Image.fromarray((rgb / rgb.max() * 255).astype(np.uint8)).save(tmp_path / "water" / "a.png")
+    card = ModelCard(arch="classifier", backbone="resnet18", in_channels=3, num_classes=1, classes=["water"],
+                     task="multiclass", bands=["red", "green", "blue"], resolution=0.0,
+                     norm={"mean": [0.0] * 3, "std": [1.0] * 3}, extra={"patch_size": 16})  # fmt: skip
+    (patch,) = classifier_patches(tmp_path, card)
+    assert patch.name == "water_a" and patch.dn.shape == (3, 16, 16) and not patch.georeferenced
+    assert all(np.isnan(v).all() for v in lon_lat([patch]))
