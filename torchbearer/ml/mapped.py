@@ -12,8 +12,10 @@ or replaced gets new files (older ones of the same stem are removed when the new
 built under an flock, written as ``.part`` and renamed, as the stacks are (``imagery/cache.py``).
 
 They are opened with ``np.load(mmap_mode="r")``: forked DataLoader workers share the operating system's page
-cache, and :func:`release` drops the pages a process has mapped from its resident set (they stay cached), so a
-job's resident memory stays flat in the number and size of its scenes.
+cache, and :func:`release` drops the pages a process has mapped from its resident set (they stay cached);
+:class:`PageBudget` calls it once the pages mapped since the last release could exceed :data:`MAPPED_BUDGET`,
+so a job's resident memory stays flat in the number and size of its scenes without faulting a small scene's
+pages in again after every batch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import logging
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +105,47 @@ def save_mapped(array: np.ndarray, path: Path) -> np.ndarray:
         np.save(handle, array, allow_pickle=False)
     part.replace(path)
     return np.load(path, mmap_mode="r")
+
+
+#: Bytes of memory-mapped pages a process may hold in its resident set between two releases (per process: each
+#: DataLoader worker has its own). A scene smaller than this stays mapped (no page is faulted in twice); more,
+#: or bigger, scenes are released in bulk once the pages their patches may have mapped could exceed it.
+MAPPED_BUDGET = 96 * 2**20
+#: The kernel maps pages around a faulting one (``fault_around_bytes``, 64 KiB by default): counted on each side.
+FAULT_AROUND = 64 * 2**10
+
+
+def window_span(array: np.ndarray, rows: int) -> int:
+    """Bytes of ``array`` (… × rows × columns, C order) that reading a window ``rows`` high may map: every page
+    of the rows' span in each leading plane (a patch's rows are usually closer than a page apart), plus the
+    fault-around on either side; at most the array."""
+    planes = int(np.prod(array.shape[:-2], dtype=np.int64))
+    row_bytes = array.shape[-1] * array.itemsize
+    return min(array.nbytes, planes * (min(rows, array.shape[-2]) * row_bytes + 2 * FAULT_AROUND))
+
+
+class PageBudget:
+    """Releases memory-mapped sources in bulk once the pages this process may have mapped from them since the
+    last release could exceed ``budget`` bytes: the resident set stays bounded whatever the number of
+    sources, and a source smaller than the budget is not faulted in again after every batch.
+
+    Args:
+        release: drops one source's mapped pages (by its index).
+        budget: bytes (default :data:`MAPPED_BUDGET`).
+    """
+
+    def __init__(self, release: Callable[[int], None], budget: int = MAPPED_BUDGET) -> None:
+        self.release = release
+        self.budget = budget
+        self.mapped: dict[int, int] = {}  # source → bytes it may have mapped since its last release
+
+    def read(self, source: int, nbytes: int, cap: int) -> None:
+        """A window that may map ``nbytes`` of ``source`` (``cap``: all of it) was read."""
+        self.mapped[source] = min(cap, self.mapped.get(source, 0) + nbytes)
+        if sum(self.mapped.values()) > self.budget:
+            for index in self.mapped:
+                self.release(index)
+            self.mapped.clear()
 
 
 def release(*arrays: np.ndarray) -> None:
