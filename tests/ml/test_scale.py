@@ -79,6 +79,30 @@ def test_scenes_are_memory_mapped_built_once_and_rebuilt_with_the_stack(stack: P
     assert int(again.dn[0, 10, 10]) == int(scene.dn[0, 10, 10]) - 1
 
 
+def test_raw_copies_of_stacks_gone_or_changed_are_removed(stack: Path, tmp_path: Path) -> None:
+    """Opening a scene prunes the folder: copies of a deleted stack, of a stack changed since (never opened
+    again) and a dead build's ``.part``; a copy whose stack is unchanged stays."""
+    cache = tmp_path / "mapped"
+    kept, changed, deleted = (_copy(stack, tmp_path / f"{name}.tif") for name in ("kept", "changed", "deleted"))
+    load_scenes([kept, changed, deleted], [MASK], CLASSES, cache_dir=cache)
+    files = {p: mapped_paths(p, cache) for p in (kept, changed, deleted)}
+    assert all(f.is_file() for pair in files.values() for f in pair)
+    assert len(list(cache.glob("*.source.json"))) == 3
+    dead = cache / "x.dn.npy.4242.part"
+    dead.write_bytes(b"half")
+    os.utime(dead, (0, 0))  # a build that died long ago
+    fresh = cache / "y.dn.npy.4243.part"
+    fresh.write_bytes(b"half")  # one under way
+    deleted.unlink()
+    with rasterio.open(changed, "r+") as dst:
+        dst.write(np.maximum(dst.read(), 2) - 1)
+    load_scenes([kept], [MASK], CLASSES, cache_dir=cache)  # only the unchanged stack is opened
+    assert all(f.is_file() for f in files[kept])
+    assert not any(f.exists() for f in (*files[changed], *files[deleted], dead))
+    assert fresh.exists() and len(list(cache.glob("*.source.json"))) == 1
+    assert not list(cache.glob("changed.*")) and not list(cache.glob("deleted.*"))
+
+
 def test_resident_memory_does_not_grow_with_the_scenes_read(stack: Path, tmp_path: Path) -> None:
     pairs = repetitions.repeat_scene(stack, MASK, tmp_path / "reps", 8)
     scenes = load_scenes([s for s, _ in pairs], [m for _, m in pairs], CLASSES, cache_dir=tmp_path / "mapped",

@@ -9,7 +9,10 @@ each stack gets, once, a raw ``.npy`` copy beside the other cache files (``<cach
 
 ``key`` is the stack's size and modification time (ns) plus a hash of its absolute path, so a stack rebuilt
 or replaced gets new files (older ones of the same stem are removed when the new ones are made). They are
-built under an flock, written as ``.part`` and renamed, as the stacks are (``imagery/cache.py``).
+built under an flock, written as ``.part`` and renamed, as the stacks are (``imagery/cache.py``), with a
+``<stem>.<key>.source.json`` naming the stack: whenever a copy is opened, :func:`prune_mapped` removes the
+copies in the folder whose stack is gone or has changed since, and ``.part`` files a day old (a build that
+died), so copies of stacks no longer there do not pile up (a 10 m tile's is 1.3 GB).
 
 They are opened with ``np.load(mmap_mode="r")``: forked DataLoader workers share the operating system's page
 cache, and :func:`release` drops the pages a process has mapped from its resident set (they stay cached);
@@ -21,9 +24,11 @@ pages in again after every batch.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import mmap
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: Rows of the stack read at a time when the raw copy is built (bounded memory: rows × columns × bands).
 BUILD_ROWS = 512
+#: Seconds after which a ``.part`` file is taken for the leftover of a build that died (a 10 m tile's copy
+#: takes minutes).
+PART_AGE_S = 24 * 3600.0
 
 
 def _key(stack: Path) -> str:
@@ -75,6 +83,7 @@ def build_mapped(stack: Path, cache_dir: Path) -> tuple[Path, Path]:
                 del dn, nodata
             for part, path in zip(parts, (dn_path, nodata_path), strict=True):
                 part.replace(path)
+            _source_record(dn_path).write_text(json.dumps({"stack": str(Path(stack).resolve())}))
         finally:
             for part in parts:
                 part.unlink(missing_ok=True)
@@ -83,18 +92,61 @@ def build_mapped(stack: Path, cache_dir: Path) -> tuple[Path, Path]:
     return dn_path, nodata_path
 
 
+def _source_record(dn_path: Path) -> Path:
+    """The record of which stack a raw copy was made from (``<stem>.<key>.source.json``)."""
+    return dn_path.with_name(dn_path.name.removesuffix(".dn.npy") + ".source.json")
+
+
 def _remove_stale(stack: Path, *current: Path) -> None:
     """Raw copies of an earlier version of the same stack (rebuilt or replaced since)."""
     where = current[0].name.split(".")[-3].rsplit("-", 1)[-1]
     for old in current[0].parent.glob(f"{stack.stem}.*.npy"):
         if old not in current and old.name.split(".")[-3].endswith(where):
             old.unlink(missing_ok=True)
+            _source_record(old).unlink(missing_ok=True)
+
+
+def prune_mapped(cache_dir: Path, part_age_s: float = PART_AGE_S) -> list[Path]:
+    """Remove the raw copies under ``cache_dir`` whose stack is gone or changed since (its size or time no
+    longer match the copy's key), and ``.part`` files of builds that died more than ``part_age_s`` ago.
+    Copies in use elsewhere stay readable (a mapped file outlives its name). Returns what was removed.
+
+    A copy whose ``.source.json`` record is missing (made before it was written) is kept: a rebuild of its
+    stack replaces it."""
+    removed: list[Path] = []
+    now = time.time()
+    for record in Path(cache_dir).glob("*.source.json"):
+        try:
+            stack = Path(json.loads(record.read_text())["stack"])
+            key = record.name.removesuffix(".source.json").rsplit(".", 1)[1]
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+        if stack.is_file() and _key(stack) == key:
+            continue
+        stem = record.name.removesuffix(".source.json")
+        names = (f"{stem}.dn.npy", f"{stem}.nodata.npy", f"{stem}.dn.npy.lock", record.name)
+        for path in (record.with_name(name) for name in names):
+            if path.exists():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    for part in Path(cache_dir).glob("*.part"):
+        try:
+            if now - part.stat().st_mtime > part_age_s:
+                part.unlink(missing_ok=True)
+                removed.append(part)
+        except FileNotFoundError:
+            continue
+    if removed:
+        log.info("raw copies for training: removed %d stale files in %s", len(removed), cache_dir)
+    return removed
 
 
 def open_mapped(stack: Path, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(DN bands × rows × columns uint16, no data rows × columns bool), memory-mapped read-only."""
     dn_path, nodata_path = build_mapped(stack, cache_dir)
-    return np.load(dn_path, mmap_mode="r"), np.load(nodata_path, mmap_mode="r")
+    arrays = np.load(dn_path, mmap_mode="r"), np.load(nodata_path, mmap_mode="r")
+    prune_mapped(cache_dir)
+    return arrays
 
 
 def save_mapped(array: np.ndarray, path: Path) -> np.ndarray:
