@@ -21,6 +21,7 @@ from torchbearer.ml.classification import (
     ClassificationTask,
     PatchDataModule,
     PhaseOptions,
+    RandomSymmetry,
     TwoPhaseFinetuning,
 )
 from torchbearer.ml.classifiers import backbone_blocks, build_classifier, head_parameters
@@ -59,6 +60,33 @@ def test_patch_cache_is_one_array_reused_until_the_folder_changes(tmp_path: Path
     assert sum(len(v) for v in split.values()) == 256 and not set(split["train"]) & set(split["test"])
     shares = [changed.class_counts(split[s]) / len(split[s]) for s in ("train", "test")]
     assert np.abs(shares[0] - shares[1]).max() < 0.05  # stratified
+
+
+def _symmetries(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 symmetries of a square image (C × H × W): 4 rotations, each also flipped left-right."""
+    turns = [torch.rot90(x, k, (-2, -1)) for k in range(4)]
+    return turns + [t.flip(-1) for t in turns]
+
+
+def test_flips_and_rotations_give_every_symmetry_of_a_real_patch_exactly() -> None:
+    """Batch-level flips and 90° rotations on 11-band patches: each sample is one of its own 8 symmetries
+    (no resampling), drawn per sample, all 8 about equally often; rotations alone give only rotations."""
+    images = torch.from_numpy(np.stack([_real_patch(i) for i in range(4)])).float()  # 4 × 11 × 16 × 16
+    batch = images.repeat(200, 1, 1, 1)  # 800 samples
+    torch.manual_seed(0)
+    out = RandomSymmetry()(batch)
+    counts = [0] * 8
+    for sample, source in zip(out, batch, strict=True):
+        (which,) = [k for k, s in enumerate(_symmetries(source)) if torch.equal(s, sample)]
+        counts[which] += 1
+    assert all(60 < n < 140 for n in counts), counts  # 100 expected each
+    rotated = RandomSymmetry(flips=False)(batch)
+    assert all(any(torch.equal(s, r) for s in _symmetries(b)[:4]) for r, b in zip(rotated, batch, strict=True))
+
+
+def _real_patch(index: int) -> np.ndarray:
+    with rasterio.open(sorted(PATCHES.rglob("*.tif"))[index]) as src:
+        return src.read().astype(np.float32)
 
 
 def test_bigearthnet_bands_at_10_20_60_m_share_one_grid_with_a_multi_label_target(tmp_path: Path) -> None:

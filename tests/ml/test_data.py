@@ -20,7 +20,7 @@ from tests.ml.conftest import MASKS, SAMPLE
 from tests.reflectance import read_reflectance
 from torchbearer.imagery.cache import build_stack, stack_info
 from torchbearer.ml.checkpoint import normalize
-from torchbearer.ml.datamodules import SegmentationDataModule
+from torchbearer.ml.datamodules import Collate, SegmentationDataModule
 from torchbearer.ml.labels import IGNORE, LabelError, scene_target
 from torchbearer.ml.scenes import InputCheckError, SplitOptions, check_inputs, load_scenes
 
@@ -118,7 +118,7 @@ def test_split_is_spatial_and_skips_unlabelled_patches(stack: Path) -> None:
     dm = SegmentationDataModule(load_scenes([stack], [MASK], CLASSES), patch_size=32, split=SplitOptions(64), seed=3)
     dm.setup()
     split, size = dm.split, 32
-    assert split.train and split.val and not split.test
+    assert len(split.train) and len(split.val) and not len(split.test)
     val = np.zeros(dm.scenes[0].target.shape, bool)
     for _, r, c in split.val:
         assert not val[r : r + size, c : c + size].any()  # the grid does not overlap itself
@@ -144,7 +144,7 @@ def test_split_by_given_regions(stack: Path, tmp_path: Path) -> None:
     options = SplitOptions(64, val_regions=tmp_path / "val.geojson")
     dm = SegmentationDataModule(load_scenes([stack], [MASK], CLASSES), patch_size=32, split=options)
     dm.setup()
-    assert dm.split.val and all(c >= 254 and c + 32 <= 450 for _, _, c in dm.split.val)
+    assert len(dm.split.val) and all(c >= 254 and c + 32 <= 450 for _, _, c in dm.split.val)
     assert all(c + 32 <= 258 or c >= 446 for _, _, c in dm.split.train)  # training stays outside the region
 
 
@@ -159,6 +159,26 @@ def test_batches_are_normalised_like_a_prediction(stack: Path) -> None:
     assert np.allclose(batch["image"][0].numpy(), expected, atol=1e-4)
     assert batch["image"].dtype.is_floating_point and batch["mask"].dtype.is_floating_point is False
     assert all(0.0 < m < 1.5 for m in dm.mean)  # reflectance of the training blocks (cloudy: B09 above 1)
+
+
+def test_each_augmentation_code_is_its_symmetry_of_the_patch(stack: Path, tmp_path: Path) -> None:
+    """The collate's 8 symmetries (transposes staged through a buffer) are the flips/transpose of the
+    unaugmented patch, image and mask alike, read from the memory-mapped scene."""
+    scenes = load_scenes([stack], [MASK], CLASSES, cache_dir=tmp_path / "mapped", work_dir=tmp_path / "work")
+    dm = SegmentationDataModule(scenes, patch_size=32, batch_size=8, split=SplitOptions(64))
+    dm.setup()
+    _, r, c = dm.split.train[len(dm.split.train) // 2]
+    items = [dm.dataset(dm.split.train)[(0, int(r), int(c), code)] for code in range(8)]
+    batch = Collate(dm.reflectance_terms, dm.mean, dm.std)(items)
+    image, mask = batch["image"].numpy(), batch["mask"].numpy()
+    for code in range(8):
+        flip = {0: lambda x: x, 1: lambda x: x[..., ::-1], 2: lambda x: x[..., ::-1, :],
+                3: lambda x: x[..., ::-1, ::-1]}[code & 3]  # fmt: skip
+        expected_image, expected_mask = flip(image[0]), flip(mask[0])
+        if code & 4:
+            expected_image, expected_mask = expected_image.swapaxes(-1, -2), expected_mask.T
+        assert np.array_equal(image[code], expected_image) and np.array_equal(mask[code], expected_mask), code
+    assert len({image[code].tobytes() for code in range(8)}) == 8  # the patch has no symmetry of its own
 
 
 def test_input_check_fails_loudly() -> None:

@@ -22,7 +22,7 @@ from torchbearer.imagery.cache import build_stack
 from torchbearer.ml.checkpoint import load_member
 from torchbearer.ml.datamodules import SegmentationDataModule
 from torchbearer.ml.labels import IGNORE
-from torchbearer.ml.mapped import mapped_paths
+from torchbearer.ml.mapped import PageBudget, mapped_paths
 from torchbearer.ml.scenes import TRAIN, SplitOptions, inverse_frequencies, load_scenes
 
 CLASSES = ["clear", "cloud"]
@@ -79,6 +79,30 @@ def test_scenes_are_memory_mapped_built_once_and_rebuilt_with_the_stack(stack: P
     assert int(again.dn[0, 10, 10]) == int(scene.dn[0, 10, 10]) - 1
 
 
+def test_raw_copies_of_stacks_gone_or_changed_are_removed(stack: Path, tmp_path: Path) -> None:
+    """Opening a scene prunes the folder: copies of a deleted stack, of a stack changed since (never opened
+    again) and a dead build's ``.part``; a copy whose stack is unchanged stays."""
+    cache = tmp_path / "mapped"
+    kept, changed, deleted = (_copy(stack, tmp_path / f"{name}.tif") for name in ("kept", "changed", "deleted"))
+    load_scenes([kept, changed, deleted], [MASK], CLASSES, cache_dir=cache)
+    files = {p: mapped_paths(p, cache) for p in (kept, changed, deleted)}
+    assert all(f.is_file() for pair in files.values() for f in pair)
+    assert len(list(cache.glob("*.source.json"))) == 3
+    dead = cache / "x.dn.npy.4242.part"
+    dead.write_bytes(b"half")
+    os.utime(dead, (0, 0))  # a build that died long ago
+    fresh = cache / "y.dn.npy.4243.part"
+    fresh.write_bytes(b"half")  # one under way
+    deleted.unlink()
+    with rasterio.open(changed, "r+") as dst:
+        dst.write(np.maximum(dst.read(), 2) - 1)
+    load_scenes([kept], [MASK], CLASSES, cache_dir=cache)  # only the unchanged stack is opened
+    assert all(f.is_file() for f in files[kept])
+    assert not any(f.exists() for f in (*files[changed], *files[deleted], dead))
+    assert fresh.exists() and len(list(cache.glob("*.source.json"))) == 1
+    assert not list(cache.glob("changed.*")) and not list(cache.glob("deleted.*"))
+
+
 def test_resident_memory_does_not_grow_with_the_scenes_read(stack: Path, tmp_path: Path) -> None:
     pairs = repetitions.repeat_scene(stack, MASK, tmp_path / "reps", 8)
     scenes = load_scenes([s for s, _ in pairs], [m for _, m in pairs], CLASSES, cache_dir=tmp_path / "mapped",
@@ -90,11 +114,31 @@ def test_resident_memory_does_not_grow_with_the_scenes_read(stack: Path, tmp_pat
     for scene in scenes:
         scene.release()
     assert _rss_file_kb() - before < scene_kb
-    dm = SegmentationDataModule(scenes, patch_size=32, batch_size=16, split=SplitOptions(64), samples_per_epoch=800)
+    # Pages are released in bulk once those mapped since the last release could pass the budget (a scene's
+    # worth here, the scenes being small): what stays resident is bounded by it, not by the scenes read.
+    dm = SegmentationDataModule(scenes, patch_size=32, batch_size=16, split=SplitOptions(64), samples_per_epoch=800,
+                                mapped_budget=scene_kb * 1024)  # fmt: skip
     dm.setup()
     before = _rss_file_kb()
     batches = sum(1 for _ in dm.train_dataloader())  # 800 patches over 8 scenes
     assert batches == 50 and _rss_file_kb() - before < 2 * scene_kb
+
+
+def test_a_scene_under_the_page_budget_is_not_released_between_batches(stack: Path, tmp_path: Path) -> None:
+    """Releasing after every batch faulted a small scene's pages in again each time (the issue 16 slowdown)."""
+    (scene,) = load_scenes([stack], [MASK], CLASSES, cache_dir=tmp_path / "mapped")
+    window, whole = scene.window_bytes(32)
+    assert window < whole  # a 32 px window maps its rows' span, not the scene
+    released: list[int] = []
+    budget = PageBudget(released.append, budget=whole + 1)
+    for _ in range(100):
+        budget.read(0, window, whole)
+    assert released == []  # the whole scene fits: never released
+    budget = PageBudget(released.append, budget=window)  # two scenes' windows pass it: both released
+    budget.read(0, window, whole)
+    assert released == []
+    budget.read(1, window, whole)
+    assert sorted(released) == [0, 1] and budget.mapped == {}
 
 
 @pytest.mark.slow  # about 2.5 minutes on the shared 2-core machine

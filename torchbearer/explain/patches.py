@@ -203,7 +203,7 @@ def scene_window_patches(stack: Path, card: ModelCard, size: int) -> Iterator[Pa
                     yield Patch(name, dn, info.reflectance_terms, info.crs, ds.window_transform(window))
 
 
-def job_validation_patches(scenes: list[Any], origins: list[tuple[int, int, int]], size: int, count: int,
+def job_validation_patches(scenes: list[Any], origins: Any, size: int, count: int,
                            card: ModelCard) -> list[Patch]:  # fmt: skip
     """The first ``count`` validation patches (``origins``: scene, row, column) of a train job's scenes."""
     patches = []

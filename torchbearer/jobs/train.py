@@ -566,7 +566,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     ctx.output(last, "checkpoint")
     ctx.output(best_path, "best_checkpoint")
     ctx.output(logs, "log")
-    if datamodule.split is not None and datamodule.split.test:
+    if datamodule.split is not None and len(datamodule.split.test):
         ctx.progress("validating", force=True)
         results = trainer.test(task, datamodule=datamodule, ckpt_path=str(best_path), verbose=False)
         ctx.metrics({k: float(v) for k, v in results[0].items()}, step=trainer.global_step)

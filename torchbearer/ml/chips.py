@@ -208,11 +208,11 @@ def read_chip(chip: Chip, window: Window | None = None, out_size: int | None = N
 
 @dataclass
 class ChipSplit:
-    """Patch origins (chip index, row, column) of each split, pixels within the chip."""
+    """Patch origins (origins × 3 int64: chip index, row, column, pixels within the chip) of each split."""
 
-    train: list[tuple[int, int, int]]
-    val: list[tuple[int, int, int]]
-    test: list[tuple[int, int, int]]
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
 
 
 def _grid(length: int, patch: int, step: int) -> list[int]:
@@ -226,7 +226,7 @@ def _grid(length: int, patch: int, step: int) -> list[int]:
 class ChipDataset(Dataset):
     """Patches of chips at origins: (chip index, values, target, no-data mask, augmentation code)."""
 
-    def __init__(self, chips: list[Chip], patch_size: int, fit: Fit, origins: list[tuple[int, int, int]]) -> None:
+    def __init__(self, chips: list[Chip], patch_size: int, fit: Fit, origins: np.ndarray) -> None:
         self.chips = chips
         self.size = patch_size
         self.fit = fit
@@ -298,7 +298,9 @@ class ChipDataModule(PatchDataModule):
         """Origins, statistics of the training chips, and the input and class checks (once)."""
         if self.split is not None:
             return
-        self.split = ChipSplit(self._origins("train"), self._origins("val"), self._origins("test"))
+        self.split = ChipSplit(
+            *(np.asarray(self._origins(s), np.int64).reshape(-1, 3) for s in ("train", "val", "test"))
+        )
         train = self.chipset.splits["train"]
         picked = [train[i] for i in np.linspace(0, len(train) - 1, min(len(train), STATS_CHIPS)).round().astype(int)]
         self.mean, self.std = chip_stats(picked, len(self.bands))
@@ -337,7 +339,7 @@ class ChipDataModule(PatchDataModule):
     def source_names(self) -> list[str]:
         return [chip.frame.name for chip in self.chips]
 
-    def dataset(self, origins: list[tuple[int, int, int]]) -> Dataset:
+    def dataset(self, origins: np.ndarray) -> Dataset:
         return ChipDataset(self.chips, self.patch_size, self.fit, origins)
 
 

@@ -2,8 +2,9 @@
 LightningModule (timm model, loss, metrics, optimiser and schedule) and two-phase fine-tuning.
 
 Batches are slices of the memory-mapped patch array (one read per batch), standardised on the device with the
-training split's statistics, then augmented there with kornia (flips, 90° rotations, brightness / contrast,
-random resized crop: every transform works on any band count).
+training split's statistics, then augmented there: flips and 90° rotations as whole-batch torch ops
+(:class:`RandomSymmetry`), brightness / contrast and random resized crop with kornia (every transform works
+on any band count).
 
 Two phases (:class:`TwoPhaseFinetuning`): for ``head_epochs`` epochs the backbone is frozen (no gradients,
 batch-norm statistics fixed) and only the head learns at ``head_lr``; then all blocks, or the last ``unfreeze``
@@ -132,21 +133,53 @@ class AugmentOptions:
     resized_crop: tuple[float, float] | None = None  # area fraction range of the crop
 
     def build(self, size: int) -> nn.Module | None:
-        """A kornia pipeline of the enabled transforms (None when none is)."""
+        """The enabled transforms (None when none is): :class:`RandomSymmetry` (flips, 90° rotations) on the
+        whole batch, then kornia's brightness, contrast and resized crop."""
         import kornia.augmentation as K
 
         steps: list[nn.Module] = []
-        if self.flips:
-            steps += [K.RandomHorizontalFlip(), K.RandomVerticalFlip()]
-        if self.rot90:
-            steps.append(K.RandomRotation90(times=(0, 3), p=1.0))
         if self.brightness:
             steps.append(K.RandomBrightness((1 - self.brightness, 1 + self.brightness), clip_output=False, p=0.5))
         if self.contrast:
             steps.append(K.RandomContrast((1 - self.contrast, 1 + self.contrast), clip_output=False, p=0.5))
         if self.resized_crop:
             steps.append(K.RandomResizedCrop((size, size), scale=tuple(self.resized_crop), p=0.5))
-        return K.AugmentationSequential(*steps, data_keys=["input"]) if steps else None
+        # Flips and 90° rotations: whole-batch torch ops (kornia's RandomRotation90 resamples through an affine
+        # warp, and each kornia step costs far more than the flips themselves on small patches).
+        symmetries = [RandomSymmetry(self.flips, self.rot90)] if self.flips or self.rot90 else []
+        photometric = [K.AugmentationSequential(*steps, data_keys=["input"])] if steps else []
+        return nn.Sequential(*symmetries, *photometric) if symmetries or photometric else None
+
+
+class RandomSymmetry(nn.Module):
+    """Per sample of a batch (B × C × H × W, any band count), independently: a left-right flip and an
+    up-down flip with probability ½ each (``flips``), then a rotation by 0, 90, 180 or 270° drawn uniformly
+    (``rot90``; square patches: otherwise 0 or 180°). With both, each of the square's 8 symmetries is as likely.
+
+    Exact (no resampling), and vectorised: every transform is computed once for the batch and taken per sample
+    with ``torch.where``, from torch's global generator (seeded like the rest of training)."""
+
+    def __init__(self, flips: bool = True, rot90: bool = True) -> None:
+        super().__init__()
+        self.flips = flips
+        self.rot90 = rot90
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+
+        def chosen(p: float | torch.Tensor) -> torch.Tensor:
+            mask = p if isinstance(p, torch.Tensor) else torch.rand(batch, device=x.device) < p
+            return mask.view(batch, *([1] * (x.dim() - 1)))
+
+        if self.flips:
+            x = torch.where(chosen(0.5), x.flip(-1), x)
+            x = torch.where(chosen(0.5), x.flip(-2), x)
+        if self.rot90:
+            quarter = torch.randint(0, 4, (batch,), device=x.device)
+            if x.shape[-1] == x.shape[-2]:
+                x = torch.where(chosen(quarter % 2 == 1), x.rot90(1, (-2, -1)), x)
+            x = torch.where(chosen(quarter >= 2), x.flip(-1).flip(-2), x)  # 180°: after 90°, 270°
+        return x
 
 
 # -- model ------------------------------------------------------------------------------------------------------
@@ -256,6 +289,15 @@ class ClassificationTask(L.LightningModule):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax over classes (single-label) or a sigmoid per class (multi-label)."""
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The augmentation's kornia parameter buffers are settings, not learnt: take the current ones (a
+        # checkpoint written before flips and rotations left kornia holds those of other steps).
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("augment.")]:
+            del state[key]
+        if self.augment is not None:
+            state.update({f"augment.{k}": v for k, v in self.augment.state_dict().items()})
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
         image = self.standardise(batch["image"])

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from torchbearer.ml.checkpoint import standardising_terms
+from torchbearer.ml.mapped import MAPPED_BUDGET, PageBudget
 from torchbearer.ml.scenes import (
     Scene,
     Split,
@@ -45,10 +46,10 @@ Item = tuple[int, np.ndarray, np.ndarray, np.ndarray, int]
 class PatchDataset(Dataset):
     """Patches at given origins: each item is (scene index, DN, target, no-data mask, augmentation code)."""
 
-    def __init__(self, scenes: list[Scene], patch_size: int, origins: list[tuple[int, int, int]] | None = None):
+    def __init__(self, scenes: list[Scene], patch_size: int, origins: np.ndarray | None = None):
         self.scenes = scenes
         self.size = patch_size
-        self.origins = origins or []
+        self.origins = np.zeros((0, 3), np.int64) if origins is None else origins
 
     def __len__(self) -> int:
         return len(self.origins)
@@ -70,7 +71,7 @@ class RandomPatchSampler(Sampler):
 
     def __init__(
         self,
-        origins: list[tuple[int, int, int]],
+        origins: np.ndarray,
         samples: int,
         seed: int,
         augment: bool,
@@ -127,33 +128,46 @@ class Collate:
         reflectance_terms: list[tuple[float, float]],
         mean: list[float],
         std: list[float],
-        release: Callable[[int], None] | None = None,
+        copied: Callable[[int], None] | None = None,
     ) -> None:
         # One multiply-add a pixel: ((DN × scale + shift) - mean) / std = DN × a + b; one pair per source.
         self.terms = [standardising_terms(terms, mean, std) for terms in reflectance_terms]
-        self.release = release  # a source whose patches were copied: unmap its pages (they stay cached)
+        self.copied = copied  # told each source index whose patch was copied (to release mapped pages)
 
     def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
         bands, rows, cols = items[0][1].shape
         image = np.empty((len(items), bands, rows, cols), np.float32)
         target = np.empty((len(items), rows, cols), np.uint8)
+        stage = np.empty((rows, cols), items[0][1].dtype)
         for b, (scene, patch, mask, nodata, aug) in enumerate(items):
             multiplier, offset = self.terms[scene]
-            valid = ~_augment(nodata, aug) if nodata.any() else None
-            patch = _augment(patch, aug)  # flips and transposes are views: one copy, into the batch
+            valid = ~_transformed(nodata, aug) if nodata.any() else None
+            patch = _augment(patch, aug & 3)  # flips are views: one copy, into the batch
             for k in range(bands):  # band by band, so each plane is converted and scaled while in cache
                 plane = image[b, k]
-                plane[...] = patch[k]
+                if aug & 4:
+                    # A transposed read walks down the columns: every value on another 4 KiB page of the
+                    # mapped scene (a TLB miss each; the in-memory scenes of old sat on huge pages). Copy the
+                    # plane row by row into a small contiguous buffer first, then transpose from there.
+                    stage[...] = patch[k]
+                    plane[...] = stage.T
+                else:
+                    plane[...] = patch[k]
                 plane *= multiplier[k]
                 plane += offset[k]
                 if valid is not None:
                     plane *= valid
-            target[b] = _augment(mask, aug)
-        if self.release is not None:
-            for source in {item[0] for item in items}:
-                self.release(source)
+            target[b] = _transformed(mask, aug)
+            if self.copied is not None:
+                self.copied(scene)
         sources = torch.tensor([item[0] for item in items], dtype=torch.int64)  # for per-scene scores
         return {"image": torch.from_numpy(image), "mask": torch.from_numpy(target), "scene": sources}
+
+
+def _transformed(x: np.ndarray, code: int) -> np.ndarray:
+    """:func:`_augment` of a (mapped) 2-D window as a contiguous array, the window read row by row."""
+    x = np.ascontiguousarray(_augment(x, code & 3))
+    return np.ascontiguousarray(x.T) if code & 4 else x
 
 
 def _augment(x: np.ndarray, code: int) -> np.ndarray:
@@ -204,7 +218,7 @@ class PatchDataModule(L.LightningDataModule):
     def reflectance_terms(self) -> list[tuple[float, float]]:
         raise NotImplementedError
 
-    def dataset(self, origins: list[tuple[int, int, int]]) -> Dataset:
+    def dataset(self, origins: np.ndarray) -> Dataset:
         raise NotImplementedError
 
     @property
@@ -212,22 +226,22 @@ class PatchDataModule(L.LightningDataModule):
         """The name of each source index (the ``scene`` of a batch): scene or chip file names."""
         raise NotImplementedError
 
-    def release_source(self, index: int) -> None:
-        """Called by the collate function once a batch holds copies of source ``index``'s patches."""
+    def patch_copied(self, index: int) -> None:
+        """Called by the collate function once the batch holds a copy of a patch of source ``index``."""
 
     def train_sampler(self) -> RandomPatchSampler:
         """The sampler of the training patches: uniform over the training origins."""
         assert self.split is not None, "call setup() first"
         return RandomPatchSampler(self.split.train, self.train_samples, self.seed, self.augment)
 
-    def _loader(self, origins: list[tuple[int, int, int]], sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, origins: np.ndarray, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             self.dataset(origins),
             batch_size=self.batch_size,
             sampler=sampler,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=Collate(self.reflectance_terms, self.mean, self.std, self.release_source),
+            collate_fn=Collate(self.reflectance_terms, self.mean, self.std, self.patch_copied),
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             multiprocessing_context="fork" if self.num_workers > 0 and os.name == "posix" else None,
@@ -259,6 +273,8 @@ class SegmentationDataModule(PatchDataModule):
         classes: class names, for messages (default: their indices).
         num_classes: classes of the task (for the class counts and rare-class oversampling).
         rare_classes: class indexes whose patches ``rare_share`` of the training picks must hold.
+        mapped_budget: bytes of the scenes' memory-mapped pages a process may hold before they are released
+            (``ml/mapped.py``: :class:`~torchbearer.ml.mapped.PageBudget`).
     """
 
     def __init__(
@@ -276,6 +292,7 @@ class SegmentationDataModule(PatchDataModule):
         num_classes: int = 0,
         rare_classes: list[int] | None = None,
         rare_share: float = 0.0,
+        mapped_budget: int = MAPPED_BUDGET,
     ) -> None:
         super().__init__(
             patch_size=patch_size, batch_size=batch_size, num_workers=num_workers, seed=seed, augment=augment
@@ -288,6 +305,9 @@ class SegmentationDataModule(PatchDataModule):
         self.num_classes = num_classes
         self.rare_classes = rare_classes
         self.rare_share = rare_share
+        self.mapped_budget = mapped_budget
+        self._pages: PageBudget | None = None
+        self._window_bytes: list[tuple[int, int]] = []
 
     def setup(self, stage: str | None = None) -> None:
         """Split, compute and check the statistics and the training classes (once)."""
@@ -332,12 +352,16 @@ class SegmentationDataModule(PatchDataModule):
     def source_names(self) -> list[str]:
         return [s.info.path.name for s in self.scenes]
 
-    def release_source(self, index: int) -> None:
-        self.scenes[index].release()
+    def patch_copied(self, index: int) -> None:
+        # Per process (each forked worker has its own copy): the scenes' pages are released in bulk, by budget.
+        if self._pages is None:
+            self._pages = PageBudget(lambda i: self.scenes[i].release(), self.mapped_budget)
+            self._window_bytes = [s.window_bytes(self.patch_size) for s in self.scenes]
+        self._pages.read(index, *self._window_bytes[index])
 
     @property
     def reflectance_terms(self) -> list[tuple[float, float]]:
         return [s.info.reflectance_terms for s in self.scenes]
 
-    def dataset(self, origins: list[tuple[int, int, int]]) -> Dataset:
+    def dataset(self, origins: np.ndarray) -> Dataset:
         return PatchDataset(self.scenes, self.patch_size, origins)

@@ -195,7 +195,7 @@ def train_forest_job(spec: TrainSpec, ctx: JobContext, datamodule: PatchDataModu
     ctx.progress("validating", force=True)
     loss = make_loss(spec.loss_name, spec.task, spec.ignore_index, spec.class_weights)
     values = evaluate(model, datamodule.val_dataloader(), "val", loss)
-    if datamodule.split is not None and datamodule.split.test:
+    if datamodule.split is not None and len(datamodule.split.test):
         values.update(evaluate(model, datamodule.test_dataloader(), "test", loss))
     values["train/pixels"] = float(len(y))
     ctx.metrics(values, step=0, epoch=0)

@@ -9,19 +9,27 @@ each stack gets, once, a raw ``.npy`` copy beside the other cache files (``<cach
 
 ``key`` is the stack's size and modification time (ns) plus a hash of its absolute path, so a stack rebuilt
 or replaced gets new files (older ones of the same stem are removed when the new ones are made). They are
-built under an flock, written as ``.part`` and renamed, as the stacks are (``imagery/cache.py``).
+built under an flock, written as ``.part`` and renamed, as the stacks are (``imagery/cache.py``), with a
+``<stem>.<key>.source.json`` naming the stack: whenever a copy is opened, :func:`prune_mapped` removes the
+copies in the folder whose stack is gone or has changed since, and ``.part`` files a day old (a build that
+died), so copies of stacks no longer there do not pile up (a 10 m tile's is 1.3 GB).
 
 They are opened with ``np.load(mmap_mode="r")``: forked DataLoader workers share the operating system's page
-cache, and :func:`release` drops the pages a process has mapped from its resident set (they stay cached), so a
-job's resident memory stays flat in the number and size of its scenes.
+cache, and :func:`release` drops the pages a process has mapped from its resident set (they stay cached);
+:class:`PageBudget` calls it once the pages mapped since the last release could exceed :data:`MAPPED_BUDGET`,
+so a job's resident memory stays flat in the number and size of its scenes without faulting a small scene's
+pages in again after every batch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import mmap
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: Rows of the stack read at a time when the raw copy is built (bounded memory: rows × columns × bands).
 BUILD_ROWS = 512
+#: Seconds after which a ``.part`` file is taken for the leftover of a build that died (a 10 m tile's copy
+#: takes minutes).
+PART_AGE_S = 24 * 3600.0
 
 
 def _key(stack: Path) -> str:
@@ -72,6 +83,7 @@ def build_mapped(stack: Path, cache_dir: Path) -> tuple[Path, Path]:
                 del dn, nodata
             for part, path in zip(parts, (dn_path, nodata_path), strict=True):
                 part.replace(path)
+            _source_record(dn_path).write_text(json.dumps({"stack": str(Path(stack).resolve())}))
         finally:
             for part in parts:
                 part.unlink(missing_ok=True)
@@ -80,18 +92,61 @@ def build_mapped(stack: Path, cache_dir: Path) -> tuple[Path, Path]:
     return dn_path, nodata_path
 
 
+def _source_record(dn_path: Path) -> Path:
+    """The record of which stack a raw copy was made from (``<stem>.<key>.source.json``)."""
+    return dn_path.with_name(dn_path.name.removesuffix(".dn.npy") + ".source.json")
+
+
 def _remove_stale(stack: Path, *current: Path) -> None:
     """Raw copies of an earlier version of the same stack (rebuilt or replaced since)."""
     where = current[0].name.split(".")[-3].rsplit("-", 1)[-1]
     for old in current[0].parent.glob(f"{stack.stem}.*.npy"):
         if old not in current and old.name.split(".")[-3].endswith(where):
             old.unlink(missing_ok=True)
+            _source_record(old).unlink(missing_ok=True)
+
+
+def prune_mapped(cache_dir: Path, part_age_s: float = PART_AGE_S) -> list[Path]:
+    """Remove the raw copies under ``cache_dir`` whose stack is gone or changed since (its size or time no
+    longer match the copy's key), and ``.part`` files of builds that died more than ``part_age_s`` ago.
+    Copies in use elsewhere stay readable (a mapped file outlives its name). Returns what was removed.
+
+    A copy whose ``.source.json`` record is missing (made before it was written) is kept: a rebuild of its
+    stack replaces it."""
+    removed: list[Path] = []
+    now = time.time()
+    for record in Path(cache_dir).glob("*.source.json"):
+        try:
+            stack = Path(json.loads(record.read_text())["stack"])
+            key = record.name.removesuffix(".source.json").rsplit(".", 1)[1]
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+        if stack.is_file() and _key(stack) == key:
+            continue
+        stem = record.name.removesuffix(".source.json")
+        names = (f"{stem}.dn.npy", f"{stem}.nodata.npy", f"{stem}.dn.npy.lock", record.name)
+        for path in (record.with_name(name) for name in names):
+            if path.exists():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    for part in Path(cache_dir).glob("*.part"):
+        try:
+            if now - part.stat().st_mtime > part_age_s:
+                part.unlink(missing_ok=True)
+                removed.append(part)
+        except FileNotFoundError:
+            continue
+    if removed:
+        log.info("raw copies for training: removed %d stale files in %s", len(removed), cache_dir)
+    return removed
 
 
 def open_mapped(stack: Path, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(DN bands × rows × columns uint16, no data rows × columns bool), memory-mapped read-only."""
     dn_path, nodata_path = build_mapped(stack, cache_dir)
-    return np.load(dn_path, mmap_mode="r"), np.load(nodata_path, mmap_mode="r")
+    arrays = np.load(dn_path, mmap_mode="r"), np.load(nodata_path, mmap_mode="r")
+    prune_mapped(cache_dir)
+    return arrays
 
 
 def save_mapped(array: np.ndarray, path: Path) -> np.ndarray:
@@ -102,6 +157,47 @@ def save_mapped(array: np.ndarray, path: Path) -> np.ndarray:
         np.save(handle, array, allow_pickle=False)
     part.replace(path)
     return np.load(path, mmap_mode="r")
+
+
+#: Bytes of memory-mapped pages a process may hold in its resident set between two releases (per process: each
+#: DataLoader worker has its own). A scene smaller than this stays mapped (no page is faulted in twice); more,
+#: or bigger, scenes are released in bulk once the pages their patches may have mapped could exceed it.
+MAPPED_BUDGET = 96 * 2**20
+#: The kernel maps pages around a faulting one (``fault_around_bytes``, 64 KiB by default): counted on each side.
+FAULT_AROUND = 64 * 2**10
+
+
+def window_span(array: np.ndarray, rows: int) -> int:
+    """Bytes of ``array`` (… × rows × columns, C order) that reading a window ``rows`` high may map: every page
+    of the rows' span in each leading plane (a patch's rows are usually closer than a page apart), plus the
+    fault-around on either side; at most the array."""
+    planes = int(np.prod(array.shape[:-2], dtype=np.int64))
+    row_bytes = array.shape[-1] * array.itemsize
+    return min(array.nbytes, planes * (min(rows, array.shape[-2]) * row_bytes + 2 * FAULT_AROUND))
+
+
+class PageBudget:
+    """Releases memory-mapped sources in bulk once the pages this process may have mapped from them since the
+    last release could exceed ``budget`` bytes: the resident set stays bounded whatever the number of
+    sources, and a source smaller than the budget is not faulted in again after every batch.
+
+    Args:
+        release: drops one source's mapped pages (by its index).
+        budget: bytes (default :data:`MAPPED_BUDGET`).
+    """
+
+    def __init__(self, release: Callable[[int], None], budget: int = MAPPED_BUDGET) -> None:
+        self.release = release
+        self.budget = budget
+        self.mapped: dict[int, int] = {}  # source → bytes it may have mapped since its last release
+
+    def read(self, source: int, nbytes: int, cap: int) -> None:
+        """A window that may map ``nbytes`` of ``source`` (``cap``: all of it) was read."""
+        self.mapped[source] = min(cap, self.mapped.get(source, 0) + nbytes)
+        if sum(self.mapped.values()) > self.budget:
+            for index in self.mapped:
+                self.release(index)
+            self.mapped.clear()
 
 
 def release(*arrays: np.ndarray) -> None:

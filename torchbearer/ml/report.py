@@ -177,7 +177,7 @@ def report_training(task: Any, datamodule: Any, best: Path, run_dir: Path, skipp
     from torchbearer.ml.checkpoint import CARD_KEY
 
     assert datamodule.split is not None
-    on_test = bool(datamodule.split.test)
+    on_test = len(datamodule.split.test) > 0
     loader = datamodule.test_dataloader() if on_test else datamodule.val_dataloader()
     note = "" if on_test else "No test split was given (test_regions / test_fraction): these are the validation " \
         "patches, which also chose the best epoch, so the figures are optimistic."  # fmt: skip

@@ -24,7 +24,7 @@ import numpy as np
 
 from torchbearer.imagery.cache import StackInfo, band_indexes, stack_info
 from torchbearer.ml.labels import IGNORE, NoLabels, mask_files, scene_target
-from torchbearer.ml.mapped import open_mapped, release, save_mapped
+from torchbearer.ml.mapped import open_mapped, release, save_mapped, window_span
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,11 @@ class Scene:
         if self.band_index is not None:
             dn = dn[self.band_index]  # a copy of the patch only, never of the scene
         return dn, self.target[window], self.nodata[window]
+
+    def window_bytes(self, size: int) -> tuple[int, int]:
+        """(bytes reading a window ``size`` pixels high may map from this scene's files, bytes of all of them)."""
+        arrays = (self.dn, self.target, self.nodata)
+        return sum(window_span(a, size) for a in arrays), sum(a.nbytes for a in arrays)
 
     def release(self) -> None:
         """Drop this scene's mapped pages from the process's resident set (they stay in the page cache)."""
@@ -107,16 +112,22 @@ class _Parts(Sequence):
         return (self._make(i) for i in range(self._count))
 
 
+def no_origins() -> np.ndarray:
+    """An empty origins array (0 × 3 int64: scene, row, column)."""
+    return np.zeros((0, 3), np.int64)
+
+
 @dataclass
 class Split:
-    """Patch origins (scene, row, column), in pixels, of each part of the split; per scene the part of every
+    """Patch origins (origins × 3 int64 arrays: scene, row, column, in pixels; grouped by scene) of each part of
+    the split (arrays, not lists of tuples: a few dozen 10 m scenes have millions); per scene the part of every
     pixel (``parts[i]``, rows × columns: ``UNUSED``, ``TRAIN``, ``VAL`` or ``TEST``, made on demand); per
     scene the labelled training pixels; per class the training pixels."""
 
     parts: Sequence[np.ndarray]
-    train: list[tuple[int, int, int]] = field(default_factory=list)
-    val: list[tuple[int, int, int]] = field(default_factory=list)
-    test: list[tuple[int, int, int]] = field(default_factory=list)
+    train: np.ndarray = field(default_factory=lambda: no_origins())
+    val: np.ndarray = field(default_factory=lambda: no_origins())
+    test: np.ndarray = field(default_factory=lambda: no_origins())
     train_area: list[int] = field(default_factory=list)
     class_counts: list[int] = field(default_factory=list)
     #: Per training origin, which classes its patch holds (origins × classes, bool).
@@ -248,6 +259,7 @@ def make_split(scenes: list[Scene], patch_size: int, options: SplitOptions, seed
     k = patch_size // cell
     counts = np.zeros(256, np.int64)
     present = []
+    found: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for index, scene in enumerate(scenes):
         part_pixels = split.parts[index]
         # The origins' grid follows the blocks' (on the CRS grid): pad the scene's top and left up to it.
@@ -266,22 +278,23 @@ def make_split(scenes: list[Scene], patch_size: int, options: SplitOptions, seed
             # Windows reaching past the scene's edge count as outside (padding with True).
             outside = _window_sums(cells(part_pixels != part, fill=True), k)
             rows, cols = np.nonzero((outside == 0) & (labelled > 0))
-            origins = [(index, int(r) * cell - pad[0][0], int(c) * cell - pad[1][0])
-                       for r, c in zip(rows, cols, strict=True)]  # fmt: skip
+            origins = np.stack([np.full(len(rows), index), rows * cell - pad[0][0], cols * cell - pad[1][0]], axis=1)
             if name != "train":
-                origins = _non_overlapping(origins, patch_size)
+                origins = _non_overlapping(origins.astype(np.int64), patch_size)
             else:  # which classes each training patch holds, for oversampling rare ones
                 present.append(np.stack([_window_sums(cells(scene.target == c), k)[rows, cols] > 0
                                          for c in range(num_classes)], axis=1) if num_classes else None)  # fmt: skip
-            getattr(split, name).extend(origins)
+            found[name].append(origins.astype(np.int64).reshape(-1, 3))
         scene.release()
+    for name, arrays in found.items():
+        setattr(split, name, np.concatenate(arrays) if arrays else no_origins())
     split.class_counts = counts[: num_classes or int(np.flatnonzero(counts[:IGNORE]).max(initial=0)) + 1].tolist()
     if num_classes:
         split.train_classes = np.concatenate(present) if present else np.zeros((0, num_classes), bool)
     wanted_test = options.test_fraction > 0 if not by_regions else options.test_regions is not None
     where = "regions" if by_regions else f"blocks of {options.block_size} px"
     for name, wanted in (("train", True), ("val", True), ("test", wanted_test)):
-        if wanted and not getattr(split, name):
+        if wanted and not len(getattr(split, name)):
             raise DataError(
                 f"no {name} patch of {patch_size} px fits wholly in the {name} {where} with a label: "
                 f"lower patch_size or {'widen the regions' if by_regions else 'raise block_size'}"
@@ -289,15 +302,15 @@ def make_split(scenes: list[Scene], patch_size: int, options: SplitOptions, seed
     return split
 
 
-def _non_overlapping(origins: list[tuple[int, int, int]], size: int) -> list[tuple[int, int, int]]:
-    """Origins kept in raster order so that no two windows overlap (a grid where the blocks allow)."""
-    kept: list[tuple[int, int, int]] = []
-    taken: dict[int, list[tuple[int, int]]] = {}
-    for scene, r, c in sorted(origins):
-        if all(abs(r - r2) >= size or abs(c - c2) >= size for r2, c2 in taken.get(scene, [])):
-            kept.append((scene, r, c))
-            taken.setdefault(scene, []).append((r, c))
-    return kept
+def _non_overlapping(origins: np.ndarray, size: int) -> np.ndarray:
+    """Origins (of one scene) kept in raster order so that no two windows overlap (a grid where the blocks
+    allow)."""
+    kept: list[int] = []
+    for i in np.lexsort((origins[:, 2], origins[:, 1])):
+        r, c = origins[i, 1], origins[i, 2]
+        if not kept or (np.maximum(abs(origins[kept, 1] - r), abs(origins[kept, 2] - c)) >= size).all():
+            kept.append(int(i))
+    return origins[kept]
 
 
 def inverse_frequencies(counts: list[int], names: list[str] | None = None) -> list[float]:
