@@ -1,4 +1,5 @@
-"""Scenes the user already has: SAFE product folders or zips (stacked into the scene cache), or GeoTIFFs.
+"""Scenes the user already has: SAFE product folders or zips (stacked into the scene cache), or GeoTIFFs,
+given by path or glob.
 
 A zipped product (as the Copernicus browser delivers it) is not unpacked whole: only the files the stack
 needs are extracted into ``data/products/``, each checked against the product's manifest.safe.
@@ -6,6 +7,7 @@ needs are extracted into ``data/products/``, each checked against the product's 
 
 from __future__ import annotations
 
+import glob
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -32,7 +34,13 @@ def _is_scene_file(path: Path) -> bool:
 
 
 def find_scenes(path: Path) -> list[Path]:
-    """SAFE folders, zipped SAFE products and GeoTIFFs at ``path``: itself, or its direct children, by name."""
+    """SAFE folders, zipped SAFE products and GeoTIFFs at ``path``: itself, or its direct children, by name;
+    a glob (``data/*.SAFE``) gives those of every match, in name order."""
+    if glob.has_magic(str(path)):
+        matches = sorted(glob.glob(str(path)))
+        if not matches:
+            raise LocalScenesError(f"scenes: {str(path)!r} matches nothing")
+        return [scene for match in matches for scene in find_scenes(Path(match))]
     if not path.exists():
         raise LocalScenesError(f"local path {path} does not exist")
     if is_safe(path) or _is_scene_file(path):

@@ -130,31 +130,10 @@ def load_members(spec: PredictSpec, ctx: JobContext, device: str) -> list[Member
 
 
 def scene_inputs(spec: PredictSpec, ctx: JobContext, resolutions: list[int]) -> list[list[Path]]:
-    """Each scene as its stacked GeoTIFFs, one per resolution the members need (SAFE folders get stacked)."""
-    from torchbearer.imagery.cache import build_stack
-    from torchbearer.imagery.fetch import ensure_scenes
+    """Each scene as its stacked GeoTIFFs, one per resolution the members need (:mod:`torchbearer.imagery.acquire`)."""
+    from torchbearer.imagery.acquire import job_scenes
 
-    data_dir = ctx.settings.data_dir
-    if spec.imagery is not None:
-        imagery = spec.imagery.with_paths(ctx.resolve)
-        per_resolution = [
-            ensure_scenes(imagery.model_copy(update={"resolution": r}), data_dir, ctx.progress, env=ctx.secret,
-                          should_stop=lambda: ctx.should_stop)
-            for r in resolutions
-        ]  # fmt: skip
-        return [list(stacks) for stacks in zip(*per_resolution, strict=True)]
-    scenes = []
-    for entry in spec.scenes:
-        stacks = []
-        for path in [ctx.resolve(p) for p in ([entry] if isinstance(entry, str) else entry)]:
-            if path.is_dir():
-                stacks += [build_stack(path, r, data_dir / "cache", report=ctx.progress) for r in resolutions]
-            elif path.is_file():
-                stacks.append(path)
-            else:
-                raise FileNotFoundError(f"scene {path} does not exist")
-        scenes.append(stacks)
-    return scenes
+    return job_scenes(ctx, resolutions, imagery=spec.imagery, scenes=spec.scenes)
 
 
 def output_path(spec: PredictSpec, ctx: JobContext, stacks: list[Path], count: int) -> Path:

@@ -23,7 +23,6 @@ of every epoch; a job stopped by SIGTERM saves it after its current step; its ne
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -243,26 +242,18 @@ class TrainSpec(JobSpec):
 
 
 def scene_stacks(spec: TrainSpec, ctx: JobContext) -> tuple[list[Path], int]:
-    """The stacked scenes (fetched / stacked where needed) and their resolution in metres."""
-    from torchbearer.jobs.download import fetch_for_job
+    """The stacked scenes (fetched / stacked where needed: :mod:`torchbearer.imagery.acquire`) and their
+    resolution in metres."""
+    from torchbearer.imagery.acquire import job_scenes
 
-    imagery = spec.imagery
-    if imagery is None:
-        paths = []
-        for pattern in spec.scenes:
-            resolved = ctx.resolve(pattern)
-            if glob.has_magic(str(resolved)):
-                matches = sorted(glob.glob(str(resolved)))
-                if not matches:
-                    raise FileNotFoundError(f"scenes: {pattern!r} matches nothing")
-                paths += [str(ctx.resolve(m)) for m in matches]
-            else:
-                paths.append(str(resolved))
-        imagery = ImagerySpec(source="local", paths=paths, resolution=spec.resolution or 20)
-    stacks = fetch_for_job(imagery, ctx)
-    if spec.imagery is None and spec.resolution is None:
-        return stacks, stacks_resolution(stacks, imagery.resolution)
-    return stacks, imagery.resolution
+    if spec.imagery is not None:
+        resolution = spec.imagery.resolution
+        return [s[0] for s in job_scenes(ctx, [resolution], imagery=spec.imagery)], resolution
+    resolution = spec.resolution or 20
+    stacks = [s[0] for s in job_scenes(ctx, [resolution], scenes=spec.scenes)]
+    if spec.resolution is None:
+        return stacks, stacks_resolution(stacks, resolution)
+    return stacks, resolution
 
 
 def stacks_resolution(stacks: list[Path], default: int) -> int:
