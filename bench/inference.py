@@ -60,7 +60,8 @@ from torchbearer.inference.ensemble import (  # noqa: E402
 )
 from torchbearer.inference.onnx import choose_runtimes  # noqa: E402
 from torchbearer.inference.windows import pad_to_window  # noqa: E402
-from torchbearer.ml.checkpoint import ModelCard, load_member, save_checkpoint  # noqa: E402
+from torchbearer.ml.checkpoint import ModelCard, save_checkpoint  # noqa: E402
+from torchbearer.ml.members import load_member  # noqa: E402
 from torchbearer.ml.models import build_model  # noqa: E402
 
 DEFAULT_SCENE = REPO / "data" / "S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"

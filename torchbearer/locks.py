@@ -32,7 +32,7 @@ def try_lock(handle: IO | int) -> bool:
 
 def _open(path: Path) -> IO:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "a+")  # noqa: SIM115 - the caller's ``with`` closes it
+    return open(path, "a+")  # the caller's ``with`` closes it
 
 
 @contextmanager

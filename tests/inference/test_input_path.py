@@ -17,7 +17,7 @@ from torchbearer.imagery import cache
 from torchbearer.imagery.cache import build_stack
 from torchbearer.inference import stream
 from torchbearer.inference.ensemble import Member, PredictOptions, predict_scene
-from torchbearer.ml.checkpoint import load_member
+from torchbearer.ml.members import load_member
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[str]:

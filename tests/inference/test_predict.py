@@ -29,7 +29,8 @@ from torchbearer.inference.ensemble import (
     predict_scene,
 )
 from torchbearer.inference.writer import NODATA, partial_path
-from torchbearer.ml.checkpoint import CheckpointError, load_member
+from torchbearer.ml.checkpoint import CheckpointError
+from torchbearer.ml.members import load_member
 
 
 def member_from(path: Path, name: str) -> Member:

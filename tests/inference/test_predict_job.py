@@ -18,7 +18,8 @@ from torchbearer.context import JobContext
 from torchbearer.inference.ensemble import Member, PredictOptions, predict_scene
 from torchbearer.jobs import get_kind
 from torchbearer.jobs.predict import ModelRef
-from torchbearer.ml.checkpoint import CheckpointError, load_member
+from torchbearer.ml.checkpoint import CheckpointError
+from torchbearer.ml.members import load_member
 from torchbearer.spec import JobFileError, parse_job_text
 from torchbearer.store import JobState, NewJob
 

@@ -11,6 +11,7 @@ is *interrupted* (its partial files stay for the next attempt), never failed.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,3 +125,12 @@ def one_scene(scenes: list[list[Path]], where: str) -> list[Path]:
         names = ", ".join(stacks[0].name for stacks in scenes) or "none"
         raise ValueError(f"{where}: one scene expected, found {len(scenes)} ({names})")
     return scenes[0]
+
+
+def scene_output(output: Path, stacks: list[Path], count: int) -> Path:
+    """Where one scene's result goes: ``output`` itself, or with the scene's name added when there are several
+    (a cached stack is ``<product>_<res>m.tif``: the resolution is left out)."""
+    if count == 1:
+        return output
+    scene = re.sub(r"_\d+m$", "", stacks[0].stem)
+    return output.with_name(f"{output.stem}_{scene}{output.suffix}")

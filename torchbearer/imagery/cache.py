@@ -13,14 +13,12 @@ file.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from rasterio.windows import Window
 
 from torchbearer.imagery.safe import SafeError, SafeProduct, read_safe
 from torchbearer.imagery.spec import BANDS_BY_RESOLUTION
+from torchbearer.locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +63,6 @@ def stack_path(cache_dir: Path, product: str, resolution: int) -> Path:
     return Path(cache_dir) / f"{product.removesuffix('.SAFE')}_{resolution}m.tif"
 
 
-@contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def build_stack(safe_dir: Path, resolution: int, cache_dir: Path, *, report: Callable[..., Any] | None = None) -> Path:
     """Stack the spectral bands of the SAFE folder ``safe_dir`` at ``resolution`` metres (once).
 
@@ -99,7 +87,7 @@ def build_stack(safe_dir: Path, resolution: int, cache_dir: Path, *, report: Cal
     offsets = {product.offset(band) for band in bands}
     if len(offsets) > 1:
         raise StackError(f"{product.name}: bands have different offsets {sorted(offsets)}; one stack needs one")
-    with _file_lock(path.with_name(path.name + ".lock")):
+    with file_lock(path.with_name(path.name + ".lock")):  # released by the kernel if this process dies
         if path.is_file():  # another process built it while we waited
             return path
         part = path.with_name(f"{path.name}.{os.getpid()}.part")

@@ -133,10 +133,10 @@ def _expected(exc: Exception) -> bool:
     from torchbearer.imagery.aoi import AoiError
     from torchbearer.imagery.cache import StackError
     from torchbearer.imagery.copernicus import CredentialsMissing, LoginError
-    from torchbearer.imagery.fetch import NoScenesError
     from torchbearer.imagery.http import ChecksumError, DiskSpaceError, HttpError, TransferCancelled
     from torchbearer.imagery.local import LocalScenesError
     from torchbearer.imagery.manifest import ManifestError
+    from torchbearer.imagery.scenes import NoScenesError
 
     expected = (AoiError, StackError, CredentialsMissing, LoginError, NoScenesError, ChecksumError, DiskSpaceError,
                 HttpError, TransferCancelled, LocalScenesError, ManifestError)  # fmt: skip

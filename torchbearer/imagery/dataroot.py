@@ -1,9 +1,9 @@
 """The data root (``data/`` by default) that every source fills, and its per-scene locks::
 
-    products/<name>.SAFE/…      files fetched from Copernicus or extracted from a zip (only those a stack needs)
-    cache/<name>_<res>m.tif     stacked scenes (built by imagery/cache.py; Earth Search windows add _aoi<hash>)
-    locks/<name>.lock           one per product: two jobs never fetch or build the same scene at once
-    locks/connection-<i>.lock   the connection slots shared by every download (imagery/http.py)
+products/<name>.SAFE/…      files fetched from Copernicus or extracted from a zip (only those a stack needs)
+cache/<name>_<res>m.tif     stacked scenes (built by imagery/cache.py; Earth Search windows add _aoi<hash>)
+locks/<name>.lock           one per product: two jobs never fetch or build the same scene at once
+locks/connection-<i>.lock   the connection slots shared by every download (imagery/http.py)
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from torchbearer.imagery.dataroot import scene_lock, stack_safe
 from torchbearer.imagery.http import Report
 from torchbearer.imagery.spec import ImagerySpec
 
@@ -99,8 +100,6 @@ def local_stacks(
 ) -> list[Path]:
     """The stacks of every scene under ``spec.paths``: SAFE folders and zips stacked (once) into the cache,
     GeoTIFFs used as they are."""
-    from torchbearer.imagery.fetch import scene_lock, stack_safe
-
     stacks = []
     for given in spec.paths:
         for scene in find_scenes(Path(given)):
@@ -110,5 +109,5 @@ def local_stacks(
             key = scene.name.removesuffix(".zip").removesuffix(".SAFE")
             with scene_lock(data_dir, key, should_stop):
                 safe_dir = scene if scene.is_dir() else extract_needed(scene, data_dir / "products", spec)
-                stacks.append(stack_safe(safe_dir, spec, data_dir / "cache", report))
+                stacks.append(stack_safe(safe_dir, spec, data_dir, report))
     return stacks

@@ -179,7 +179,7 @@ def run(spec: ExplainSpec, ctx: JobContext) -> None:
     from torchbearer.explain.patches import check_bands, folder_patches
     from torchbearer.imagery.cache import stack_info
     from torchbearer.jobs.predict import checkpoint_of
-    from torchbearer.ml.checkpoint import load_member
+    from torchbearer.ml.members import load_member
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     ctx.progress("preparing data", force=True)

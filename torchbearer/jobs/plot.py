@@ -86,7 +86,7 @@ def draw_samples(checkpoint: Path, source: Path, count: int, out_dir: Path, *, m
     the model's resolution into ``data_dir/cache`` first). The job and the ``torchbearer plot`` command share it.
     """
     from torchbearer.imagery.acquire import acquire, local_imagery, one_scene
-    from torchbearer.ml.checkpoint import load_member
+    from torchbearer.ml.members import load_member
     from torchbearer.ml.plots import plot_chips, plot_scene
 
     if not source.exists():

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from torchbearer.ml.checkpoint import ModelCard
     from torchbearer.ml.chips import ChipSet
     from torchbearer.ml.datamodules import PatchDataModule, SegmentationDataModule
-    from torchbearer.ml.scenes import Scene
+    from torchbearer.ml.scenes import TrainingScene
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ def stacks_resolution(stacks: list[Path], default: int) -> int:
     return default
 
 
-def training_data(spec: TrainSpec, ctx: JobContext) -> tuple[list[Scene] | ChipSet, float, list[str]]:
+def training_data(spec: TrainSpec, ctx: JobContext) -> tuple[list[TrainingScene] | ChipSet, float, list[str]]:
     """The scenes with their (memory-mapped) targets, or the indexed chip folder; the pixel size in metres;
     and why scenes were skipped (no label overlaps them), each also reported as progress."""
     if spec.dataset is not None:
@@ -313,7 +313,9 @@ def _precision(spec: TrainSpec, cuda: bool) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def build_datamodule(spec: TrainSpec, ctx: JobContext, data: list[Scene] | ChipSet, cuda: bool) -> PatchDataModule:
+def build_datamodule(
+    spec: TrainSpec, ctx: JobContext, data: list[TrainingScene] | ChipSet, cuda: bool
+) -> PatchDataModule:
     """The DataModule of ``spec`` over scenes or a chip folder, set up (split made, statistics computed and
     the inputs checked: the scaling guard)."""
     from torchbearer.ml.chips import ChipDataModule, ChipSet

@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from torchbearer.ml.checkpoint import standardising_terms
 from torchbearer.ml.scenes import (
-    Scene,
     Split,
     SplitOptions,
+    TrainingScene,
     band_stats,
     check_classes,
     check_inputs,
@@ -45,7 +45,7 @@ Item = tuple[int, np.ndarray, np.ndarray, np.ndarray, int]
 class PatchDataset(Dataset):
     """Patches at given origins: each item is (scene index, DN, target, no-data mask, augmentation code)."""
 
-    def __init__(self, scenes: list[Scene], patch_size: int, origins: list[tuple[int, int, int]] | None = None):
+    def __init__(self, scenes: list[TrainingScene], patch_size: int, origins: list[tuple[int, int, int]] | None = None):
         self.scenes = scenes
         self.size = patch_size
         self.origins = origins or []
@@ -263,7 +263,7 @@ class SegmentationDataModule(PatchDataModule):
 
     def __init__(
         self,
-        scenes: list[Scene],
+        scenes: list[TrainingScene],
         *,
         classes: list[str] | None = None,
         patch_size: int = 256,
