@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tests.imagery.fake_services import DATA, FakeServices, Product, build_catalogue, footprint  # noqa: E402
 from torchbearer.imagery import copernicus  # noqa: E402
 from torchbearer.imagery.aoi import load_aoi  # noqa: E402
-from torchbearer.imagery.fetch import http_client  # noqa: E402
+from torchbearer.imagery.http import client_from_env  # noqa: E402
 from torchbearer.imagery.manifest import needed_files, parse_manifest  # noqa: E402
 from torchbearer.imagery.spec import BANDS_BY_RESOLUTION, ImagerySpec  # noqa: E402
 
@@ -67,7 +67,7 @@ def fetch(env: dict[str, str], dest: Path, connections: int) -> float:
     values = {**env, "TORCHBEARER_HTTP_CONNECTIONS": str(connections)}
     endpoints = copernicus.CdseEndpoints.from_env(values.get)
     started = time.perf_counter()
-    with http_client(values.get, endpoints.auth_hosts) as client:
+    with client_from_env(values.get, endpoints.auth_hosts) as client:
         client.token = copernicus.CdseToken(client, copernicus.Credentials.from_env(values.get), endpoints.token_url)
         [scene] = [s for s in copernicus.search(client, endpoints, SPEC, load_aoi(SPEC)) if s.id == PRODUCT_ID]
         copernicus.fetch_product(client, endpoints, scene, dest, SPEC)

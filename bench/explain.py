@@ -44,7 +44,8 @@ from torchbearer.explain.scene import scene_cams  # noqa: E402
 from torchbearer.imagery.cache import stack_info  # noqa: E402
 from torchbearer.inference.ensemble import PredictOptions, predict_scene  # noqa: E402
 from torchbearer.inference.members import Member  # noqa: E402
-from torchbearer.ml.checkpoint import load_member, save_checkpoint  # noqa: E402
+from torchbearer.ml.checkpoint import save_checkpoint  # noqa: E402
+from torchbearer.ml.members import load_member  # noqa: E402
 from torchbearer.ml.models import build_model  # noqa: E402
 
 

@@ -58,7 +58,8 @@ from torchbearer.inference.members import Member  # noqa: E402
 from torchbearer.inference.onnx import choose_runtimes  # noqa: E402
 from torchbearer.inference.prepare import channels_last, prepare_model  # noqa: E402
 from torchbearer.inference.windows import pad_to_window  # noqa: E402
-from torchbearer.ml.checkpoint import ModelCard, load_member, save_checkpoint  # noqa: E402
+from torchbearer.ml.checkpoint import ModelCard, save_checkpoint  # noqa: E402
+from torchbearer.ml.members import load_member  # noqa: E402
 from torchbearer.ml.models import build_model  # noqa: E402
 
 T = TypeVar("T")

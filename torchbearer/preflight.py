@@ -231,7 +231,8 @@ def _members(spec: JobSpec, rules: PathRules, store: Any, batch: dict[str, str],
                 message = f"job {member.job!r} is a {kind} job: it writes no checkpoint (a member needs a {kinds} job)"
                 findings.append(Finding(spec.name, where, message))
         elif member.checkpoint and rules.resolve(member.checkpoint).is_file():
-            from torchbearer.ml.checkpoint import CheckpointError, read_card
+            from torchbearer.ml.checkpoint import CheckpointError
+            from torchbearer.ml.members import read_card
 
             try:
                 cards.append((where, read_card(rules.resolve(member.checkpoint))))

@@ -31,7 +31,7 @@ STACK_SIGNAL = signal.SIGUSR1
 INPUT_ERRORS = frozenset({
     "torchbearer.ml.labels.LabelError", "torchbearer.ml.scenes.InputCheckError",
     "torchbearer.ml.checkpoint.CheckpointError", "torchbearer.imagery.aoi.AoiError",
-    "torchbearer.imagery.copernicus.CredentialsMissing", "torchbearer.imagery.fetch.NoScenesError",
+    "torchbearer.imagery.copernicus.CredentialsMissing", "torchbearer.imagery.scenes.NoScenesError",
 })  # fmt: skip
 
 log = logging.getLogger("torchbearer.worker")

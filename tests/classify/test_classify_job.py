@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.classify.conftest import classify_yaml
 from tests.conftest import wait_state, write_job
 from tests.daemon.conftest import job_named
-from torchbearer.ml.checkpoint import read_card
+from torchbearer.ml.members import read_card
 
 
 def _finished(store, name: str, timeout: float = 300):

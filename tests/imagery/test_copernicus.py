@@ -11,7 +11,7 @@ import pytest
 from tests.imagery.conftest import SAMPLE_AOI, SAMPLE_ID
 from torchbearer.imagery import copernicus
 from torchbearer.imagery.aoi import load_aoi
-from torchbearer.imagery.fetch import scene_lock
+from torchbearer.imagery.dataroot import scene_lock
 from torchbearer.imagery.http import (
     CHUNK_BYTES,
     ChecksumError,

@@ -16,7 +16,8 @@ from rasterio.windows import Window
 from tests.imagery.fake_services import DATA
 from torchbearer.imagery.cache import stack_info
 from torchbearer.imagery.earthsearch import ASSETS, SCL_ASSET, offset_from_data
-from torchbearer.imagery.fetch import NoScenesError, ensure_scenes
+from torchbearer.imagery.fetch import ensure_scenes
+from torchbearer.imagery.scenes import NoScenesError
 from torchbearer.imagery.spec import ImagerySpec
 
 #: 128² pixels of the sample's 60 m grid (land, lake, cloud): the COGs are made from it.

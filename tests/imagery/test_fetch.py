@@ -15,8 +15,9 @@ from tests.imagery.test_copernicus import needed_sizes
 from tests.reflectance import read_reflectance
 from torchbearer.imagery.cache import stack_info
 from torchbearer.imagery.copernicus import CredentialsMissing
-from torchbearer.imagery.fetch import NoScenesError, ensure_scenes
+from torchbearer.imagery.fetch import ensure_scenes
 from torchbearer.imagery.local import LocalScenesError
+from torchbearer.imagery.scenes import NoScenesError
 from torchbearer.imagery.spec import ImagerySpec
 
 TWIN_ID = "7c2d9e14-0b3a-4c5d-8e6f-1a2b3c4d5e6f"

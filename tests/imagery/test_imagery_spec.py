@@ -92,11 +92,11 @@ def test_download_job_file_errors_point_at_the_line():
 def test_pick_scenes_dedupes_and_orders():
     from datetime import UTC, datetime
 
-    from torchbearer.imagery.scenes import Scene, pick_scenes
+    from torchbearer.imagery.scenes import FoundScene, pick_scenes
 
-    def scene(name: str, cloud: float | None, online: bool = True) -> Scene:
+    def scene(name: str, cloud: float | None, online: bool = True) -> FoundScene:
         sensed = datetime.strptime(name.split("_")[2], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
-        return Scene("copernicus", name, name, sensed, cloud, name.split("_")[5][1:], online=online)
+        return FoundScene("copernicus", name, name, sensed, cloud, name.split("_")[5][1:], online=online)
 
     old = scene("S2A_MSIL2A_20220101T100000_N0400_R023_T29UNU_20220101T120000.SAFE", 5.0)
     reprocessed = scene("S2A_MSIL2A_20220101T100000_N0500_R023_T29UNU_20230601T120000.SAFE", 5.0)

@@ -22,7 +22,8 @@ from torchbearer.inference import stream
 from torchbearer.inference.ensemble import PredictOptions, predict_scene
 from torchbearer.inference.members import Member
 from torchbearer.inference.resume import FINGERPRINT_TAG, is_complete
-from torchbearer.ml.checkpoint import ModelCard, load_member
+from torchbearer.ml.checkpoint import ModelCard
+from torchbearer.ml.members import load_member
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[str]:

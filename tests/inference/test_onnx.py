@@ -26,7 +26,8 @@ from torchbearer.inference.onnx import (
     onnx_path,
 )
 from torchbearer.jobs import get_kind
-from torchbearer.ml.checkpoint import CheckpointError, load_member
+from torchbearer.ml.checkpoint import CheckpointError
+from torchbearer.ml.members import load_member
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,8 @@ from torchbearer.inference.ensemble import PredictionInterrupted, PredictOptions
 from torchbearer.inference.members import EnsembleError, Member
 from torchbearer.inference.resume import is_complete
 from torchbearer.inference.writer import NODATA, partial_path
-from torchbearer.ml.checkpoint import CheckpointError, load_member
+from torchbearer.ml.checkpoint import CheckpointError
+from torchbearer.ml.members import load_member
 
 
 def member_from(path: Path, name: str) -> Member:

@@ -20,7 +20,8 @@ from torchbearer.inference.ensemble import PredictOptions, predict_scene
 from torchbearer.inference.members import Member
 from torchbearer.jobs import get_kind
 from torchbearer.jobs.predict import ModelRef
-from torchbearer.ml.checkpoint import CheckpointError, load_member
+from torchbearer.ml.checkpoint import CheckpointError
+from torchbearer.ml.members import load_member
 from torchbearer.spec import JobFileError, parse_job_text
 from torchbearer.store import JobState, NewJob
 

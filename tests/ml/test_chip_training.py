@@ -16,7 +16,7 @@ from tests.conftest import wait_state, write_job
 from tests.daemon.conftest import job_named
 from tests.ml.conftest import SAMPLE_NAME
 from tests.ml.make_chips import make_chip_folder
-from torchbearer.ml.checkpoint import load_member
+from torchbearer.ml.members import load_member
 from torchbearer.settings import Settings
 
 TRAIN = (

@@ -123,7 +123,8 @@ def test_scene_masks_of_a_single_class_are_refused(stack: Path, tmp_path: Path) 
 def test_prediction_refuses_a_scene_of_another_domain(stack: Path, tmp_path: Path) -> None:
     from torchbearer.inference.ensemble import predict_scene
     from torchbearer.inference.members import EnsembleError, Member
-    from torchbearer.ml.checkpoint import ModelCard, load_member, save_checkpoint
+    from torchbearer.ml.checkpoint import ModelCard, save_checkpoint
+    from torchbearer.ml.members import load_member
     from torchbearer.ml.models import build_model
 
     card = ModelCard("fcn", None, 4, 2, CLASSES, "binary", ["B02", "B03", "B04", "B8A"], 60.0,
@@ -140,8 +141,9 @@ def test_forest_on_chips_predicts_the_scene_as_an_ensemble_member(chips: Path, s
     from torchbearer.inference.ensemble import PredictOptions, predict_scene
     from torchbearer.inference.members import Member
     from torchbearer.inference.onnx import choose_runtimes
-    from torchbearer.ml.checkpoint import ModelCard, load_member, read_card
+    from torchbearer.ml.checkpoint import ModelCard
     from torchbearer.ml.forest import ForestModel, evaluate, fit_forest, sample_pixels, save_forest
+    from torchbearer.ml.members import load_member, read_card
     from torchbearer.ml.tasks import make_loss
 
     dm = ChipDataModule(open_chips(chips), CLASSES, patch_size=32, batch_size=8, samples_per_epoch=64)
@@ -173,7 +175,8 @@ def test_forest_on_chips_predicts_the_scene_as_an_ensemble_member(chips: Path, s
 
 
 def test_forest_file_that_is_not_one_is_refused(tmp_path: Path) -> None:
-    from torchbearer.ml.checkpoint import CheckpointError, load_member
+    from torchbearer.ml.checkpoint import CheckpointError
+    from torchbearer.ml.members import load_member
 
     (tmp_path / "x.joblib").write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match=r"x\.joblib: not a readable forest checkpoint"):

@@ -19,7 +19,6 @@ from rasterio.windows import Window
 from tests.ml.conftest import MASKS, SAMPLE
 from tests.reflectance import read_reflectance
 from torchbearer.imagery.cache import build_stack, stack_info
-from torchbearer.ml.checkpoint import normalize
 from torchbearer.ml.datamodules import Collate, SegmentationDataModule
 from torchbearer.ml.labels import IGNORE, LabelError, scene_target
 from torchbearer.ml.scenes import InputCheckError, SplitOptions, check_inputs, load_scenes
@@ -148,6 +147,11 @@ def test_split_by_given_regions(stack: Path, tmp_path: Path) -> None:
     assert all(c + 32 <= 258 or c >= 446 for _, _, c in dm.split.train)  # training stays outside the region
 
 
+def standardised(reflectance: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """The reference: ``(reflectance - mean) / std`` per band (bands first)."""
+    return (reflectance - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+
+
 def test_batches_are_normalised_like_a_prediction(stack: Path) -> None:
     dm = SegmentationDataModule(load_scenes([stack], [MASK], CLASSES), patch_size=32, batch_size=4, augment=False,
                                 split=SplitOptions(64))  # fmt: skip
@@ -155,7 +159,7 @@ def test_batches_are_normalised_like_a_prediction(stack: Path) -> None:
     batch = next(iter(dm.val_dataloader()))
     _, r, c = dm.split.val[0]
     reflectance, valid = read_reflectance(stack_info(stack), Window(c, r, 32, 32))
-    expected = normalize(reflectance, dm.mean, dm.std, valid)
+    expected = standardised(reflectance, dm.mean, dm.std) * valid
     assert np.allclose(batch["image"][0].numpy(), expected, atol=1e-4)
     assert batch["image"].dtype.is_floating_point and batch["mask"].dtype.is_floating_point is False
     assert all(0.0 < m < 1.5 for m in dm.mean)  # reflectance of the training blocks (cloudy: B09 above 1)
@@ -226,6 +230,6 @@ def test_standardising_terms_fold_reflectance_and_statistics_into_one_multiply_a
     dn = rng.integers(1, 12000, size=(3, 8, 8)).astype(np.uint16)
     mean, std = [0.1, 0.2, 0.3], [0.05, 0.1, 0.2]
     a, b = standardising_terms((1 / 10000, -1000 / 10000), mean, std)
-    reference = normalize((dn.astype(np.float32) - 1000) / 10000, mean, std)  # (DN + offset) / quantification
+    reference = standardised((dn.astype(np.float32) - 1000) / 10000, mean, std)  # (DN + offset) / quantification
     assert a.dtype == b.dtype == np.float32
     np.testing.assert_allclose(dn * a[:, None, None] + b[:, None, None], reference, rtol=1e-5, atol=1e-5)

@@ -25,8 +25,9 @@ from torchbearer.imagery.cache import StackError, build_stack, stack_info
 from torchbearer.inference.ensemble import PredictOptions, predict_scene
 from torchbearer.inference.members import Member
 from torchbearer.jobs.train import TrainSpec, build_task, stacks_resolution
-from torchbearer.ml.checkpoint import ModelCard, input_description, load_member
+from torchbearer.ml.checkpoint import ModelCard, input_description
 from torchbearer.ml.datamodules import SegmentationDataModule
+from torchbearer.ml.members import load_member
 from torchbearer.ml.models import build_model
 from torchbearer.ml.scenes import SplitOptions, load_scenes
 

@@ -19,10 +19,10 @@ from tests.conftest import wait_state, write_job
 from tests.daemon.conftest import job_named
 from tests.ml.conftest import MASKS, REPO, SAMPLE
 from torchbearer.imagery.cache import build_stack
-from torchbearer.ml.checkpoint import load_member
 from torchbearer.ml.datamodules import SegmentationDataModule
 from torchbearer.ml.labels import IGNORE
 from torchbearer.ml.mapped import PageBudget, mapped_paths
+from torchbearer.ml.members import load_member
 from torchbearer.ml.scenes import TRAIN, SplitOptions, inverse_frequencies, load_scenes
 
 CLASSES = ["clear", "cloud"]

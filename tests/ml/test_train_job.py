@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import wait_state, write_job
 from tests.daemon.conftest import job_named
 from tests.ml.conftest import constant_iou, train_yaml
-from torchbearer.ml.checkpoint import load_member
+from torchbearer.ml.members import load_member
 
 
 def _finished(store, name: str, timeout: float = 300):

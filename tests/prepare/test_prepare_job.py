@@ -70,7 +70,7 @@ def test_a_prepare_job_chains_rasterize_chip_split_summarize_flatten(project, st
 
 
 def test_a_prepare_job_takes_its_scene_from_an_imagery_block(project, store, daemon, inputs):
-    """The download path (``fetch_for_job``): here a local SAFE folder, stacked into the data folder's cache."""
+    """The scene path (``imagery/acquire.py::job_scenes``): a local SAFE folder, stacked into the data cache."""
     write_job(project.queue_dir, "summary.yaml", f"""\
 name: summary
 kind: prepare

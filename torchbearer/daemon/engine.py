@@ -8,7 +8,6 @@ under 1 % of a core.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ from torchbearer.daemon.scheduler import CronSchedules, place_jobs, promote_wait
 from torchbearer.daemon.supervisor import Supervisor
 from torchbearer.daemon.watcher import QueueWatcher
 from torchbearer.ingest import ingest_queue_file, recover_claimed
+from torchbearer.locks import try_lock
 from torchbearer.notify import LOG_LINES, Notifier, job_event, jobs_left, queue_event
 from torchbearer.runs import log_path_of, read_tail
 from torchbearer.settings import Settings
@@ -61,9 +61,7 @@ class FileLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise QueueLockedError(f"cannot open the lock {self.path} ({exc.strerror or exc})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_lock(fd):
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise QueueLockedError(

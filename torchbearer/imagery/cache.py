@@ -14,14 +14,13 @@ later ones are written (:class:`StackBuild`).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from rasterio.windows import Window
 from torchbearer.imagery.grid import Grid
 from torchbearer.imagery.safe import SafeError, read_safe
 from torchbearer.imagery.spec import BANDS_BY_RESOLUTION
+from torchbearer.locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +70,6 @@ class StackError(ValueError):
 def stack_path(cache_dir: Path, product: str, resolution: int) -> Path:
     """Where the stack of ``product`` (name without ``.SAFE``) at ``resolution`` metres lives."""
     return Path(cache_dir) / f"{product.removesuffix('.SAFE')}_{resolution}m.tif"
-
-
-@contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def build_stack(safe_dir: Path, resolution: int, cache_dir: Path, *, report: Callable[..., Any] | None = None) -> Path:
@@ -223,7 +212,7 @@ class StackBuild:
     def _begin(self) -> bool:
         """Take the lock and create the part file; False when the stack is built already (all rows ready)."""
         if not self.path.is_file():
-            self._lock.enter_context(_file_lock(self.path.with_name(self.path.name + ".lock")))
+            self._lock.enter_context(file_lock(self.path.with_name(self.path.name + ".lock")))
         if self.path.is_file():  # built before, or by another process while we waited
             self._lock.close()
             with rasterio.open(self.path) as ds, self._state:

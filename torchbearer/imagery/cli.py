@@ -1,6 +1,7 @@
 """``torchbearer download``: fetch scenes in the foreground, with rich progress bars (no daemon, no store).
 
-The lead's ``cli.py`` adds :func:`download` as a command. Heavy modules load only when the command runs.
+``torchbearer/cli.py`` registers :func:`download` as the ``download`` command; the scenes come through
+:func:`torchbearer.imagery.acquire.acquire`, as a job's do. Heavy modules load only when the command runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import typer
 
 
 class RichReport:
-    """A ``report`` callable for :func:`~torchbearer.imagery.fetch.ensure_scenes` that draws one bar per
+    """A ``report`` callable for :func:`~torchbearer.imagery.acquire.acquire` that draws one bar per
     scene and stage: bytes (with speed) while downloading, bands while stacking."""
 
     def __init__(self, console: Any) -> None:
@@ -106,15 +107,17 @@ def download(
 
 
 def _fetch(spec: Any, settings: Any, err: Any) -> list[Path]:
-    """Run ensure_scenes with bars; Ctrl-C stops at the next chunk and keeps partial files for a resume."""
-    from torchbearer.imagery.fetch import ensure_scenes
+    """Get the scenes with bars; Ctrl-C stops at the next chunk and keeps partial files for a resume."""
+    from torchbearer.imagery.acquire import acquire
 
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     report = RichReport(err)
     try:
         with report.progress:
-            return ensure_scenes(spec, settings.data_dir, report, env=settings.secret, should_stop=stop.is_set)
+            scenes = acquire(spec, settings.data_dir, [spec.resolution], report=report, env=settings.secret,
+                             should_stop=stop.is_set)  # fmt: skip
+            return [stacks[0] for stacks in scenes]
     except Exception as exc:
         if not _expected(exc):
             raise
@@ -130,10 +133,10 @@ def _expected(exc: Exception) -> bool:
     from torchbearer.imagery.aoi import AoiError
     from torchbearer.imagery.cache import StackError
     from torchbearer.imagery.copernicus import CredentialsMissing, LoginError
-    from torchbearer.imagery.fetch import NoScenesError
     from torchbearer.imagery.http import ChecksumError, DiskSpaceError, HttpError, TransferCancelled
     from torchbearer.imagery.local import LocalScenesError
     from torchbearer.imagery.manifest import ManifestError
+    from torchbearer.imagery.scenes import NoScenesError
 
     expected = (AoiError, StackError, CredentialsMissing, LoginError, NoScenesError, ChecksumError, DiskSpaceError,
                 HttpError, TransferCancelled, LocalScenesError, ManifestError)  # fmt: skip

@@ -28,8 +28,17 @@ from urllib.parse import quote
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from torchbearer.imagery.aoi import search_polygon
-from torchbearer.imagery.http import FileTask, HttpClient, HttpError, Report, StopFlag, fetch_files
+from torchbearer.imagery.aoi import load_aoi, search_polygon
+from torchbearer.imagery.dataroot import cached_stack, locks_dir, scene_lock, stack_safe
+from torchbearer.imagery.http import (
+    FileTask,
+    HttpClient,
+    HttpError,
+    Report,
+    StopFlag,
+    client_from_env,
+    fetch_files,
+)
 from torchbearer.imagery.manifest import (
     Manifest,
     ManifestEntry,
@@ -39,7 +48,7 @@ from torchbearer.imagery.manifest import (
     parse_manifest,
     read_manifest,
 )
-from torchbearer.imagery.scenes import Scene
+from torchbearer.imagery.scenes import FoundScene, pick_for_spec, rank_by_aoi_cloud
 from torchbearer.imagery.spec import ImagerySpec
 
 log = logging.getLogger(__name__)
@@ -247,15 +256,15 @@ def _attribute(product: dict[str, Any], name: str) -> Any:
     return next((a.get("Value") for a in product.get("Attributes") or [] if a.get("Name") == name), None)
 
 
-def scene_from_odata(product: dict[str, Any]) -> Scene:
-    """A :class:`Scene` from one entry of an OData ``value`` list."""
+def scene_from_odata(product: dict[str, Any]) -> FoundScene:
+    """A :class:`FoundScene` from one entry of an OData ``value`` list."""
     name = str(product["Name"])
     start = str((product.get("ContentDate") or {}).get("Start") or "")
     cloud = _attribute(product, "cloudCover")
     tile = _attribute(product, "tileId")
     if tile is None and "_T" in name:
         tile = name.split("_T", 1)[1][:5]
-    return Scene(
+    return FoundScene(
         source="copernicus",
         id=str(product["Id"]),
         name=name,
@@ -269,7 +278,7 @@ def scene_from_odata(product: dict[str, Any]) -> Scene:
 
 def search(
     client: HttpClient, endpoints: CdseEndpoints, spec: ImagerySpec, aoi: BaseGeometry, *, page_size: int = 100
-) -> list[Scene]:
+) -> list[FoundScene]:
     """Every product matching ``spec`` over ``aoi`` (no login needed), newest first."""
     url: str | None = f"{endpoints.catalogue_url}/Products"
     params: dict[str, Any] | None = {
@@ -278,7 +287,7 @@ def search(
         "$top": page_size,
         "$expand": "Attributes",
     }
-    scenes: list[Scene] = []
+    scenes: list[FoundScene] = []
     for _ in range(MAX_PAGES):
         if url is None:
             break
@@ -296,7 +305,7 @@ def search(
 # -- download ---------------------------------------------------------------------------------------------
 
 
-def node_url(endpoints: CdseEndpoints, scene: Scene, path: str = "") -> str:
+def node_url(endpoints: CdseEndpoints, scene: FoundScene, path: str = "") -> str:
     """``…/Products(<Id>)/Nodes(<name>.SAFE)/Nodes(GRANULE)/…`` for a path inside the product."""
     parts = [scene.name, *[p for p in path.split("/") if p]]
     return f"{endpoints.download_url}/Products({scene.id})" + "".join(f"/Nodes({quote(p, safe='')})" for p in parts)
@@ -313,7 +322,7 @@ def _checker(entry: ManifestEntry) -> Callable[[Path], bool]:
     return check
 
 
-def _manifest_size(client: HttpClient, endpoints: CdseEndpoints, scene: Scene, cancel: StopFlag) -> int | None:
+def _manifest_size(client: HttpClient, endpoints: CdseEndpoints, scene: FoundScene, cancel: StopFlag) -> int | None:
     """Size of manifest.safe from the product's root Nodes listing (None if it does not say)."""
     listing = client.get_json(node_url(endpoints, scene) + "/Nodes", authorized=True, cancel=cancel)  # 404: none
     entries = listing.get("result", []) if isinstance(listing, dict) else []
@@ -338,7 +347,7 @@ def _parses(path: Path) -> bool:
 def fetch_manifest(
     client: HttpClient,
     endpoints: CdseEndpoints,
-    scene: Scene,
+    scene: FoundScene,
     safe_dir: Path,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Manifest:
@@ -362,7 +371,7 @@ def fetch_manifest(
 def fetch_product(
     client: HttpClient,
     endpoints: CdseEndpoints,
-    scene: Scene,
+    scene: FoundScene,
     products_dir: Path,
     spec: ImagerySpec,
     *,
@@ -389,3 +398,73 @@ def fetch_product(
     fetch_files(client, tasks, report=report, authorized=True, should_stop=should_stop,
                 report_fields={"scene": scene.stem})  # fmt: skip
     return safe_dir, manifest
+
+
+# -- the source's strategy: search → rank by AOI cloud → pick → fetch the needed files → stack ---------------
+
+#: One CDSE token per identity server and account in this process, so a job that asks for scenes several
+#: times (predict: once per resolution) still opens one session. It logs in on first use only: scenes already
+#: in the cache cost no session at all.
+_TOKENS: dict[tuple[str, Credentials], CdseToken] = {}
+_TOKENS_LOCK = threading.Lock()
+
+
+def session_token(credentials: Credentials, token_url: str, env: Callable[[str], str | None]) -> CdseToken:
+    """This process's token for ``credentials`` at ``token_url`` (made on first use, shared after)."""
+    with _TOKENS_LOCK:
+        key = (token_url, credentials)
+        if key not in _TOKENS:
+            _TOKENS[key] = CdseToken(client_from_env(env), credentials, token_url)
+        return _TOKENS[key]
+
+
+def scene_stacks(
+    spec: ImagerySpec,
+    data_dir: Path,
+    report: Report | None,
+    env: Callable[[str], str | None],
+    should_stop: Callable[[], bool],
+) -> list[Path]:
+    """The stacks of the scenes ``spec`` picks on CDSE; cached ones cost no login and no download."""
+    credentials = Credentials.from_env(env)  # fail at once, before any search
+    endpoints = CdseEndpoints.from_env(env)
+    aoi = load_aoi(spec)
+    with client_from_env(env, endpoints.auth_hosts, locks_dir(data_dir)) as client:
+        client.token = session_token(credentials, endpoints.token_url, env)
+        found = search(client, endpoints, spec, aoi)
+        if spec.pick == "least-cloud" and spec.product == "L2A":
+            found = rank_by_aoi_cloud(spec, found, _aoi_cloud(client, endpoints, spec, aoi, data_dir, should_stop))
+        stacks = []
+        for scene in pick_for_spec(spec, found):
+            with scene_lock(data_dir, scene.stem, should_stop):
+                stack = cached_stack(scene.stem, spec, data_dir)
+                if stack is None:
+                    safe_dir, _ = fetch_product(client, endpoints, scene, data_dir / "products", spec, report=report,
+                                                should_stop=should_stop)  # fmt: skip
+                    stack = stack_safe(safe_dir, spec, data_dir, report)
+                stacks.append(stack)
+    return stacks
+
+
+def _aoi_cloud(
+    client: HttpClient,
+    endpoints: CdseEndpoints,
+    spec: ImagerySpec,
+    aoi: BaseGeometry,
+    data_dir: Path,
+    should_stop: Callable[[], bool],
+) -> Callable[[FoundScene], float | None]:
+    """Measures a scene's cloud over the AOI from its 60 m SCL layer (about 0.2 % of its bytes)."""
+    from torchbearer.imagery.cloud import aoi_cloud_share
+
+    def is_scl(entry: ManifestEntry) -> bool:
+        return entry.path.endswith("_SCL_60m.jp2")
+
+    def measure(scene: FoundScene) -> float | None:
+        with scene_lock(data_dir, scene.stem, should_stop):
+            safe_dir, manifest = fetch_product(client, endpoints, scene, data_dir / "products", spec,
+                                               should_stop=should_stop, select=is_scl)  # fmt: skip
+        scl = next((safe_dir / e.path for e in manifest if is_scl(e)), None)
+        return aoi_cloud_share(scl, aoi) if scl is not None and scl.is_file() else None
+
+    return measure

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,10 +25,11 @@ from rasterio.transform import from_origin
 from rasterio.windows import from_bounds
 from shapely.geometry.base import BaseGeometry
 
-from torchbearer.imagery.aoi import search_polygon, to_crs
+from torchbearer.imagery.aoi import load_aoi, search_polygon, to_crs
 from torchbearer.imagery.cache import CREATION_OPTIONS
-from torchbearer.imagery.http import HttpClient, HttpError, Report
-from torchbearer.imagery.scenes import Scene, parse_product_name
+from torchbearer.imagery.dataroot import scene_lock
+from torchbearer.imagery.http import HttpClient, HttpError, Report, client_from_env
+from torchbearer.imagery.scenes import FoundScene, parse_product_name, pick_for_spec, rank_by_aoi_cloud
 from torchbearer.imagery.spec import ImagerySpec
 
 log = logging.getLogger(__name__)
@@ -55,13 +57,13 @@ GDAL_HTTP = {
 }
 
 
-def scene_from_item(item: dict[str, Any]) -> Scene:
-    """A :class:`Scene` from a STAC item (the item itself is kept in ``extra``)."""
+def scene_from_item(item: dict[str, Any]) -> FoundScene:
+    """A :class:`FoundScene` from a STAC item (the item itself is kept in ``extra``)."""
     props = item["properties"]
     name = props.get("s2:product_uri") or item["id"]
     grid = str(props.get("grid:code", "")).removeprefix("MGRS-")
     parts = parse_product_name(name)
-    return Scene(
+    return FoundScene(
         source="earth-search",
         id=item["id"],
         name=name,
@@ -72,7 +74,7 @@ def scene_from_item(item: dict[str, Any]) -> Scene:
     )
 
 
-def search(client: HttpClient, url: str, spec: ImagerySpec, aoi: BaseGeometry, *, limit: int = 100) -> list[Scene]:
+def search(client: HttpClient, url: str, spec: ImagerySpec, aoi: BaseGeometry, *, limit: int = 100) -> list[FoundScene]:
     """Items of ``sentinel-2-l2a`` over ``aoi`` in the spec's dates and cloud limit, following ``next`` links."""
     first, last = spec.date_range
     end = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1) - timedelta(seconds=1)
@@ -84,7 +86,7 @@ def search(client: HttpClient, url: str, spec: ImagerySpec, aoi: BaseGeometry, *
         "limit": limit,
     }
     target: str | None = f"{url.rstrip('/')}/search"
-    scenes: list[Scene] = []
+    scenes: list[FoundScene] = []
     for _ in range(MAX_PAGES):
         if target is None:
             break
@@ -126,7 +128,7 @@ def offset_from_data(stack: np.ndarray, baseline: str | None, flag: bool | None)
     return 0 if flag else -1000
 
 
-def stack_name(scene: Scene, resolution: int, aoi: BaseGeometry) -> str:
+def stack_name(scene: FoundScene, resolution: int, aoi: BaseGeometry) -> str:
     """Cache file name: a window is AOI-specific, so the AOI's hash joins the product and resolution."""
     digest = hashlib.sha1(shapely.to_wkb(shapely.normalize(aoi))).hexdigest()[:8]
     return f"{scene.name.removesuffix('.SAFE')}_{resolution}m_aoi{digest}.tif"
@@ -176,7 +178,7 @@ def _read_band(href: str, crs: str, bounds: tuple[float, ...], resolution: int) 
     return out
 
 
-def aoi_cloud_share(scene: Scene, aoi: BaseGeometry) -> float | None:
+def aoi_cloud_share(scene: FoundScene, aoi: BaseGeometry) -> float | None:
     """Cloud share (0–1) over the AOI window, read from the item's SCL COG at its native 20 m; None without one."""
     from torchbearer.imagery.cloud import cloud_share
 
@@ -189,7 +191,7 @@ def aoi_cloud_share(scene: Scene, aoi: BaseGeometry) -> float | None:
 
 
 def read_window(
-    scene: Scene, aoi: BaseGeometry, resolution: int, bands: tuple[str, ...], *, connections: int = 4
+    scene: FoundScene, aoi: BaseGeometry, resolution: int, bands: tuple[str, ...], *, connections: int = 4
 ) -> tuple[np.ndarray, Any, str]:
     """The AOI window of ``bands`` at ``resolution`` metres: (array bands×rows×cols uint16, transform, CRS)."""
     item = scene.extra["item"]
@@ -220,7 +222,7 @@ def write_stack(
 
 
 def build_stack(
-    scene: Scene, aoi: BaseGeometry, spec: ImagerySpec, cache_dir: Path, *, report: Report | None = None,
+    scene: FoundScene, aoi: BaseGeometry, spec: ImagerySpec, cache_dir: Path, *, report: Report | None = None,
     connections: int = 4,
 ) -> Path:  # fmt: skip
     """Read the AOI window of ``scene`` and write it to the scene cache; returns the GeoTIFF path."""
@@ -244,3 +246,25 @@ def build_stack(
     log.info("%s: %s window %s written to %s (BOA_ADD_OFFSET %d)", scene.stem, spec.resolution, stack.shape, path,
              offset)  # fmt: skip
     return path
+
+
+def scene_stacks(
+    spec: ImagerySpec,
+    data_dir: Path,
+    report: Report | None,
+    env: Callable[[str], str | None],
+    should_stop: Callable[[], bool],
+) -> list[Path]:
+    """The stacks of the scenes ``spec`` picks on Earth Search: the AOI window of each, read from its COGs."""
+    aoi = load_aoi(spec)
+    url = env("EARTH_SEARCH_URL") or EARTH_SEARCH_URL
+    with client_from_env(env) as client:
+        found = search(client, url, spec, aoi)
+        if spec.pick == "least-cloud":
+            found = rank_by_aoi_cloud(spec, found, lambda scene: aoi_cloud_share(scene, aoi))
+        stacks = []
+        for scene in pick_for_spec(spec, found):
+            with scene_lock(data_dir, scene.stem, should_stop):
+                stacks.append(build_stack(scene, aoi, spec, data_dir / "cache", report=report,
+                                          connections=client.connections))  # fmt: skip
+    return stacks

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import email.utils
-import fcntl
 import logging
 import os
 import random
@@ -36,6 +35,8 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
+
+from torchbearer.locks import LockWaitCancelled, any_lock
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ class StopFlag:
 
 class ConnectionSlots:
     """A cap on simultaneous transfers shared by every process using ``folder``: ``count`` lock files, one
-    held (flock) per transfer. CDSE allows 4 connections per user, so jobs fetching side by side share 4."""
+    held per transfer (:func:`torchbearer.locks.any_lock`). CDSE allows 4 connections per user, so jobs
+    fetching side by side share 4."""
 
     def __init__(self, folder: Path, count: int, poll_s: float = 0.05) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -112,21 +114,11 @@ class ConnectionSlots:
     @contextmanager
     def hold(self, cancel: threading.Event | StopFlag | None = None) -> Iterator[None]:
         """Wait for a free slot (raising :class:`TransferCancelled` if ``cancel`` is set meanwhile)."""
-        while True:
-            for path in self.paths:
-                with open(path, "a+") as handle:
-                    try:
-                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        continue
-                    try:
-                        yield
-                    finally:
-                        fcntl.flock(handle, fcntl.LOCK_UN)
-                    return
-            if cancel is not None and cancel.is_set():
-                raise TransferCancelled("cancelled while waiting for a free connection")
-            time.sleep(self.poll_s)
+        try:
+            with any_lock(self.paths, should_stop=lambda: cancel is not None and cancel.is_set(), poll_s=self.poll_s):
+                yield
+        except LockWaitCancelled:
+            raise TransferCancelled("cancelled while waiting for a free connection") from None
 
 
 @dataclass(frozen=True)
@@ -616,3 +608,28 @@ def _first_error(futures: set[Future]) -> BaseException | None:
 
 def _has_part(task: FileTask) -> bool:
     return task.dest.with_name(task.dest.name + ".part").is_file()
+
+
+#: Simultaneous connections per job (CDSE allows 4 per user).
+MAX_CONNECTIONS = 4
+
+
+def client_from_env(
+    env: Callable[[str], str | None], auth_hosts: tuple[str, ...] = (), slots_dir: Path | None = None
+) -> HttpClient:
+    """A client with the retry settings of ``TORCHBEARER_HTTP_RETRIES`` / ``TORCHBEARER_HTTP_BACKOFF_S`` and
+    ``TORCHBEARER_HTTP_CONNECTIONS`` (at most 4) connections; with ``slots_dir``, its file transfers also
+    share 4 connection slots with every other process fetching into the same data root."""
+
+    def number(name: str, default: float) -> float:
+        raw = env(name)
+        try:
+            return float(raw) if raw else default
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not a number") from None
+
+    retry = RetryPolicy(attempts=max(1, int(number("TORCHBEARER_HTTP_RETRIES", 6))),
+                        backoff_s=number("TORCHBEARER_HTTP_BACKOFF_S", 2.0))  # fmt: skip
+    connections = max(1, min(MAX_CONNECTIONS, int(number("TORCHBEARER_HTTP_CONNECTIONS", MAX_CONNECTIONS))))
+    slots = ConnectionSlots(slots_dir, MAX_CONNECTIONS) if slots_dir is not None else None
+    return HttpClient(auth_hosts=auth_hosts, connections=connections, retry=retry, slots=slots)

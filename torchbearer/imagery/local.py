@@ -1,4 +1,5 @@
-"""Scenes the user already has: SAFE product folders or zips (stacked into the scene cache), or GeoTIFFs.
+"""Scenes the user already has: SAFE product folders or zips (stacked into the scene cache), or GeoTIFFs,
+given by path or glob.
 
 A zipped product (as the Copernicus browser delivers it) is not unpacked whole: only the files the stack
 needs are extracted into ``data/products/``, each checked against the product's manifest.safe.
@@ -6,11 +7,13 @@ needs are extracted into ``data/products/``, each checked against the product's 
 
 from __future__ import annotations
 
+import glob
 import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from torchbearer.imagery.dataroot import scene_lock, stack_safe
 from torchbearer.imagery.http import Report
 from torchbearer.imagery.spec import ImagerySpec
 
@@ -32,7 +35,13 @@ def _is_scene_file(path: Path) -> bool:
 
 
 def find_scenes(path: Path) -> list[Path]:
-    """SAFE folders, zipped SAFE products and GeoTIFFs at ``path``: itself, or its direct children, by name."""
+    """SAFE folders, zipped SAFE products and GeoTIFFs at ``path``: itself, or its direct children, by name;
+    a glob (``data/*.SAFE``) gives those of every match, in name order."""
+    if glob.has_magic(str(path)):
+        matches = sorted(glob.glob(str(path)))
+        if not matches:
+            raise LocalScenesError(f"scenes: {str(path)!r} matches nothing")
+        return [scene for match in matches for scene in find_scenes(Path(match))]
     if not path.exists():
         raise LocalScenesError(f"local path {path} does not exist")
     if is_safe(path) or _is_scene_file(path):
@@ -87,12 +96,15 @@ def extract_needed(archive_path: Path, products_dir: Path, spec: ImagerySpec) ->
 
 
 def local_stacks(
-    spec: ImagerySpec, data_dir: Path, report: Report | None, should_stop: Callable[[], bool]
+    spec: ImagerySpec,
+    data_dir: Path,
+    report: Report | None,
+    should_stop: Callable[[], bool],
+    *,
+    streaming: bool = False,
 ) -> list[Path]:
     """The stacks of every scene under ``spec.paths``: SAFE folders and zips stacked (once) into the cache,
-    GeoTIFFs used as they are."""
-    from torchbearer.imagery.fetch import scene_lock, stack_safe
-
+    GeoTIFFs used as they are (``streaming``: see :func:`~torchbearer.imagery.fetch.ensure_scenes`)."""
     stacks = []
     for given in spec.paths:
         for scene in find_scenes(Path(given)):
@@ -102,5 +114,5 @@ def local_stacks(
             key = scene.name.removesuffix(".zip").removesuffix(".SAFE")
             with scene_lock(data_dir, key, should_stop):
                 safe_dir = scene if scene.is_dir() else extract_needed(scene, data_dir / "products", spec)
-                stacks.append(stack_safe(safe_dir, spec, data_dir / "cache", report))
+                stacks.append(stack_safe(safe_dir, spec, data_dir, report, streaming=streaming))
     return stacks

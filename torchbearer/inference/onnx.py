@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchbearer.ml.checkpoint import CheckpointError, ModelCard, load_member
+from torchbearer.ml.checkpoint import CheckpointError, ModelCard
+from torchbearer.ml.members import load_member
 
 if TYPE_CHECKING:
     from torchbearer.inference.members import Member

@@ -39,7 +39,8 @@ def member_checkpoints(spec: PredictSpec, ctx: JobContext) -> list[Path]:
 def is_classification(spec: PredictSpec, ctx: JobContext) -> bool:
     """True when the models are classifiers (all of them: mixing with segmentation models is an error)."""
     from torchbearer.inference.classify import CLASSIFIER_ARCH
-    from torchbearer.ml.checkpoint import CheckpointError, read_card
+    from torchbearer.ml.checkpoint import CheckpointError
+    from torchbearer.ml.members import read_card
 
     paths = member_checkpoints(spec, ctx)
     kinds = {path: read_card(path).arch == CLASSIFIER_ARCH for path in paths}
@@ -54,13 +55,13 @@ def run_classification(spec: PredictSpec, ctx: JobContext) -> None:
     """Classify a folder of patches into a CSV, or sweep each scene into a class-probability GeoTIFF."""
     import torch
 
+    from torchbearer.imagery.acquire import job_scenes, scene_output
     from torchbearer.inference.classify import (
         check_compatible,
         load_classifier,
         predict_patch_folder,
         predict_scene_patches,
     )
-    from torchbearer.jobs.predict import output_path, scene_inputs
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     classifiers = [load_classifier(path, device, ref.weight)
@@ -74,9 +75,9 @@ def run_classification(spec: PredictSpec, ctx: JobContext) -> None:
         ctx.output(output, "table")
         return
     resolution = round(classifiers[0].card.resolution or 20)
-    scenes = scene_inputs(spec, ctx, [resolution])
+    scenes = job_scenes(ctx, [resolution], imagery=spec.imagery, scenes=spec.scenes)
     for i, stacks in enumerate(scenes):
-        output = output_path(spec, ctx, stacks, len(scenes))
+        output = scene_output(ctx.resolve(spec.output), stacks, len(scenes))
         predict_scene_patches(classifiers, stacks[0], output, stride=spec.stride, batch_size=spec.batch_size,
                               report=ctx.progress, should_stop=lambda: ctx.should_stop)  # fmt: skip
         ctx.progress("writing", done=i + 1, total=len(scenes), unit="scenes", force=True)

@@ -5,14 +5,13 @@ name: chaco-scenes
 kind: download
 imagery: {source: copernicus, aoi: masks/chaco.geojson, dates: 2023-06-01/2023-09-30, max_cloud: 10, resolution: 20}
 ```
-Each scene's stacked GeoTIFF is recorded as a ``scene`` output. Train and predict jobs with an ``imagery:``
-block call :func:`fetch_for_job` themselves, so a separate download job is optional: it lets a night fetch
+Each scene's stacked GeoTIFF is recorded as a ``scene`` output. Every kind that reads scenes gets them through
+:func:`torchbearer.imagery.acquire.job_scenes` itself, so a separate download job is optional: it lets a night fetch
 everything first, or fetch during the day for jobs queued later.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
@@ -33,36 +32,14 @@ class DownloadSpec(JobSpec):
     imagery: ImagerySpec = Field(description="which scenes, from where, at which resolution")
 
 
-def fetch_for_job(imagery: ImagerySpec, ctx: JobContext) -> list[Path]:
-    """The stacks of ``imagery`` for a running job: paths resolved against the project, credentials from
-    ``ctx.secret``, progress shown as the ``downloading`` stage, stopping at the job's SIGTERM.
-
-    Raises :class:`~torchbearer.context.JobInterrupted` when stopped (partial files stay for the next attempt).
-    """
-    from torchbearer.context import JobInterrupted
-    from torchbearer.imagery.fetch import ensure_scenes
-    from torchbearer.imagery.http import TransferCancelled
-
-    try:
-        return ensure_scenes(
-            imagery.with_paths(lambda p: ctx.resolve(p)),
-            ctx.settings.data_dir,
-            ctx.progress,
-            env=ctx.secret,
-            should_stop=lambda: ctx.should_stop,
-        )
-    except TransferCancelled as exc:
-        if ctx.should_stop:
-            raise JobInterrupted(str(exc)) from None
-        raise
-
-
 def run(spec: DownloadSpec, ctx: JobContext) -> None:
     """Fetch the scenes and record each stack as a ``scene`` output."""
     import logging
 
+    from torchbearer.imagery.acquire import job_scenes
+
     log = logging.getLogger("torchbearer.download")
-    stacks = fetch_for_job(spec.imagery, ctx)
+    stacks = [stacks[0] for stacks in job_scenes(ctx, [spec.imagery.resolution], imagery=spec.imagery)]
     for path in stacks:
         ctx.output(path, "scene")
         log.info("scene ready: %s", path)

@@ -143,16 +143,11 @@ class Subject:
 
 
 def scene_stack(spec: ExplainSpec, ctx: JobContext, resolution: float) -> Path:
-    """The scene as a stacked GeoTIFF at the model's resolution (a SAFE folder is stacked into the cache)."""
-    from torchbearer.imagery.cache import build_stack
+    """The scene as a stacked GeoTIFF at the model's resolution (a SAFE folder or zip is stacked into the cache)."""
+    from torchbearer.imagery.acquire import job_scenes, one_scene
 
     assert spec.scene is not None
-    path = ctx.resolve(spec.scene)
-    if path.is_dir():
-        return build_stack(path, int(resolution), ctx.settings.data_dir / "cache", report=ctx.progress)
-    if not path.is_file():
-        raise FileNotFoundError(f"scene {path} does not exist")
-    return path
+    return one_scene(job_scenes(ctx, [int(resolution)], scenes=[spec.scene]), "scene")[0]
 
 
 def job_patches(spec: ExplainSpec, ctx: JobContext, card: ModelCard) -> list[Patch]:

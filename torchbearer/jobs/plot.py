@@ -85,8 +85,8 @@ def draw_samples(checkpoint: Path, source: Path, count: int, out_dir: Path, *, m
     """``plot_{i}.png`` of the model in ``checkpoint`` on a chip folder or a scene (a SAFE folder is stacked at
     the model's resolution into ``data_dir/cache`` first). The job and the ``torchbearer plot`` command share it.
     """
-    from torchbearer.imagery.cache import build_stack
-    from torchbearer.ml.checkpoint import load_member
+    from torchbearer.imagery.acquire import acquire, local_imagery, one_scene
+    from torchbearer.ml.members import load_member
     from torchbearer.ml.plots import plot_chips, plot_scene
 
     if not source.exists():
@@ -97,9 +97,9 @@ def draw_samples(checkpoint: Path, source: Path, count: int, out_dir: Path, *, m
         if masks:
             raise ValueError(f"{source} is a chip folder: its masks are inside, leave masks out")
         return plot_chips(model, card, source, count, out_dir, report)
-    stack = source
-    if source.is_dir():
-        stack = build_stack(source, int(card.resolution), (data_dir or source.parent) / "cache", report=report)
+    resolution = int(card.resolution)
+    scenes = acquire(local_imagery([source], resolution), data_dir or source.parent, [resolution], report=report)
+    [stack] = one_scene(scenes, str(source))
     return plot_scene(model, card, stack, count, out_dir, masks=masks, patch_size=patch_size, report=report)
 
 

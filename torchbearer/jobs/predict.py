@@ -14,7 +14,6 @@ heavy (torch, rasterio) is imported inside :func:`run`, so reading job files sta
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -112,7 +111,7 @@ def checkpoint_of(ref: ModelRef, ctx: JobContext, where: str) -> tuple[Path, str
 def load_members(spec: PredictSpec, ctx: JobContext, device: str) -> list[Member]:
     """Load every member's checkpoint and check they can be combined (before any scene is touched)."""
     from torchbearer.inference.members import Member, check_compatible
-    from torchbearer.ml.checkpoint import load_member
+    from torchbearer.ml.members import load_member
 
     members: list[Member] = []
     for i, ref in enumerate(spec.models):
@@ -129,56 +128,13 @@ def load_members(spec: PredictSpec, ctx: JobContext, device: str) -> list[Member
     return members
 
 
-def scene_inputs(
-    spec: PredictSpec, ctx: JobContext, resolutions: list[int], streaming: bool = False
-) -> list[list[Path]]:
-    """Each scene as its stacked GeoTIFFs, one per resolution the members need (SAFE folders get stacked).
-
-    ``streaming``: a SAFE folder not stacked yet comes as an ``imagery.cache.StackBuild`` that the prediction
-    builds while it reads it (windows flow from the first strip), not as a finished stack.
-    """
-    from torchbearer.imagery.cache import build_stack, start_stack
-    from torchbearer.imagery.fetch import ensure_scenes
-
-    data_dir = ctx.settings.data_dir
-    if spec.imagery is not None:
-        imagery = spec.imagery.with_paths(ctx.resolve)
-        per_resolution = [
-            ensure_scenes(imagery.model_copy(update={"resolution": r}), data_dir, ctx.progress, env=ctx.secret,
-                          should_stop=lambda: ctx.should_stop)
-            for r in resolutions
-        ]  # fmt: skip
-        return [list(stacks) for stacks in zip(*per_resolution, strict=True)]
-    scenes = []
-    for entry in spec.scenes:
-        stacks = []
-        for path in [ctx.resolve(p) for p in ([entry] if isinstance(entry, str) else entry)]:
-            if path.is_dir():
-                stack = start_stack if streaming else build_stack
-                stacks += [stack(path, r, data_dir / "cache", report=ctx.progress) for r in resolutions]
-            elif path.is_file():
-                stacks.append(path)
-            else:
-                raise FileNotFoundError(f"scene {path} does not exist")
-        scenes.append(stacks)
-    return scenes
-
-
-def output_path(spec: PredictSpec, ctx: JobContext, stacks: list[Path], count: int) -> Path:
-    """The map of one scene: ``output`` itself, or with the scene's name added when there are several."""
-    output = ctx.resolve(spec.output)
-    if count == 1:
-        return output
-    scene = re.sub(r"_\d+m$", "", Path(stacks[0]).stem)  # a cached stack is <product>_<res>m.tif
-    return output.with_name(f"{output.stem}_{scene}{output.suffix}")
-
-
 def run(spec: PredictSpec, ctx: JobContext) -> None:
     """Load and check the members, get the scenes, predict each into its map; resumable after SIGTERM."""
     import torch
 
     from torchbearer.allocator import map_large_blocks
     from torchbearer.context import JobInterrupted
+    from torchbearer.imagery.acquire import job_scenes, scene_output
     from torchbearer.inference.ensemble import PredictionInterrupted, PredictOptions, predict_scene
     from torchbearer.inference.onnx import choose_runtimes
     from torchbearer.inference.paths import map_paths
@@ -191,14 +147,16 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     members = load_members(spec, ctx, device)
     runtimes = choose_runtimes(members, spec.runtime, device, window=spec.window, optimize=spec.optimize)
-    scenes = scene_inputs(spec, ctx, sorted({int(m.card.resolution) for m in members}), streaming=True)
+    resolutions = sorted({int(m.card.resolution) for m in members})
+    # SAFE folders not stacked yet are stacked while the windows are read (they flow from the first strip)
+    scenes = job_scenes(ctx, resolutions, imagery=spec.imagery, scenes=spec.scenes, streaming=True)
     options = PredictOptions(
         window=spec.window, overlap=spec.overlap, batch_size=spec.batch_size, combine=spec.combine, tta=spec.tta,
         class_map=spec.class_map, member_maps=spec.member_maps, device=device, optimize=spec.optimize,
         runtime=",".join(runtimes),
     )  # fmt: skip
     for i, stacks in enumerate(scenes):
-        output = output_path(spec, ctx, stacks, len(scenes))
+        output = scene_output(ctx.resolve(spec.output), stacks, len(scenes))
         if is_complete(output, members, stacks, options):  # done by an earlier attempt
             for path in map_paths(output, members, options).values():
                 ctx.output(path, "map")

@@ -57,7 +57,7 @@ class PrepareSpec(JobSpec):
 def run(spec: PrepareSpec, ctx: JobContext) -> None:
     """Fetch or stack the scene if there is one, run the steps, record their products."""
     from torchbearer.context import JobInterrupted
-    from torchbearer.jobs.download import fetch_for_job
+    from torchbearer.imagery.acquire import job_scenes, one_scene, stops_interrupt
     from torchbearer.prepare import Stopped
     from torchbearer.prepare.pipeline import Chain, Runner
 
@@ -66,9 +66,10 @@ def run(spec: PrepareSpec, ctx: JobContext) -> None:
     runner.preflight(spec.steps)
     chain = Chain()
     if spec.imagery is not None:
-        chain.scene = fetch_for_job(spec.imagery, ctx)[0]
+        chain.scene = one_scene(job_scenes(ctx, [spec.imagery.resolution], imagery=spec.imagery), "imagery")[0]
     elif spec.scene is not None:
-        chain.scene = runner.scene(spec.scene)
+        with stops_interrupt(ctx):  # a SAFE folder or zip is stacked through the same path
+            chain.scene = runner.scene(spec.scene)
     try:
         runner.run(spec.steps, chain)
     except Stopped as exc:

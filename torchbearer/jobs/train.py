@@ -23,7 +23,6 @@ of every epoch; a job stopped by SIGTERM saves it after its current step; its ne
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ if TYPE_CHECKING:
     from torchbearer.ml.checkpoint import ModelCard
     from torchbearer.ml.chips import ChipSet
     from torchbearer.ml.datamodules import PatchDataModule, SegmentationDataModule
-    from torchbearer.ml.scenes import Scene
+    from torchbearer.ml.scenes import TrainingScene
 
 log = logging.getLogger(__name__)
 
@@ -246,26 +245,18 @@ class TrainSpec(JobSpec):
 
 
 def scene_stacks(spec: TrainSpec, ctx: JobContext) -> tuple[list[Path], int]:
-    """The stacked scenes (fetched / stacked where needed) and their resolution in metres."""
-    from torchbearer.jobs.download import fetch_for_job
+    """The stacked scenes (fetched / stacked where needed: :mod:`torchbearer.imagery.acquire`) and their
+    resolution in metres."""
+    from torchbearer.imagery.acquire import job_scenes
 
-    imagery = spec.imagery
-    if imagery is None:
-        paths = []
-        for pattern in spec.scenes:
-            resolved = ctx.resolve(pattern)
-            if glob.has_magic(str(resolved)):
-                matches = sorted(glob.glob(str(resolved)))
-                if not matches:
-                    raise FileNotFoundError(f"scenes: {pattern!r} matches nothing")
-                paths += [str(ctx.resolve(m)) for m in matches]
-            else:
-                paths.append(str(resolved))
-        imagery = ImagerySpec(source="local", paths=paths, resolution=spec.resolution or 20)
-    stacks = fetch_for_job(imagery, ctx)
-    if spec.imagery is None and spec.resolution is None:
-        return stacks, stacks_resolution(stacks, imagery.resolution)
-    return stacks, imagery.resolution
+    if spec.imagery is not None:
+        resolution = spec.imagery.resolution
+        return [s[0] for s in job_scenes(ctx, [resolution], imagery=spec.imagery)], resolution
+    resolution = spec.resolution or 20
+    stacks = [s[0] for s in job_scenes(ctx, [resolution], scenes=spec.scenes)]
+    if spec.resolution is None:
+        return stacks, stacks_resolution(stacks, resolution)
+    return stacks, resolution
 
 
 def stacks_resolution(stacks: list[Path], default: int) -> int:
@@ -285,7 +276,7 @@ def stacks_resolution(stacks: list[Path], default: int) -> int:
     return default
 
 
-def training_data(spec: TrainSpec, ctx: JobContext) -> tuple[list[Scene] | ChipSet, float, list[str]]:
+def training_data(spec: TrainSpec, ctx: JobContext) -> tuple[list[TrainingScene] | ChipSet, float, list[str]]:
     """The scenes with their (memory-mapped) targets, or the indexed chip folder; the pixel size in metres;
     and why scenes were skipped (no label overlaps them), each also reported as progress."""
     if spec.dataset is not None:
@@ -361,7 +352,9 @@ def _precision(spec: TrainSpec, cuda: bool) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def build_datamodule(spec: TrainSpec, ctx: JobContext, data: list[Scene] | ChipSet, cuda: bool) -> PatchDataModule:
+def build_datamodule(
+    spec: TrainSpec, ctx: JobContext, data: list[TrainingScene] | ChipSet, cuda: bool
+) -> PatchDataModule:
     """The DataModule of ``spec`` over scenes or a chip folder, set up (split made, statistics computed and
     the inputs checked: the scaling guard)."""
     from torchbearer.ml.chips import ChipDataModule, ChipSet

@@ -97,13 +97,6 @@ class ModelCard:
             raise CheckpointError(f"{where}: bad model card: {'; '.join(problems)}")
         return card
 
-    def normalize(self, reflectance: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        """Standardise ``reflectance`` (bands × H × W, or B × bands × H × W) with the card's statistics.
-
-        Pixels where ``valid`` (H × W, or B × H × W) is False become 0, the mean of the training data.
-        """
-        return normalize(reflectance, self.norm["mean"], self.norm["std"], valid)
-
     # What the training input was, kept in ``extra`` (cards written before these read on, as unknown).
 
     @property
@@ -140,21 +133,6 @@ def input_description(levels: list[str | None], offsets: list[float]) -> dict[st
         "product_level": levels[0] if levels and len(set(levels)) == 1 else None,
         "reflectance_offset": float(offsets[0]) if offsets and len(set(offsets)) == 1 else None,
     }
-
-
-def normalize(
-    reflectance: np.ndarray, mean: list[float], std: list[float], valid: np.ndarray | None = None
-) -> np.ndarray:
-    """``(reflectance - mean) / std`` per band (the band axis is third from the end), float32; invalid → 0."""
-    shape = (-1, 1, 1)
-    mean_a = np.asarray(mean, dtype=np.float32).reshape(shape)
-    std_a = np.asarray(std, dtype=np.float32).reshape(shape)
-    if reflectance.shape[-3] != mean_a.shape[0]:
-        raise ValueError(f"{reflectance.shape[-3]} bands given, the statistics are for {mean_a.shape[0]}")
-    out = (reflectance.astype(np.float32, copy=False) - mean_a) / std_a
-    if valid is not None:
-        out *= np.expand_dims(valid, -3)
-    return out
 
 
 def standardising_terms(
@@ -196,42 +174,12 @@ def state_dict_of(checkpoint: dict[str, Any], path: Path) -> dict[str, torch.Ten
     return tensors
 
 
-def read_card(path: Path) -> ModelCard:
-    """The model card of a checkpoint file (a network's ``.ckpt``, or a random forest's ``.joblib``)."""
-    if Path(path).suffix == FOREST_SUFFIX:
-        from torchbearer.ml.forest import load_forest
-
-        return load_forest(Path(path))[1]
-    return ModelCard.from_dict(read_checkpoint(path).get(CARD_KEY), str(path))
-
-
 def save_checkpoint(model: nn.Module, card: ModelCard, path: Path) -> Path:
-    """Write a network and its card in the format :func:`load_member` reads (what training's ``.ckpt`` holds,
-    without the optimizer and loop state): for checkpoints made outside training, e.g. converted weights."""
+    """Write a network and its card in the format :func:`torchbearer.ml.members.load_member` reads (what
+    training's ``.ckpt`` holds, without the optimizer and loop state): for checkpoints made outside training,
+    e.g. converted weights."""
     import torch
 
     state = {f"{MODEL_PREFIX}{k}": v for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, CARD_KEY: card.to_dict()}, path)
     return Path(path)
-
-
-def load_member(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
-    """The network of a torchbearer checkpoint, on ``device`` in eval mode, and its card."""
-    from torchbearer.ml.models import ModelError, build_model
-
-    path = Path(path)
-    if path.suffix == FOREST_SUFFIX:  # a classical model on pixels (``ml/forest.py``), not a network's tensors
-        from torchbearer.ml.forest import load_forest
-
-        return load_forest(path)
-    checkpoint = read_checkpoint(path)
-    card = ModelCard.from_dict(checkpoint.get(CARD_KEY), str(path))
-    try:
-        model = build_model(card.arch, card.backbone, card.in_channels, card.out_channels)
-    except ModelError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
-    try:
-        model.load_state_dict(state_dict_of(checkpoint, path))
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {card.arch}/{card.backbone}: {exc}") from exc
-    return model.to(device).eval(), card

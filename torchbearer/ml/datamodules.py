@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchbearer.ml.checkpoint import standardising_terms
 from torchbearer.ml.mapped import MAPPED_BUDGET, PageBudget
 from torchbearer.ml.scenes import (
-    Scene,
     Split,
     SplitOptions,
+    TrainingScene,
     band_stats,
     check_classes,
     check_inputs,
@@ -46,7 +46,7 @@ Item = tuple[int, np.ndarray, np.ndarray, np.ndarray, int]
 class PatchDataset(Dataset):
     """Patches at given origins: each item is (scene index, DN, target, no-data mask, augmentation code)."""
 
-    def __init__(self, scenes: list[Scene], patch_size: int, origins: np.ndarray | None = None):
+    def __init__(self, scenes: list[TrainingScene], patch_size: int, origins: np.ndarray | None = None):
         self.scenes = scenes
         self.size = patch_size
         self.origins = np.zeros((0, 3), np.int64) if origins is None else origins
@@ -279,7 +279,7 @@ class SegmentationDataModule(PatchDataModule):
 
     def __init__(
         self,
-        scenes: list[Scene],
+        scenes: list[TrainingScene],
         *,
         classes: list[str] | None = None,
         patch_size: int = 256,

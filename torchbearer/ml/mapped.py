@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchbearer.imagery.cache import _file_lock
+from torchbearer.locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def build_mapped(stack: Path, cache_dir: Path) -> tuple[Path, Path]:
     dn_path, nodata_path = mapped_paths(stack, cache_dir)
     if dn_path.is_file() and nodata_path.is_file():
         return dn_path, nodata_path
-    with _file_lock(dn_path.with_name(dn_path.name + ".lock")):
+    with file_lock(dn_path.with_name(dn_path.name + ".lock")):
         if dn_path.is_file() and nodata_path.is_file():  # another process made them while we waited
             return dn_path, nodata_path
         parts = [p.with_name(f"{p.name}.{os.getpid()}.part") for p in (dn_path, nodata_path)]

@@ -46,10 +46,10 @@ class InputCheckError(DataError):
 
 
 @dataclass
-class Scene:
-    """One scene: DN (every band of the stack × rows × columns, uint16, memory-mapped), target (rows ×
-    columns, uint8), where the scene has no data (rows × columns, bool: DN 0 in some band of the stack), the
-    stack's indexes of the bands trained on (None: all) and the reflectance terms of its stack."""
+class TrainingScene:
+    """One scene loaded for training: DN (every band of the stack × rows × columns, uint16, memory-mapped),
+    target (rows × columns, uint8), where the scene has no data (rows × columns, bool: DN 0 in some band of the
+    stack), the stack's indexes of the bands trained on (None: all) and the reflectance terms of its stack."""
 
     info: StackInfo
     dn: np.ndarray
@@ -136,7 +136,7 @@ class Split:
 
 def load_scene(stack: Path, bands: list[str] | None, masks: list[Path], classes: list[str],
                class_field: str | None = None, resolution: int | None = None, *,
-               cache_dir: Path | None = None, work_dir: Path | None = None) -> Scene:  # fmt: skip
+               cache_dir: Path | None = None, work_dir: Path | None = None) -> TrainingScene:  # fmt: skip
     """Open a stack's raw copy (made once under ``cache_dir``, default ``mapped/`` beside the stack) and build
     its target (no-data pixels of the scene are ignored); given ``work_dir``, the target is memory-mapped from
     there too.
@@ -156,7 +156,7 @@ def load_scene(stack: Path, bands: list[str] | None, masks: list[Path], classes:
         raise NoLabels(f"scene {stack.name}: its masks label only no-data pixels")
     if work_dir is not None:
         target = save_mapped(target, Path(work_dir) / f"{Path(stack).stem}.{id(target):x}.target.npy")
-    return Scene(info, dn, target, nodata, index if index != list(range(len(info.bands))) else None)
+    return TrainingScene(info, dn, target, nodata, index if index != list(range(len(info.bands))) else None)
 
 
 # -- the spatial split -----------------------------------------------------------------------------------------
@@ -184,14 +184,14 @@ def _grid_offset(info: StackInfo, block: int) -> tuple[int, int, int, int]:
     return row0 // block, col0 // block, row0 % block, col0 % block
 
 
-def _block_table(scene: Scene, block: int, values: np.ndarray) -> np.ndarray:
+def _block_table(scene: TrainingScene, block: int, values: np.ndarray) -> np.ndarray:
     """Per-block sums of ``values`` (rows × columns) on the CRS block grid of the scene."""
     _, _, dr, dc = _grid_offset(scene.info, block)
     padded = np.pad(values, ((dr, 0), (dc, 0)))
     return _cell_counts(padded, block)
 
 
-def _block_parts(scenes: list[Scene], options: SplitOptions, seed: int):
+def _block_parts(scenes: list[TrainingScene], options: SplitOptions, seed: int):
     """Deal the blocks that hold labels to train / val / test with ``seed``, blocks keyed by CRS and place
     (one place at several dates is one block); returns a function giving a scene's per-pixel parts."""
     block = options.block_size
@@ -230,7 +230,7 @@ def _block_parts(scenes: list[Scene], options: SplitOptions, seed: int):
     return parts
 
 
-def _region_parts(scenes: list[Scene], options: SplitOptions):
+def _region_parts(scenes: list[TrainingScene], options: SplitOptions):
     """Validation inside ``val_regions``, test inside ``test_regions``, training elsewhere (per scene, on
     demand)."""
     from torchbearer.ml.labels import rasterize_labels
@@ -246,7 +246,9 @@ def _region_parts(scenes: list[Scene], options: SplitOptions):
     return parts
 
 
-def make_split(scenes: list[Scene], patch_size: int, options: SplitOptions, seed: int, num_classes: int = 0) -> Split:
+def make_split(
+    scenes: list[TrainingScene], patch_size: int, options: SplitOptions, seed: int, num_classes: int = 0
+) -> Split:
     """Split the scenes (blocks, or given regions) and list the patches each part may use.
 
     Raises:
@@ -330,7 +332,7 @@ def inverse_frequencies(counts: list[int], names: list[str] | None = None) -> li
 # -- statistics and the input check ----------------------------------------------------------------------------
 
 
-def band_stats(scenes: list[Scene], split: Split) -> tuple[list[float], list[float]]:
+def band_stats(scenes: list[TrainingScene], split: Split) -> tuple[list[float], list[float]]:
     """Per-band mean and standard deviation of reflectance over valid pixels of the training blocks.
 
     A regular subsample (about ``STATS_SAMPLES`` pixels in all), summed strip by strip in float64: the memory
@@ -388,7 +390,7 @@ def check_inputs(bands: list[str], mean: list[float], std: list[float]) -> None:
         log.warning("input check: %s", problem)
 
 
-def train_class_counts(scenes: list[Scene], split: Split) -> np.ndarray:
+def train_class_counts(scenes: list[TrainingScene], split: Split) -> np.ndarray:
     """Pixels of each class value (0 … 254) in the training part of the split (ignored pixels left out)."""
     counts = np.zeros(IGNORE, np.int64)
     for index, scene in enumerate(scenes):
@@ -432,7 +434,7 @@ def load_scenes(
     cache_dir: Path | None = None,
     work_dir: Path | None = None,
     skipped: list[str] | None = None,
-) -> list[Scene]:
+) -> list[TrainingScene]:
     """Every stack with its target; ``masks`` may name files or folders of them. Scenes no mask labels are
     logged, named in ``skipped`` (with why) and left out; ``cache_dir`` / ``work_dir`` as in
     :func:`load_scene`.
@@ -444,7 +446,7 @@ def load_scenes(
     if not stacks:
         raise DataError("no scene to train on")
     files = [m for path in masks for m in mask_files(Path(path))]
-    scenes: list[Scene] = []
+    scenes: list[TrainingScene] = []
     left_out: list[str] = []
     for stack in stacks:
         try:

@@ -114,16 +114,16 @@ def scene_raster(
     path: Path, resolution: int, data_dir: Path, report: Report = no_report, should_stop: Callable[[], bool] = bool
 ) -> Path:
     """A raster for any scene the project reads: a SAFE folder or zip is stacked (once) into the scene cache
-    at ``resolution`` metres through :func:`torchbearer.imagery.local.local_stacks`; a GeoTIFF or any other
+    at ``resolution`` metres through :func:`torchbearer.imagery.acquire.acquire`; a GeoTIFF or any other
     raster GDAL reads (VRT, JP2, …) is used as it is."""
-    from torchbearer.imagery.local import is_safe, local_stacks
-    from torchbearer.imagery.spec import ImagerySpec
+    from torchbearer.imagery.acquire import acquire, local_imagery, one_scene
+    from torchbearer.imagery.local import is_safe
 
     path = Path(path)
     if is_safe(path) or path.suffix.lower() == ".zip":
-        spec = ImagerySpec(source="local", paths=[str(path)], resolution=resolution)  # type: ignore[arg-type]
-        [stack] = local_stacks(spec, data_dir, report, should_stop)
-        return stack
+        scenes = acquire(local_imagery([path], resolution), data_dir, [resolution], report=report,
+                         should_stop=should_stop)  # fmt: skip
+        return one_scene(scenes, str(path))[0]
     open_raster(path).close()
     return path
 
