@@ -20,16 +20,9 @@ STATUS_MODULES = ("torchbearer.cli", "torchbearer.store", "torchbearer.commands"
                   "torchbearer.spec")  # fmt: skip
 #: Modules that run something when imported: not imported here.
 RUNS_ON_IMPORT = {"torchbearer.__main__"}
-#: Imports (inside functions) that close a cycle today, each owned by another branch of issue 10 (the imagery
-#: split, the inference split) or still to be untied. The test drops these edges and requires no cycle; when one
-#: is gone from the code it fails until its entry is deleted here: the list only shrinks.
-KNOWN_BACK_EDGES = {
-    ("torchbearer.imagery.local", "torchbearer.imagery.fetch"),  # local re-enters fetch for its lock and stacking
-    ("torchbearer.ml.checkpoint", "torchbearer.ml.models"),  # load_model builds the network
-    ("torchbearer.ml.checkpoint", "torchbearer.ml.forest"),  # a checkpoint may be a random forest
-    ("torchbearer.ml.forest", "torchbearer.jobs.train"),  # a library reaching up into a job kind
-    ("torchbearer.jobs.predict", "torchbearer.jobs.classify_predict"),  # and classify_predict imports predict
-}
+#: Imports (inside functions) tolerated although they close a cycle: none. The test drops these edges and
+#: requires no cycle; an entry whose import is gone from the code fails the test until it is deleted here.
+KNOWN_BACK_EDGES: set[tuple[str, str]] = set()
 
 
 def module_names() -> list[str]:

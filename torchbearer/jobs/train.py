@@ -461,28 +461,6 @@ def build_task(spec: TrainSpec, ctx: JobContext, datamodule: PatchDataModule, re
     )
 
 
-def write_plots(model: Any, card: ModelCard, datamodule: PatchDataModule, count: int, run_dir: Path) -> list[Path]:
-    """``plot_{i}.png`` for the first ``count`` validation patches, predicted by ``model`` (a network or a
-    forest: standardised batch → logits, as ``card`` describes)."""
-    import torch
-
-    from torchbearer.ml.plots import save_plot
-    from torchbearer.ml.tasks import predicted_classes
-
-    paths: list[Path] = []
-    model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    with torch.inference_mode():
-        for batch in datamodule.val_dataloader():
-            predicted = predicted_classes(model(batch["image"].to(device)), card.task).cpu().numpy()
-            for image, mask, prediction in zip(batch["image"].numpy(), batch["mask"].numpy(), predicted, strict=True):
-                if len(paths) == count:
-                    return paths
-                path = run_dir / f"plot_{len(paths)}.png"
-                paths.append(save_plot(path, image, mask, prediction, card.bands, card.classes))
-    return paths
-
-
 def run(spec: TrainSpec, ctx: JobContext) -> None:
     """Prepare the data, train (resuming from ``last.ckpt`` when there is one), record the products."""
     # Scenes and masks first, without torch: a bad input fails the job in a second, not after the imports.
@@ -574,6 +552,8 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
         ctx.output(path, "report")
     if spec.train.plots:
         ctx.progress("writing", force=True)
+        from torchbearer.ml.plots import write_plots
+
         for path in write_plots(task, task.card, datamodule, spec.train.plots, ctx.run_dir):
             ctx.output(path, "plot")
     score = float(best.best_model_score) if best.best_model_score is not None else float("nan")

@@ -175,7 +175,7 @@ def evaluate(model: ForestModel, loader: Any, stage: str, loss: nn.Module) -> di
 
 def train_forest_job(spec: TrainSpec, ctx: JobContext, datamodule: PatchDataModule, card: ModelCard) -> None:
     """The ``train`` kind for ``arch: random-forest``: sample, fit, score, save, plot; products as a network's."""
-    from torchbearer.jobs.train import write_plots
+    from torchbearer.ml.plots import write_plots
     from torchbearer.ml.tasks import make_loss
 
     options = spec.model

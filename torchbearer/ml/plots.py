@@ -5,11 +5,15 @@ matplotlib and torch are imported where needed."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from torchbearer.ml.labels import IGNORE
+
+if TYPE_CHECKING:
+    from torchbearer.ml.checkpoint import ModelCard
+    from torchbearer.ml.datamodules import PatchDataModule
 
 #: Bands shown as red, green, blue (true colour); the first three bands when a stack lacks them.
 RGB = ("B04", "B03", "B02")
@@ -212,4 +216,25 @@ def plot_curves(metrics: list[dict[str, Any]], out_dir: Path, title: str = "") -
         fig.savefig(path, dpi=80)
         plt.close(fig)
         paths.append(path)
+    return paths
+
+
+def write_plots(model: Any, card: ModelCard, datamodule: PatchDataModule, count: int, run_dir: Path) -> list[Path]:
+    """``plot_{i}.png`` for the first ``count`` validation patches, predicted by ``model`` (a network or a
+    forest: standardised batch → logits, as ``card`` describes)."""
+    import torch
+
+    from torchbearer.ml.tasks import predicted_classes
+
+    paths: list[Path] = []
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.inference_mode():
+        for batch in datamodule.val_dataloader():
+            predicted = predicted_classes(model(batch["image"].to(device)), card.task).cpu().numpy()
+            for image, mask, prediction in zip(batch["image"].numpy(), batch["mask"].numpy(), predicted, strict=True):
+                if len(paths) == count:
+                    return paths
+                path = run_dir / f"plot_{len(paths)}.png"
+                paths.append(save_plot(path, image, mask, prediction, card.bands, card.classes))
     return paths
