@@ -106,6 +106,10 @@ class JobContext:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def request_stop(self) -> None:
+        """Ask the job to stop at its next safe point (what SIGTERM does)."""
+        self._stop.set()
+
     def check_stop(self) -> None:
         """Raise :class:`JobInterrupted` if a stop was requested (for kinds whose every step is a safe point)."""
         if self.should_stop:

@@ -75,6 +75,9 @@ def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
         return EXIT_USAGE
     ctx.rank = task_rank()  # a parallel job's srun tasks: only rank 0 reports
     ctx.install_signal_handlers()
+    if _early_stops:  # SIGTERM while starting: stop at the first safe point, as if it came now
+        log.warning("received %s while starting", signal.Signals(_early_stops[0]).name)
+        ctx.request_stop()
     job = ctx.job
     log.info("job %s (#%d) attempt %d: kind %s", ctx.name, job_id, attempt, job["kind"])
 
@@ -103,11 +106,23 @@ def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
     return finish(AttemptOutcome.SUCCEEDED, EXIT_SUCCEEDED)
 
 
+#: Signals that arrived before the job's own handlers were installed (see :func:`main`).
+_early_stops: list[int] = []
+
+
+def _note_early_stop(signum: int, _frame: object) -> None:
+    _early_stops.append(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3 or not all(a.isdigit() for a in args[:2]):
         print("usage: python -m torchbearer.worker <job-id> <attempt> <run-folder>", file=sys.stderr)
         return EXIT_USAGE
+    # A stop may come while the libraries load (a second or more): note it now, honour it once the job's
+    # context exists, instead of dying of it without an outcome.
+    signal.signal(signal.SIGTERM, _note_early_stop)
+    signal.signal(signal.SIGINT, _note_early_stop)
     faulthandler.enable()  # a segfault leaves its Python traceback in log.txt
     faulthandler.register(STACK_SIGNAL, all_threads=True, chain=False)  # a stalled job's stacks, ditto
     from torchbearer.joblog import setup_job_logging
