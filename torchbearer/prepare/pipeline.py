@@ -93,8 +93,9 @@ class Runner:
         return chain.scene
 
     def _rasterize(self, o, chain: Chain) -> None:
+        from torchbearer.imagery.grid import Grid
         from torchbearer.prepare.rasterize import rasterize_labels
-        from torchbearer.prepare.rasters import Grid, open_raster
+        from torchbearer.prepare.rasters import open_raster
 
         if o.extent is not None:
             grid = Grid.from_extent(tuple(o.extent), o.resolution, o.crs)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from torchbearer.imagery.grid import Grid as Grid  # the pixel grid prepare works on, re-exported
+from torchbearer.imagery.grid import Grid
 from torchbearer.prepare import PrepareError
 
 #: GeoTIFF tag (and ``prepare.json`` key) that names the value domain of what ``prepare`` writes.
