@@ -126,6 +126,8 @@ def _curves(store: Store, job: Job, path: Path) -> Path | None:
     matplotlib.use("Agg")  # no display on a server
     import matplotlib.pyplot as plt
 
+    from torchbearer.ml.plots import save_figure
+
     fig, ax = plt.subplots(figsize=(4, 2.5))
     for name, rows in series.items():
         xs = [r["step"] if r["step"] is not None else (r["epoch"] or i) for i, r in enumerate(rows)]
@@ -133,11 +135,8 @@ def _curves(store: Store, job: Job, path: Path) -> Path | None:
     ax.set_xlabel("step")
     ax.set_title(f"{job.name} (#{job.id})", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def build_report(store: Store, settings: Any, since: float | None = None, *, now: float | None = None) -> Report:

@@ -60,6 +60,13 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def require_path_or_job(path: Any, job: Any, path_field: str) -> None:
+    """Refuse a spec block that names both, or neither, of a file (its field ``path_field``) and a train job
+    (``job``, by name or id) to take it from."""
+    if (path is None) == (job is None):
+        raise ValueError(f"give exactly one of {path_field} (a path) or job (a train job's name or id)")
+
+
 class StrictModel(BaseModel):
     """Base of every job-file model: unknown keys are errors, not silently dropped."""
 

@@ -18,6 +18,7 @@ import timm
 import torch
 
 from tests.classify.conftest import BIGEARTHNET, PATCHES
+from tests.contract import ingest, job_context
 from torchbearer.context import JobContext
 from torchbearer.explain.embeddings import embed
 from torchbearer.explain.model import ExplainError, automatic_layer, find_layer, load_explained, predicted
@@ -58,7 +59,7 @@ def _context(project, store, name: str) -> JobContext:
     (job_id,) = store.add_jobs([NewJob(name=name, kind="explain", spec_given={}, spec={})])
     run_dir = project.runs_dir / f"{job_id}-{name}"
     run_dir.mkdir(parents=True)
-    return JobContext(job_id=job_id, name=name, attempt=1, run_dir=run_dir, settings=project, store=store)
+    return job_context(store, job_id, run_dir, project)
 
 
 @pytest.fixture
@@ -72,6 +73,7 @@ def _explain(project, store, name: str, **fields) -> JobContext:
     spec = get_kind("explain").spec.model_validate({"name": name, **fields})
     ctx = _context(project, store, name)
     get_kind("explain").run(spec, ctx)
+    ingest(store, ctx)
     return ctx
 
 

@@ -12,9 +12,10 @@ import shapely
 
 from tests.prepare.conftest import CLOUD_GEOJSON, CLOUD_TIF, write_polygons
 from torchbearer.imagery.aoi import to_crs
+from torchbearer.imagery.grid import Grid
 from torchbearer.prepare import PrepareError
 from torchbearer.prepare.rasterize import rasterize_labels
-from torchbearer.prepare.rasters import IGNORE, Grid
+from torchbearer.prepare.rasters import IGNORE
 
 ROWS, COLS = slice(50, 80), slice(100, 140)  # the known polygon's pixels
 

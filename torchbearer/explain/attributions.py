@@ -110,13 +110,12 @@ def write_bar_chart(path: Path, ranked: list[BandImportance], title: str) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from torchbearer.ml.plots import save_figure
+
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(ranked) + 1.2))
     names = [r.band for r in ranked][::-1]
     shares = np.array([r.share for r in ranked][::-1]) * 100
     ax.barh(names, shares, color="tab:orange")
     ax.set_xlabel("share of attribution (%)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -134,7 +134,7 @@ def save_overlay(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from torchbearer.ml.plots import rgb_image
+    from torchbearer.ml.plots import rgb_image, save_figure
 
     rgb = rgb_image(image, bands)
     fig, axes = plt.subplots(1, len(methods) + 1, figsize=(3 * (len(methods) + 1), 3.4), squeeze=False)
@@ -149,7 +149,4 @@ def save_overlay(
     for ax in axes[0]:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

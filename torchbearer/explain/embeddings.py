@@ -153,6 +153,8 @@ def write_pca_plot(path: Path, pcs: np.ndarray, clusters: np.ndarray, title: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from torchbearer.ml.plots import save_figure
+
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for c in sorted(set(clusters.tolist())):
         pick = clusters == c
@@ -161,10 +163,7 @@ def write_pca_plot(path: Path, pcs: np.ndarray, clusters: np.ndarray, title: str
     ax.set_ylabel("PC 2")
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def write_cluster_grid(path: Path, images: list[np.ndarray], clusters: np.ndarray, per_cluster: int = 6) -> Path:
@@ -173,6 +172,8 @@ def write_cluster_grid(path: Path, images: list[np.ndarray], clusters: np.ndarra
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from torchbearer.ml.plots import save_figure
 
     ids = sorted(set(clusters.tolist()))
     fig, axes = plt.subplots(len(ids), per_cluster, figsize=(1.6 * per_cluster, 1.7 * len(ids)), squeeze=False)
@@ -183,10 +184,7 @@ def write_cluster_grid(path: Path, images: list[np.ndarray], clusters: np.ndarra
             if j < len(members):
                 ax.imshow(images[members[j]])
         row[0].set_title(f"cluster {c}: {int((clusters == c).sum())} patches", fontsize=8, loc="left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def write_projector(log_dir: Path, vectors: np.ndarray, patches: list[Patch], predictions: list[str],

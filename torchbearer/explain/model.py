@@ -75,7 +75,8 @@ def load_explained(path: Path, device: str) -> tuple[nn.Module, ModelCard]:
     """The network of a checkpoint any training kind made (``train``'s segmentation models, ``classify``'s
     timm classifiers) on ``device`` in eval mode, with its card; a clear error for anything else."""
     from torchbearer.inference.classify import CLASSIFIER_ARCH, load_classifier
-    from torchbearer.ml.checkpoint import FOREST_SUFFIX, load_member, read_card
+    from torchbearer.ml.checkpoint import FOREST_SUFFIX
+    from torchbearer.ml.members import load_member, read_card
     from torchbearer.ml.names import ARCHITECTURES
 
     if Path(path).suffix == FOREST_SUFFIX:

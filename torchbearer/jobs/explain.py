@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 
 from torchbearer.jobs import JobKind, register
 from torchbearer.jobs.predict import ModelRef
-from torchbearer.spec import JobSpec, StrictModel
+from torchbearer.spec import JobSpec, StrictModel, require_path_or_job
 
 if TYPE_CHECKING:
     from torchbearer.context import JobContext
@@ -48,8 +48,7 @@ class PatchesSpec(StrictModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> PatchesSpec:
-        if (self.folder is None) == (self.job is None):
-            raise ValueError("give exactly one of folder (a path) or job (a train job's name or id)")
+        require_path_or_job(self.folder, self.job, "folder")
         return self
 
 

@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from torchbearer.imagery.spec import ImagerySpec
 from torchbearer.jobs import JobKind, register
-from torchbearer.spec import JobSpec, StrictModel
+from torchbearer.spec import JobSpec, StrictModel, require_path_or_job
 
 if TYPE_CHECKING:
     from torchbearer.context import JobContext
@@ -39,8 +39,7 @@ class ModelRef(StrictModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelRef:
-        if (self.checkpoint is None) == (self.job is None):
-            raise ValueError("give exactly one of checkpoint (a path) or job (a train job's name or id)")
+        require_path_or_job(self.checkpoint, self.job, "checkpoint")
         return self
 
 

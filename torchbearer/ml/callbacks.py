@@ -254,12 +254,9 @@ class TrainingStopped(Exception):
     """Training stopped on request after saving its checkpoint."""
 
 
-class SamplePredictions(L.Callback):
-    """Log the first ``count`` validation patches as images to TensorBoard after each validation epoch.
-
-    Each image is the patch's RGB composite, its mask and the prediction side by side (``val/sample_<i>``), so
-    the Images tab shows the predictions change epoch by epoch. Does nothing without a TensorBoard logger.
-    """
+class ValidationSamples(L.Callback):
+    """Log the first ``count`` patches of each validation epoch's first batch to TensorBoard: a subclass draws
+    them in :meth:`log_samples`. Skips the sanity check, and does nothing without a TensorBoard logger."""
 
     def __init__(self, count: int) -> None:
         self.count = count
@@ -273,8 +270,22 @@ class SamplePredictions(L.Callback):
         if trainer.sanity_checking or batch_idx != 0:
             return
         board = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if board is None:
-            return
+        if board is not None:
+            self.log_samples(board, trainer, pl_module, batch)
+
+    def log_samples(self, board: Any, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> None:
+        """Draw the first ``count`` patches of ``batch`` into ``board`` (a ``TensorBoardLogger``)."""
+        raise NotImplementedError
+
+
+class SamplePredictions(ValidationSamples):
+    """Log the first ``count`` validation patches as images to TensorBoard after each validation epoch.
+
+    Each image is the patch's RGB composite, its mask and the prediction side by side (``val/sample_<i>``), so
+    the Images tab shows the predictions change epoch by epoch. Does nothing without a TensorBoard logger.
+    """
+
+    def log_samples(self, board: Any, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> None:
         images = batch["image"][: self.count]
         with torch.no_grad():
             prediction = pl_module.predict_classes(pl_module(images)).cpu().numpy()

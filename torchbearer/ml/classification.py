@@ -38,9 +38,11 @@ from torchmetrics.classification import (
     MultilabelRecall,
 )
 
-from torchbearer.ml.checkpoint import CARD_KEY, ModelCard
+from torchbearer.ml.callbacks import ValidationSamples
+from torchbearer.ml.checkpoint import ModelCard
 from torchbearer.ml.classifiers import backbone_blocks, build_classifier, head_parameters
 from torchbearer.ml.patches import PatchSet
+from torchbearer.ml.tasks import CardTask
 
 #: Aggregate metrics a classification job logs per validation epoch (the per-class ones are
 #: ``val/precision/<class>``, ``val/recall/<class>``, ``val/f1/<class>``).
@@ -209,7 +211,7 @@ class ScheduleOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class ClassificationTask(L.LightningModule):
+class ClassificationTask(CardTask):
     """Training of one patch classifier.
 
     Args:
@@ -336,18 +338,6 @@ class ClassificationTask(L.LightningModule):
         self.log_dict(logged)
         self.metrics[stage].reset()
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._report("val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._report("test")
-
     # -- optimisation -------------------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
@@ -378,9 +368,6 @@ class ClassificationTask(L.LightningModule):
             head = lr_scheduler.LambdaLR(optimizer, lambda epoch: ratio)
             main = lr_scheduler.SequentialLR(optimizer, [head, main], milestones=[phases.head_epochs])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": main, "interval": "epoch"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CARD_KEY] = self.card.to_dict()
 
 
 class TwoPhaseFinetuning(L.Callback):
@@ -430,32 +417,20 @@ class TwoPhaseFinetuning(L.Callback):
         pl_module.log("phase", float(self.phase(epoch)), on_epoch=True, on_step=False)
 
 
-class SampleClassifications(L.Callback):
+class SampleClassifications(ValidationSamples):
     """Log the first ``count`` validation patches to TensorBoard after each validation epoch (``val/sample_<i>``):
     the patch's RGB composite titled with its true and predicted classes (multi-label: every class at ≥ 50 %),
     so the Images tab shows the predictions change epoch by epoch. Does nothing without a TensorBoard logger."""
 
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:  # fmt: skip
+    def log_samples(self, board: Any, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from lightning.pytorch.loggers import TensorBoardLogger
 
         from torchbearer.explain.model import predicted
         from torchbearer.ml.plots import rgb_image
 
-        if trainer.sanity_checking or batch_idx != 0:
-            return
-        board = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if board is None:
-            return
         card = pl_module.card
         images, labels = batch["image"][: self.count], batch["label"][: self.count].cpu()
         with torch.no_grad():

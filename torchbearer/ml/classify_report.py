@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchbearer.ml.plots import save_figure
+
 
 @torch.inference_mode()
 def predict_batches(task: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -129,10 +131,7 @@ def _confusion_png(path: Path, probabilities: np.ndarray, labels: np.ndarray, cl
         size = max(4, 0.7 * len(classes) + 2)
         fig, ax = plt.subplots(figsize=(size, size))
         ConfusionMatrixDisplay(matrix, display_labels=classes).plot(ax=ax, colorbar=False, xticks_rotation=45)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _curves_png(path: Path, probabilities: np.ndarray, labels: np.ndarray, classes: list[str],
@@ -149,7 +148,4 @@ def _curves_png(path: Path, probabilities: np.ndarray, labels: np.ndarray, class
         display = PrecisionRecallDisplay if multilabel else RocCurveDisplay
         display.from_predictions(truth[:, i], probabilities[:, i], name=classes[i][:28], ax=ax)
     ax.set_title("precision-recall per class" if multilabel else "ROC per class (one vs rest)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

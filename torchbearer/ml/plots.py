@@ -28,6 +28,17 @@ def rgb_image(image: np.ndarray, bands: list[str]) -> np.ndarray:
     return np.clip((rgb - low) / np.maximum(high - low, 1e-6), 0, 1)
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 80) -> Path:
+    """Lay ``fig`` out tightly, write it to ``path`` (PNG at ``dpi`` dots per inch) and close it, so a long run
+    that draws many figures does not keep them all in memory."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def save_plot(
     path: Path, image: np.ndarray, mask: np.ndarray, prediction: np.ndarray, bands: list[str], classes: list[str]
 ) -> Path:
@@ -51,10 +62,7 @@ def save_plot(
             ax.imshow(data, cmap=cmap, vmin=0, vmax=len(classes) - 1, interpolation="nearest")
         ax.set_title(title)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # -- plots of a trained model on a scene or a chip folder (the ``plot`` kind) -----------------------------------
@@ -211,10 +219,8 @@ def plot_curves(metrics: list[dict[str, Any]], out_dir: Path, title: str = "") -
         ax.set_title(f"{title} {stem.removeprefix('curves_')}".strip())
         ax.grid(True, alpha=0.3)
         ax.legend()
-        fig.tight_layout()
         path = Path(out_dir) / f"{stem}.png"
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
+        save_figure(fig, path)
         paths.append(path)
     return paths
 

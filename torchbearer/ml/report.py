@@ -203,6 +203,8 @@ def _plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from torchbearer.ml.plots import save_figure
+
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = 2 + 0.6 * len(classes)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -214,6 +216,4 @@ def _plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     for (r, c), value in np.ndenumerate(matrix):
         ax.text(c, r, f"{value}\n{share[r, c]:.2f}", ha="center", va="center",
                 color="white" if share[r, c] > 0.5 else "black", fontsize=8)  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

@@ -89,7 +89,36 @@ def predicted_classes(logits: torch.Tensor, task: str) -> torch.Tensor:
     return logits.argmax(dim=1)
 
 
-class SegmentationTask(L.LightningModule):
+class CardTask(L.LightningModule):
+    """What the project's tasks share: a model card (``self.card``) written into every checkpoint, and the
+    validation and test stages, each batch scored by ``_evaluate(batch, stage)`` and each epoch's metrics logged
+    and reset by ``_report(stage)`` (``stage``: ``"val"`` or ``"test"``)."""
+
+    card: ModelCard
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        raise NotImplementedError
+
+    def _report(self, stage: str) -> None:
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._report("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._report("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CARD_KEY] = self.card.to_dict()
+
+
+class SegmentationTask(CardTask):
     """Segmentation training of one model.
 
     Args:
@@ -153,18 +182,6 @@ class SegmentationTask(L.LightningModule):
         for metric in metrics.values():
             metric.reset()
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._report("val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._report("test")
-
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
@@ -177,6 +194,3 @@ class SegmentationTask(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
         return optimizer
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CARD_KEY] = self.card.to_dict()

@@ -31,11 +31,11 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from torchbearer.imagery.grid import Grid
 from torchbearer.prepare import PrepareError, Stopped
 from torchbearer.prepare.rasters import (
     DOMAIN_TAG,
     IGNORE,
-    Grid,
     Report,
     band_names,
     no_report,

@@ -30,6 +30,7 @@ def _run(ctx: typer.Context, step: dict[str, Any], resolution: int = 20) -> None
     from rich.console import Console
 
     from torchbearer.imagery.cli import RichReport, _expected
+    from torchbearer.imagery.grid import GridError
     from torchbearer.ml.labels import LabelError
     from torchbearer.prepare import PrepareError, Stopped
     from torchbearer.prepare.pipeline import Chain, Runner
@@ -53,7 +54,7 @@ def _run(ctx: typer.Context, step: dict[str, Any], resolution: int = 20) -> None
     try:
         with report.progress:
             runner.run([parsed], chain)
-    except (PrepareError, LabelError, Stopped) as exc:
+    except (PrepareError, GridError, LabelError, Stopped) as exc:
         err.print(f"[red]{parsed.name} failed:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except Exception as exc:

@@ -20,10 +20,10 @@ from typing import Any, Literal
 import numpy as np
 from rasterio.windows import Window
 
+from torchbearer.imagery.grid import Grid
 from torchbearer.prepare import PrepareError, Stopped
 from torchbearer.prepare.rasters import (
     IGNORE,
-    Grid,
     Report,
     band_names,
     no_report,

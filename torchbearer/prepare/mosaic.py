@@ -16,8 +16,9 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
+from torchbearer.imagery.grid import Grid
 from torchbearer.prepare import PrepareError
-from torchbearer.prepare.rasters import DOMAIN_TAG, Grid, Report, band_names, no_report, open_raster, value_tags
+from torchbearer.prepare.rasters import DOMAIN_TAG, Report, band_names, no_report, open_raster, value_tags
 
 #: GDAL's names of the data types a VRT band can declare.
 GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",

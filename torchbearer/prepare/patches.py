@@ -17,8 +17,9 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from torchbearer.imagery.grid import Grid
 from torchbearer.prepare import PrepareError, Stopped
-from torchbearer.prepare.rasters import Grid, Report, no_report, open_raster, same_grid, value_tags
+from torchbearer.prepare.rasters import Report, no_report, open_raster, same_grid, value_tags
 
 
 def window_classes(

@@ -81,6 +81,10 @@ class Runner:
 
     # -- one method per step -------------------------------------------------------------------------------
 
+    def _given_or(self, given: str | None, made: Path | None) -> Path | None:
+        """The path a step names (resolved), else what an earlier step of the chain made (None: neither)."""
+        return self.resolve(given) if given is not None else made
+
     def _grid_scene(self, given: str | None, chain: Chain, what: str) -> Path:
         if given is not None:
             return self.scene(given)
@@ -89,8 +93,9 @@ class Runner:
         return chain.scene
 
     def _rasterize(self, o, chain: Chain) -> None:
+        from torchbearer.imagery.grid import Grid
         from torchbearer.prepare.rasterize import rasterize_labels
-        from torchbearer.prepare.rasters import Grid, open_raster
+        from torchbearer.prepare.rasters import open_raster
 
         if o.extent is not None:
             grid = Grid.from_extent(tuple(o.extent), o.resolution, o.crs)
@@ -109,7 +114,7 @@ class Runner:
         from torchbearer.prepare.chip import chip_scene
 
         scene = self._grid_scene(o.scene, chain, "chip")
-        mask = self.resolve(o.mask) if o.mask is not None else chain.mask
+        mask = self._given_or(o.mask, chain.mask)
         output = self.resolve(o.output)
         manifest = chip_scene(scene, output, size=o.size, mask=mask, overlap=o.overlap,
                               positive_only=o.positive_only, nodata=o.nodata, report=self.report,
@@ -123,7 +128,7 @@ class Runner:
         from torchbearer.prepare.chip import ChipManifest
         from torchbearer.prepare.split import split_chips
 
-        folder = self.resolve(o.chips) if o.chips is not None else chain.chips
+        folder = self._given_or(o.chips, chain.chips)
         if folder is None:
             raise PrepareError("split: no chip folder: chip first or give chips")
         block = o.block or 4 * ChipManifest.read(folder).size
@@ -145,7 +150,7 @@ class Runner:
         from torchbearer.prepare.flatten import flatten_scene
 
         scene = self._grid_scene(o.scene, chain, "flatten")
-        mask = self.resolve(o.mask) if o.mask is not None else chain.mask
+        mask = self._given_or(o.mask, chain.mask)
         output = self.resolve(o.output)
         rows = flatten_scene(scene, output, mask=mask, format=o.format, report=self.report,
                              should_stop=self.should_stop)  # fmt: skip
@@ -173,7 +178,7 @@ class Runner:
             source = chain.chips or chain.scene
         if source is None:
             raise PrepareError("summarize: nothing to summarize: give source, a scene, or chip first")
-        mask = self.resolve(o.mask) if o.mask is not None else (chain.mask if source == chain.scene else None)
+        mask = self._given_or(o.mask, chain.mask if source == chain.scene else None)
         summary = summarize(source, self.resolve(o.output), mask=mask, report=self.report,
                             should_stop=self.should_stop)  # fmt: skip
         for path in summary.files:

@@ -16,8 +16,9 @@ from typing import Literal
 import numpy as np
 import rasterio
 
+from torchbearer.imagery.grid import Grid
 from torchbearer.prepare import PrepareError
-from torchbearer.prepare.rasters import IGNORE, Grid, Report, no_report
+from torchbearer.prepare.rasters import IGNORE, Report, no_report
 
 #: Creation options of a mask: tiled, lossless, no data 255 (no label).
 MASK_PROFILE = {"driver": "GTiff", "dtype": "uint8", "count": 1, "nodata": IGNORE, "tiled": True,

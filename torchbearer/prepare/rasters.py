@@ -15,14 +15,13 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.transform import Affine
 
+from torchbearer.imagery.grid import Grid
 from torchbearer.prepare import PrepareError
 
 #: GeoTIFF tag (and ``prepare.json`` key) that names the value domain of what ``prepare`` writes.
@@ -56,48 +55,6 @@ def bounded_memory() -> Iterator[None]:
 
 def no_report(*_args: Any, **_kwargs: Any) -> None:
     """A ``report`` that drops progress events."""
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A raster grid: CRS, affine transform (pixel → CRS coordinates of the upper-left corner), size in pixels."""
-
-    crs: Any
-    transform: Affine
-    width: int
-    height: int
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        """(left, bottom, right, top) in the grid's CRS."""
-        t = self.transform
-        xs = (t.c, t.c + t.a * self.width)
-        ys = (t.f, t.f + t.e * self.height)
-        return min(xs), min(ys), max(xs), max(ys)
-
-    @property
-    def resolution(self) -> float:
-        """Pixel width in CRS units (metres for UTM)."""
-        return abs(self.transform.a)
-
-    def describe(self) -> str:
-        left, bottom, right, top = self.bounds
-        return f"{self.width} × {self.height} pixels, {self.crs} [{left:.0f}, {bottom:.0f}, {right:.0f}, {top:.0f}]"
-
-    @classmethod
-    def of(cls, dataset: Any) -> Grid:
-        """The grid of an open rasterio dataset."""
-        return cls(dataset.crs, dataset.transform, dataset.width, dataset.height)
-
-    @classmethod
-    def from_extent(cls, bounds: tuple[float, float, float, float], resolution: float, crs: Any) -> Grid:
-        """A north-up grid covering ``bounds`` (left, bottom, right, top) with square pixels of ``resolution``."""
-        left, bottom, right, top = bounds
-        if resolution <= 0 or right <= left or top <= bottom:
-            raise PrepareError(f"extent {list(bounds)} with resolution {resolution} is not a grid")
-        width = int(np.ceil((right - left) / resolution - 1e-9))
-        height = int(np.ceil((top - bottom) / resolution - 1e-9))
-        return cls(crs, Affine(resolution, 0, left, 0, -resolution, top), width, height)
 
 
 def open_raster(path: Path) -> Any:

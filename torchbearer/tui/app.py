@@ -29,7 +29,7 @@ from torchbearer import commands
 from torchbearer.settings import Settings
 from torchbearer.store import JobState, Store, StoreError
 from torchbearer.tui.compare import CompareDialog, CompareScreen, comparable_jobs
-from torchbearer.tui.data import QueueInfo, SystemStats, read_system_stats
+from torchbearer.tui.data import QueueInfo, SystemStats, read_system_stats, with_store
 from torchbearer.tui.poller import Poller, Update
 from torchbearer.tui.screens import SUMMARY_WINDOWS, JobScreen, MainScreen, SummaryScreen, default_since
 from torchbearer.tui.widgets.dialogs import ChoiceDialog, ConfirmDialog
@@ -227,11 +227,7 @@ class TorchbearerApp(App):
     def run_command(self, action: Callable[..., Any], *args: Any) -> None:
         """Run one :mod:`torchbearer.commands` function on its own store connection; report how it went."""
         try:
-            store = Store(self.settings.state_path)
-            try:
-                result = action(store, *args)
-            finally:
-                store.close()
+            result = with_store(self.settings.state_path, lambda store: action(store, *args))
         except commands.CommandError as exc:
             self.call_from_thread(self.notify, str(exc), severity="warning", timeout=8)
             return
@@ -298,11 +294,7 @@ class TorchbearerApp(App):
 
     @work(thread=True, group="commands", exit_on_error=False)
     def list_comparable(self) -> None:
-        store = Store(self.settings.state_path)
-        try:
-            choices = comparable_jobs(store)
-        finally:
-            store.close()
+        choices = with_store(self.settings.state_path, comparable_jobs)
         self.call_from_thread(self._pick_compared, choices)
 
     def _pick_compared(self, choices: list[tuple[int, str]]) -> None:

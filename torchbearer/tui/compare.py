@@ -7,7 +7,6 @@ Open it with ``v`` on the queue (pick the jobs), ``torchbearer tui --compare 3,5
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,8 +20,8 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Label, SelectionList, Static
 
 from torchbearer.formatting import STATE_STYLES
-from torchbearer.store import Store, StoreError
-from torchbearer.tui.data import Curve, curve_from_points, key_metric
+from torchbearer.store import Store
+from torchbearer.tui.data import Curve, curve_from_points, key_metric, read_then_draw
 from torchbearer.tui.widgets.header import HeaderBar
 from torchbearer.tui.widgets.job_parts import MetricPlot
 
@@ -167,16 +166,7 @@ class CompareScreen(Screen):
 
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
     def load(self) -> None:
-        try:
-            store = Store(self.app.settings.state_path)
-            try:
-                comparison = read_comparison(store, self.job_ids)
-            finally:
-                store.close()
-        except (StoreError, sqlite3.Error) as exc:
-            self.app.call_from_thread(self.app.notify, f"cannot compare: {exc}", severity="error")
-            return
-        self.app.call_from_thread(self.draw, comparison)
+        read_then_draw(self.app, lambda store: read_comparison(store, self.job_ids), self.draw, "cannot compare")
 
     def draw(self, comparison: Comparison) -> None:
         self.comparison = comparison

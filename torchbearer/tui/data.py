@@ -6,13 +6,15 @@ Plain frozen dataclasses travel from the reading thread to the widgets, so a wid
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torchbearer.gpu import GpuStats, gpu_stats
 from torchbearer.runs import LogFollower, log_path_of  # noqa: F401 - the run-folder module's, used here
-from torchbearer.store import TERMINAL_STATES, Job, Store
+from torchbearer.store import TERMINAL_STATES, Job, Store, StoreError
 
 #: The light columns of the queue table (no specs): one indexed scan, cheap for 10 000 jobs.
 ROW_COLUMNS = (
@@ -22,6 +24,30 @@ ROW_COLUMNS = (
 
 #: Metrics drawn as the "key metric" curve, in order of preference; else the first ``val/*`` that is not a loss.
 KEY_METRICS = ("val/iou", "val/f1", "val/accuracy", "val/acc")
+
+
+T = TypeVar("T")
+
+
+def with_store(state_path: Path, use: Callable[[Store], T]) -> T:
+    """``use(store)`` on a connection of its own, closed after: what a worker thread of the dashboard does (a
+    SQLite connection stays in the thread that opened it)."""
+    store = Store(state_path)
+    try:
+        return use(store)
+    finally:
+        store.close()
+
+
+def read_then_draw(app: Any, read: Callable[[Store], T], draw: Callable[[T], Any], failure: str) -> None:
+    """From a worker thread of ``app`` (a Textual app): ``read`` the store on a connection of its own, then
+    ``draw`` what it read on the UI thread; a store that cannot be read shows as the error ``<failure>: <why>``."""
+    try:
+        result = with_store(app.settings.state_path, read)
+    except (StoreError, sqlite3.Error) as exc:
+        app.call_from_thread(app.notify, f"{failure}: {exc}", severity="error")
+        return
+    app.call_from_thread(draw, result)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar
@@ -18,8 +17,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from torchbearer.formatting import STATE_STYLES, display_path, format_duration, format_when
-from torchbearer.store import JobState, Store, StoreError
-from torchbearer.tui.data import JobDetail, Summary, curves_by_role, read_summary
+from torchbearer.store import JobState
+from torchbearer.tui.data import JobDetail, Summary, curves_by_role, read_summary, read_then_draw
 from torchbearer.tui.widgets.dialogs import ChoiceDialog
 from torchbearer.tui.widgets.header import HeaderBar
 from torchbearer.tui.widgets.job_parts import (
@@ -304,16 +303,8 @@ class SummaryScreen(Screen):
 
     @work(thread=True, exclusive=True, group="summary", exit_on_error=False)
     def load(self) -> None:
-        try:
-            store = Store(self.app.settings.state_path)
-            try:
-                summary = read_summary(store, self.since, self.app.clock())
-            finally:
-                store.close()
-        except (StoreError, sqlite3.Error) as exc:
-            self.app.call_from_thread(self.app.notify, f"no summary: {exc}", severity="error")
-            return
-        self.app.call_from_thread(self.draw, summary)
+        until = self.app.clock()
+        read_then_draw(self.app, lambda store: read_summary(store, self.since, until), self.draw, "no summary")
 
     def draw(self, summary: Summary) -> None:
         title = Text()

@@ -29,6 +29,15 @@ if TYPE_CHECKING:
 HISTORY_CELLS = 60
 
 
+def history_table(label_width: int) -> Table:
+    """A borderless table for :func:`history_row`: label (``label_width`` characters), sparkline, current value."""
+    table = Table.grid(padding=(0, 1))
+    table.add_column(width=label_width, no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    return table
+
+
 def history_row(table: Table, label: str, values: list[float], now: str, *, high: float | None = None) -> None:
     """``label  ▁▂▅▇█  now``: a figure's history (scaled from 0 to ``high``, else to its largest value)."""
     table.add_row(Text(label, style="bold"), Text(sparkline(values, HISTORY_CELLS, low=0.0, high=high or None),
@@ -49,10 +58,7 @@ def gpu_view(history: Sequence[SystemStats], user: str | None = None) -> Rendera
         title = Text(f"GPU{gpu.index} ", style="bold").append(gpu.name)
         if gpu.temperature_c is not None:
             title.append(f"  {gpu.temperature_c:.0f}°C", style="dim")
-        table = Table.grid(padding=(0, 1))
-        table.add_column(width=8, no_wrap=True)
-        table.add_column(no_wrap=True)
-        table.add_column(no_wrap=True)
+        table = history_table(label_width=8)
         history_row(table, "util", [g.utilisation_pct for g in samples], f"{gpu.utilisation_pct:.0f}%", high=100.0)
         history_row(table, "memory", [float(g.memory_used) for g in samples],
                     f"{format_bytes(gpu.memory_used)} / {format_bytes(gpu.memory_total)}",
@@ -95,10 +101,7 @@ def gpu_holders(stats: SystemStats, index: int, user: str | None) -> Table:
 def workers_view(history: Sequence[SystemStats]) -> RenderableType:
     """No GPU: the machine's CPU and memory, and each running worker's (with its data loaders)."""
     latest = history[-1]
-    table = Table.grid(padding=(0, 1))
-    table.add_column(width=22, no_wrap=True)
-    table.add_column(no_wrap=True)
-    table.add_column(no_wrap=True)
+    table = history_table(label_width=22)
     history_row(table, "machine CPU", [s.cpu_pct for s in history], f"{latest.cpu_pct:.0f}%", high=100.0)
     history_row(table, "machine memory", [float(s.ram_used) for s in history],
                 f"{format_bytes(latest.ram_used)} / {format_bytes(latest.ram_total)}",
