@@ -44,7 +44,6 @@ TAIL_LINES = 40
 #: Event types a worker appends (the ``type`` key, written first on each line so the daemon can tell
 #: progress lines, of which it keeps only the latest, without parsing them).
 PROGRESS, METRICS, OUTPUT, SUBMIT = "progress", "metrics", "output", "submit"
-PROGRESS_PREFIX = b'{"type": "progress"'
 
 
 # -- paths --------------------------------------------------------------------------------------------------
@@ -151,7 +150,6 @@ class EventWriter:
         self._lock = threading.Lock()
 
     def append(self, event_type: str, /, **fields: Any) -> None:
-        # "type" first: the daemon recognises progress lines by their first bytes (PROGRESS_PREFIX)
         line = json.dumps({"type": event_type, "t": time.time(), **fields}, default=str) + "\n"
         with self._lock:
             self._file.write(line.encode())
@@ -166,7 +164,7 @@ class EventWriter:
 @dataclass
 class EventBatch:
     """Complete events read from an offset: ``events`` in order (progress coalesced to the latest of each
-    run of one stage), ``end`` the offset after the last complete line, ``count`` the lines read."""
+    run of one stage, its end kept), ``end`` the offset after the last complete line, ``count`` the lines read."""
 
     events: list[dict[str, Any]]
     end: int
@@ -176,8 +174,9 @@ class EventBatch:
 def read_events(path: Path, offset: int, *, max_bytes: int = 8 << 20) -> EventBatch:
     """The complete lines of an events file from ``offset`` (at most about ``max_bytes``).
 
-    Progress lines are parsed only when they are the last of a run of progress lines (the rest would only be
-    overwritten on the job's row); a torn last line waits; a line that is not JSON is skipped.
+    A progress event followed at once by another of the same stage is dropped (it would only be overwritten on
+    the job's row), unless it ends its stage (``done >= total``): every stage a job went through, and the end
+    of each, stay in the progress history. A torn last line waits; a line that is not JSON is skipped.
     """
     try:
         with open(path, "rb") as file:
@@ -189,18 +188,26 @@ def read_events(path: Path, offset: int, *, max_bytes: int = 8 << 20) -> EventBa
     if end < 0:
         return EventBatch([], offset, 0)
     lines = data[: end + 1].split(b"\n")[:-1]
-    events: list[dict[str, Any]] = []
-    for i, line in enumerate(lines):
-        is_progress = line.startswith(PROGRESS_PREFIX)
-        if is_progress and i + 1 < len(lines) and lines[i + 1].startswith(PROGRESS_PREFIX):
-            continue  # the next progress event says more
+    parsed: list[dict[str, Any]] = []
+    for line in lines:
         try:
             event = json.loads(line)
         except ValueError:
             continue
         if isinstance(event, dict):
-            events.append(event)
+            parsed.append(event)
+    events = [event for event, after in zip(parsed, [*parsed[1:], None], strict=True) if not _superseded(event, after)]
     return EventBatch(events, offset + end + 1, len(lines))
+
+
+def _superseded(event: dict[str, Any], after: dict[str, Any] | None) -> bool:
+    """Whether progress ``event`` says nothing that ``after``, the next event, does not say again."""
+    if after is None or event.get("type") != PROGRESS or after.get("type") != PROGRESS:
+        return False
+    if event.get("stage") != after.get("stage"):
+        return False
+    done, total = event.get("done"), event.get("total")
+    return not (done is not None and total is not None and done >= total)
 
 
 # -- logs ---------------------------------------------------------------------------------------------------

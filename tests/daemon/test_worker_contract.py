@@ -73,6 +73,20 @@ def _events(path: Path, lines: list[str]) -> None:
         file.write("".join(lines).encode())
 
 
+def test_coalescing_keeps_every_stage_and_the_end_of_each(tmp_path):
+    """Only a progress event followed by one of its own stage goes; a stage's last event, and its end, stay."""
+    path = tmp_path / "events-1.jsonl"
+    writer = runs.EventWriter(path)
+    for stage, done, total in [("preparing data", 1, 2), ("preparing data", 2, 2), ("training", 1, 4),
+                               ("training", 4, 4), ("training", 1, 4), ("validating", 1, 3), ("chipping", 5, 9),
+                               ("training", 2, 4), ("training", 3, 4)]:  # fmt: skip
+        writer.append(runs.PROGRESS, stage=stage, done=done, total=total)
+    writer.close()
+    kept = [(e["stage"], e["done"]) for e in runs.read_events(path, 0).events]
+    assert kept == [("preparing data", 2), ("training", 4), ("training", 1), ("validating", 1), ("chipping", 5),
+                    ("training", 3)]  # fmt: skip
+
+
 def test_ingest_skips_a_torn_line_coalesces_progress_and_never_repeats(tmp_path):
     store = Store(tmp_path / "state.db")
     (job_id,) = store.add_jobs([NewJob("j", "probe", {}, {"name": "j", "kind": "probe"})])
@@ -124,6 +138,7 @@ def test_a_plot_job_draws_curves_from_what_the_daemon_wrote_into_its_run_folder(
     (trained,) = store.add_jobs([NewJob("trained", "probe", {}, {"name": "trained", "kind": "probe"})])
     for step, loss in enumerate([0.9, 0.6, 0.4], start=1):
         store.add_metrics(trained, {"val/loss": loss}, attempt=1, step=step)
+    store.transition(trained, "running")
     store.transition(trained, "succeeded")
     write_job(project.queue_dir, "look.yaml", "name: look\nkind: plot\ncurves: trained\n")
     look = wait_state(store, job_named(store, "look").id, {"succeeded", "failed"}, timeout=60)
