@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import wait_for, wait_state, write_job
 from tests.daemon.conftest import completions, job_named, logged
-from torchbearer import commands
+from torchbearer import commands, runs
 from torchbearer.daemon.scheduler import place_jobs
 from torchbearer.ingest import job_row
 from torchbearer.spec import parse_job_text
@@ -121,10 +121,14 @@ def test_sweep_survives_kill9_of_the_daemon_without_rerunning_finished_trials(pr
     first, second = _trials(store, sweep.id)
     assert wait_state(store, first.id, TERMINAL_STATES).state == "succeeded"
     wait_for(lambda: (store.latest_progress(second.id) or {}).get("step", 0) >= 3, 30, what="trial 2 under way")
+    run_dir = Path(store.job(sweep.id).run_dir)
     daemon.kill9()
-    wait_for(lambda: store.attempts(sweep.id)[-1]["outcome"] == "interrupted", 20, what="the sweep to stop")
+    # the daemon is down, so the store learns nothing: the controller's outcome file says how it stopped
+    wait_for(lambda: (runs.read_outcome(run_dir, 1) or {}).get("outcome") == "interrupted", 20,
+             what="the sweep to stop")  # fmt: skip
     daemon.start()
     sweep = wait_state(store, sweep.id, {"succeeded", "failed"}, timeout=60)
+    assert store.attempts(sweep.id)[0]["outcome"] == "interrupted"  # read from that file at the restart
     assert sweep.state == "succeeded", sweep.reason
     trials = _trials(store, sweep.id)
     assert [t.name for t in trials] == ["sw-1", "sw-2", "sw-3"]  # nothing queued twice

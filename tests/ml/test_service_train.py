@@ -18,14 +18,15 @@ from tests.ml.test_resume import _check_resumed, _running_in
 def test_detach_stop_mid_training_leaves_a_checkpoint_and_resumes(sample_project, store) -> None:
     try:
         assert tb_process("daemon", "--detach").returncode == 0
-        write_job(sample_project.queue_dir, "long.yaml", train_yaml("long", epochs=2, samples=64))
+        # three epochs: the stop lands in the second with a whole epoch to go, whatever the ingestion lag
+        write_job(sample_project.queue_dir, "long.yaml", train_yaml("long", epochs=3, samples=64))
         job = _running_in(store, "long", 1, 9)  # early in the second epoch of 8 steps
         stopped = tb_process("stop")
         assert stopped.returncode == 0, stopped.stderr
         assert store.job(job.id).state == "interrupted"
         assert (Path(job.run_dir) / "checkpoints" / "last.ckpt").is_file()
         assert tb_process("daemon", "--detach").returncode == 0
-        _check_resumed(store, job.id, Path(job.run_dir), epochs=2, per_epoch=8)
+        _check_resumed(store, job.id, Path(job.run_dir), epochs=3, per_epoch=8)
         assert tb_process("stop").returncode == 0
     finally:
         _stop_leftover(sample_project)
