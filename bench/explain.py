@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--mosaic", type=int, default=6, help="the big scene is an N × N mosaic of the scene")
     parser.add_argument("--memory-only", action="store_true", help="only rss_growth_big (skip the U-Net timings)")
+    parser.add_argument("--timing-only", action="store_true", help="only cam_over_predict (skip the memory children)")
     parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -163,6 +164,9 @@ def main() -> None:
     print(f"Grad-CAM ÷ predict: {pred_wall / cam_wall:.3f} wall, {pred_cpu / cam_cpu:.3f} CPU; ÷ eager predict: "
           f"{eager_wall / cam_wall:.3f} wall, {eager_cpu / cam_cpu:.3f} CPU", flush=True)  # fmt: skip
 
+    if args.timing_only:
+        print(json.dumps({"cam_over_predict": round(pred_wall / cam_wall, 3)}))
+        return
     batch = memory_batch(info, args)
     print(f"memory: batches of {batch} windows in both children", flush=True)
     small = rss_growth(stack, tmp / "rss-scene.tif", args, batch)

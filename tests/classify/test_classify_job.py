@@ -6,6 +6,8 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.classify.conftest import classify_yaml
 from tests.conftest import wait_state, write_job
 from tests.daemon.conftest import job_named
@@ -18,6 +20,7 @@ def _finished(store, name: str, timeout: float = 300):
     return job
 
 
+@pytest.mark.slow  # eight epochs and a prediction through the daemon: about a minute on a quiet 2-core machine
 def test_classify_job_learns_the_scl_classes(patch_project, store, daemon) -> None:
     train = ("epochs: 8, head_epochs: 1, head_lr: 0.003, lr: 0.001, class_weights: auto, checkpoint_every: 4, "
              "early_stopping: null")  # fmt: skip

@@ -105,6 +105,7 @@ def patient_daemon(project, monkeypatch):
     stop_daemon(process)
 
 
+@pytest.mark.slow  # two prediction attempts of a scene: about 30 s on a quiet 2-core machine
 def test_sigterm_mid_scene_resumes_to_the_same_bytes(project, store, patient_daemon, part60) -> None:
     daemon = patient_daemon
     ckpt = save_checkpoint(project.project_dir / "a.ckpt", card_for(part60, "unet", "resnet18"), seed=5)

@@ -45,6 +45,7 @@ def _check_resumed(store, job_id: int, run_dir: Path, epochs: int, per_epoch: in
     assert "resuming from" in (run_dir / "log.txt").read_text()
 
 
+@pytest.mark.slow  # two worker starts and a whole training: about 40 s on a quiet 2-core machine
 def test_resume_after_sigterm(sample_project, store, daemon) -> None:
     write_job(sample_project.queue_dir, "long.yaml", train_yaml("long", epochs=2, samples=64))
     job = _running_in(store, "long", 1, 9)  # early in the second epoch of 8 steps: it stops within it
