@@ -37,11 +37,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from inference import DEFAULT_SCENE, card, mosaic_vrt, peak_rss, reset_peak_rss, stack_of  # noqa: E402
+from inference import DEFAULT_SCENE, card, mosaic_vrt, peak_rss, reset_peak_rss  # noqa: E402
 
 from torchbearer.explain.model import find_layer  # noqa: E402
 from torchbearer.explain.scene import scene_cams  # noqa: E402
-from torchbearer.imagery.cache import stack_info  # noqa: E402
+from torchbearer.imagery.cache import build_stack, stack_info  # noqa: E402
 from torchbearer.inference.ensemble import PredictOptions, predict_scene  # noqa: E402
 from torchbearer.inference.members import Member  # noqa: E402
 from torchbearer.ml.checkpoint import save_checkpoint  # noqa: E402
@@ -126,7 +126,8 @@ def main() -> None:
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-explain-"))
-    stack, *_ = stack_of(args.scene.resolve(), tmp / "cache")
+    scene = args.scene.resolve()
+    stack = scene if scene.is_file() else build_stack(scene, 60, tmp / "cache")
     info = stack_info(stack)
     mpx = info.width * info.height / 1e6
     if args.memory_only:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -150,7 +151,11 @@ class EventWriter:
         self._lock = threading.Lock()
 
     def append(self, event_type: str, /, **fields: Any) -> None:
-        line = json.dumps({"type": event_type, "t": time.time(), **fields}, default=str) + "\n"
+        if event_type == PROGRESS:  # stage and whether it ends the stage first: the daemon coalesces by them
+            done, total = fields.get("done"), fields.get("total")
+            final = done is not None and total is not None and done >= total
+            fields = {"stage": fields.pop("stage", None), "final": final, **fields}
+        line = json.dumps({"type": event_type, **fields, "t": time.time()}, default=str) + "\n"
         with self._lock:
             self._file.write(line.encode())
 
@@ -171,12 +176,17 @@ class EventBatch:
     count: int
 
 
+#: The start of a progress line up to its ``final`` flag (:meth:`EventWriter.append` writes that order).
+_PROGRESS_HEAD = re.compile(rb'\{"type": "progress", "stage": (?:null|"(?:[^"\\]|\\.)*"), "final": ')
+
+
 def read_events(path: Path, offset: int, *, max_bytes: int = 8 << 20) -> EventBatch:
     """The complete lines of an events file from ``offset`` (at most about ``max_bytes``).
 
-    A progress event followed at once by another of the same stage is dropped (it would only be overwritten on
-    the job's row), unless it ends its stage (``done >= total``): every stage a job went through, and the end
-    of each, stay in the progress history. A torn last line waits; a line that is not JSON is skipped.
+    A progress event followed at once by another of the same stage is dropped unparsed (it would only be
+    overwritten on the job's row), unless it ends its stage (``done >= total``): every stage a job went
+    through, and the end of each, stay in the progress history. A torn last line waits; a line that is not
+    JSON is skipped.
     """
     try:
         with open(path, "rb") as file:
@@ -188,26 +198,18 @@ def read_events(path: Path, offset: int, *, max_bytes: int = 8 << 20) -> EventBa
     if end < 0:
         return EventBatch([], offset, 0)
     lines = data[: end + 1].split(b"\n")[:-1]
-    parsed: list[dict[str, Any]] = []
-    for line in lines:
+    events: list[dict[str, Any]] = []
+    for line, after in zip(lines, [*lines[1:], b""], strict=True):
+        head = _PROGRESS_HEAD.match(line)
+        if head and line.startswith(b"false", head.end()) and after.startswith(head.group(0)):
+            continue  # the next event is of the same stage and says more
         try:
             event = json.loads(line)
         except ValueError:
             continue
         if isinstance(event, dict):
-            parsed.append(event)
-    events = [event for event, after in zip(parsed, [*parsed[1:], None], strict=True) if not _superseded(event, after)]
+            events.append(event)
     return EventBatch(events, offset + end + 1, len(lines))
-
-
-def _superseded(event: dict[str, Any], after: dict[str, Any] | None) -> bool:
-    """Whether progress ``event`` says nothing that ``after``, the next event, does not say again."""
-    if after is None or event.get("type") != PROGRESS or after.get("type") != PROGRESS:
-        return False
-    if event.get("stage") != after.get("stage"):
-        return False
-    done, total = event.get("done"), event.get("total")
-    return not (done is not None and total is not None and done >= total)
 
 
 # -- logs ---------------------------------------------------------------------------------------------------
