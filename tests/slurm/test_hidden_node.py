@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import tb
-from tests.conftest import DaemonProcess, wait_for, wait_state, write_job
+from tests.conftest import DaemonProcess, wait_state, write_job
 from tests.daemon.conftest import completions, job_named, probe, stop_daemon
 from tests.ml.make_chips import make_chip_folder
 from tests.ml.test_chip_training import TRAIN as CHIP_TRAIN
 from tests.slurm.conftest import db_shown
+from tests.slurm.test_slurm import running_with_progress, scontrol_job
 from torchbearer import commands
-from torchbearer.daemon.executors.slurm import parse_scontrol, query_active
+from torchbearer.daemon.executors.slurm import query_active
 
 pytestmark = pytest.mark.slurm
 
@@ -38,18 +39,6 @@ def status_job(job_id: int) -> dict:
     """The job as ``torchbearer status --json --all`` shows it (read by the CLI from the store)."""
     document = json.loads(tb("status", "--json", "--all").stdout)
     return next(job for job in document["jobs"] if job["id"] == job_id)
-
-
-def scontrol_job(job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, check=True)
-    return parse_scontrol(out.stdout)
-
-
-def running_with_progress(store, name):
-    job = job_named(store, name)
-    wait_state(store, job.id, "running")
-    wait_for(lambda: (store.latest_progress(job.id) or {}).get("step"), 30, what=f"{name} to make progress")
-    return store.job(job.id)
 
 
 def test_the_node_cannot_see_the_state_database(node_project, node_store, hidden_dir, tmp_path):
