@@ -62,8 +62,10 @@ def test_resume_after_sigterm(sample_project, store, daemon) -> None:
 
 @pytest.mark.slow  # two more worker starts; the SIGTERM test above covers resuming in the default run
 def test_resume_after_kill9(sample_project, store, daemon) -> None:
-    write_job(sample_project.queue_dir, "long.yaml", train_yaml("long", epochs=3, samples=16))
-    job = _running_in(store, "long", 2, 5)  # in the third epoch of 2 steps: last.ckpt holds the second
+    # four epochs of four steps, like the test below: the kill lands in the third epoch or the fourth despite
+    # the ingestion lag, never after the job ended
+    write_job(sample_project.queue_dir, "long.yaml", train_yaml("long", epochs=4, samples=32))
+    job = _running_in(store, "long", 2, 9)  # in the third epoch: last.ckpt holds the second
     daemon.kill9()
     os.killpg(job.pid, signal.SIGKILL)
     wait_for(lambda: not pid_alive(job.pid), 10, what="the worker to die")
