@@ -17,7 +17,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,10 +25,13 @@ from rich.console import Console
 from torchbearer import commands
 from torchbearer.formatting import STATE_STYLES, format_duration
 from torchbearer.imagery import cli as imagery_cli
+from torchbearer.locations import Locations, SettingsError, locate
 from torchbearer.prepare import cli as prepare_cli
 from torchbearer.redact import register_settings, scrub_logging
-from torchbearer.settings import Settings, SettingsError
 from torchbearer.store import TERMINAL_STATES, JobState, Store, StoreError
+
+if TYPE_CHECKING:
+    from torchbearer.settings import Settings
 
 STATUS_JSON_VERSION = 1
 STATUS_ROWS_PENDING = 30
@@ -52,8 +55,24 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 # -- settings for every command ------------------------------------------------------------------------------
 
-#: The settings of the running command (for :func:`entry_point`'s last-resort error).
-_loaded: list[Settings] = []
+#: The locations of the running command (for :func:`entry_point`'s last-resort error).
+_located: list[Locations] = []
+#: Commands that need only the state database: they get :class:`Locations` as ``ctx.obj``, not the whole
+#: :class:`Settings`, so pydantic is never imported and ``status`` over 10 000 jobs answers in a blink.
+STORE_ONLY_COMMANDS = frozenset({"status"})
+
+
+def _settings(where: Locations, devices: str | None) -> Settings:
+    """The whole settings of a command, at ``where``; their credentials registered for scrubbing."""
+    from torchbearer.settings import Settings
+
+    try:
+        settings = Settings.load(where.project_dir, queue_dir=where.queue_dir, state_path=where.state_path,
+                                 runs_dir=where.runs_dir, data_dir=where.data_dir, devices=devices)  # fmt: skip
+    except SettingsError as exc:
+        raise fail(str(exc), 2) from None
+    register_settings(settings)  # every message this process prints or stores is scrubbed of them
+    return settings
 
 
 @app.callback()
@@ -67,18 +86,17 @@ def main(
     devices: Annotated[str | None, typer.Option(help="GPU ids, one job slot each, e.g. 0,1")] = None,
 ) -> None:
     try:
-        ctx.obj = Settings.load(project, queue_dir=queue, state_path=state, runs_dir=runs, data_dir=data,
-                                devices=devices)  # fmt: skip
+        where = locate(project, queue_dir=queue, state_path=state, runs_dir=runs, data_dir=data)
     except SettingsError as exc:
         raise fail(str(exc), 2) from None
-    register_settings(ctx.obj)  # every message this process prints or stores is scrubbed of them
-    _loaded.append(ctx.obj)
+    _located.append(where)
+    ctx.obj = where if ctx.invoked_subcommand in STORE_ONLY_COMMANDS else _settings(where, devices)
 
 
 def _store(ctx: typer.Context) -> Store:
-    settings: Settings = ctx.obj
+    where: Settings | Locations = ctx.obj
     try:
-        return Store(settings.state_path)
+        return Store(where.state_path)
     except StoreError as exc:
         raise fail(str(exc)) from None
 
@@ -118,6 +136,7 @@ def daemon(
 ) -> None:
     """Run the daemon in the foreground: watch the queue folder and run jobs one by one."""
     from torchbearer.daemon.engine import Engine, QueueLockedError
+    from torchbearer.settings import Settings
 
     settings: Settings = ctx.obj
     if detach:
@@ -789,9 +808,7 @@ def entry_point() -> None:
     try:
         app()
     except sqlite3.DatabaseError as exc:
-        state = (
-            Settings.load().state_path if "--state" not in sys.argv else Path(sys.argv[sys.argv.index("--state") + 1])
-        )
+        state = _located[-1].state_path if _located else locate().state_path
         raise SystemExit(fail(str(unusable(state, exc))).exit_code) from None
 
 

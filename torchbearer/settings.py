@@ -7,12 +7,12 @@ precedence, the parsing and the types are pydantic-settings' (``Settings`` is a 
 read by python-dotenv). Every variable is a field here and is documented in ``env.example``. Credentials are
 ``SecretStr`` fields: they print as ``**********`` and are read with :meth:`Settings.secret` where a client
 really needs them; ``redact.register_settings`` registers every one so no text the project stores or prints
-holds them.
+holds them. The project's locations (folders and state database) are found by ``locations.locate``, which
+``status`` uses alone so that it never imports pydantic.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shlex
@@ -25,28 +25,7 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationError, ValidationI
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
-
-class SettingsError(ValueError):
-    """A setting has a value that cannot be used (says which variable and why)."""
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """The ``KEY=VALUE`` pairs of an env file, parsed by python-dotenv (``#`` comments, ``export``, quotes);
-    missing file → {}. A line python-dotenv cannot read is an error naming the file and line (it would skip it)."""
-    if not path.is_file():
-        return {}
-    from dotenv.parser import parse_stream
-
-    text = path.read_text(encoding="utf-8", errors="replace")
-    values: dict[str, str] = {}
-    for binding in parse_stream(io.StringIO(text)):
-        if binding.error:
-            line = binding.original.string.strip()
-            raise SettingsError(f"{path}:{binding.original.line}: expected KEY=VALUE, got {line[:60]!r}")
-        if binding.key is not None and binding.value is not None:
-            values[binding.key] = binding.value
-    return values
-
+from torchbearer.locations import LOCATION_VARIABLES, SettingsError, locate
 
 #: Events a notifier can be told about; ``TORCHBEARER_NOTIFY_EVENTS`` picks some (default: all but succeeded).
 NOTIFY_EVENTS = ("failed", "succeeded", "stalled", "queue-empty", "paused", "report")
@@ -249,23 +228,24 @@ class Settings(BaseSettings):
         Raises :class:`SettingsError` naming the variable (and the env file's line) of a value that cannot be
         used."""
         environ = dict(os.environ if environ is None else environ)
-        project = Path(project_dir or environ.get("TORCHBEARER_PROJECT") or Path.cwd()).expanduser().resolve()
-        env_file = Path(environ.get("TORCHBEARER_ENV_FILE") or project / ".env")
-        file_values = read_env_file(env_file)  # its errors first: pydantic-settings would skip a bad line
-        flags = {"queue_dir": queue_dir, "runs_dir": runs_dir, "data_dir": data_dir, "state_path": state_path,
-                 "devices": devices, "executor": executor}  # fmt: skip
+        # The locations are found the one way status finds them (its errors first: pydantic-settings would skip
+        # a bad line of the env file); the model holds them with the rest.
+        where = locate(project_dir, environ=environ, queue_dir=queue_dir, runs_dir=runs_dir, data_dir=data_dir,
+                       state_path=state_path)  # fmt: skip
+        flags = {"devices": devices, "executor": executor}
+        flags |= {field: getattr(where, field) for field in LOCATION_VARIABLES}
         token = _environ.set(environ)
         try:
             settings = cls(
-                _env_file=env_file if env_file.is_file() else None,
-                project_dir=project,
+                _env_file=where.env_file if where.env_file.is_file() else None,
+                project_dir=where.project_dir,
                 **{key: value for key, value in flags.items() if value is not None},
             )
         except ValidationError as exc:
             raise SettingsError("; ".join(_describe(error) for error in exc.errors())) from None
         finally:
             _environ.reset(token)
-        settings._env_file_values = file_values
+        settings._env_file_values = dict(where.env_file_values)
         return settings
 
     # -- reading --------------------------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,8 +78,34 @@ def test_cli_environment_and_env_file(project, tmp_path, night):
 
 
 def test_cli_reports_bad_settings(project):
-    result = tb("status", env={"TORCHBEARER_CRASH_WINDOW_S": "-3"})
+    result = tb("pause", env={"TORCHBEARER_CRASH_WINDOW_S": "-3"})
     assert result.returncode == 2 and "TORCHBEARER_CRASH_WINDOW_S='-3' must not be negative" in flat(result.stderr)
+
+
+_STATUS_IN_PROCESS = """
+import sys
+from torchbearer.cli import app
+try:
+    app(["status", "--json"])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("pydantic", "pydantic_settings", "torch"))
+assert not loaded, loaded
+"""
+
+
+def test_status_reads_only_the_locations(project, tmp_path, night):
+    """``status`` finds the state database the way every command does (here from the env file) but loads no
+    other setting: it answers with a setting the daemon would refuse, and never imports pydantic (a quarter of a
+    second, most of what ``status`` over 10 000 jobs may take)."""
+    (project.project_dir / ".env").write_text(f"TORCHBEARER_STATE={tmp_path / 'from-file.db'}\n")
+    assert tb("submit", night).returncode == 0
+    result = tb("status", "--json", env={"TORCHBEARER_CRASH_WINDOW_S": "-3"})
+    assert result.returncode == 0, result.stderr
+    assert [job["name"] for job in json.loads(result.stdout)["jobs"]] == ["a", "b"]
+    done = subprocess.run([sys.executable, "-c", _STATUS_IN_PROCESS], cwd=project.project_dir, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_env_example_documents_every_variable_and_nothing_else():
