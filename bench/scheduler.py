@@ -123,8 +123,10 @@ def measure_events(project: Path, process: subprocess.Popen, flood_s: float) -> 
     (project / "queue" / "flood.yaml").write_text(f"name: flood\nkind: probe\nsteps: 0\nflood_s: {flood_s}\n")
     job = wait_until(lambda: store.find_job("flood"), 30, "the flood job to be queued")
     job = wait_until(lambda: (j := store.job(job.id)).run_dir and j.state == "running" and j, 30, "it to run")
-    events = Path(job.run_dir) / "events-1.jsonl"
-    wait_until(events.exists, 30, "its first event")
+    written_by_worker = Path(job.run_dir) / "events-1.jsonl"
+    wait_until(written_by_worker.exists, 30, "its first event")
+    events = project / "flood-events.jsonl"  # a second name for the file: the daemon removes its own once read
+    os.link(written_by_worker, events)
     before, start = daemon.cpu_times(), time.monotonic()
     looks: list[tuple[float, int, int]] = []  # (UNIX s, event index on the job's row, ingested offset)
     stop = threading.Event()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import signal
 import time
@@ -18,6 +19,8 @@ from pydantic import Field
 from torchbearer.context import JobContext, JobInterrupted
 from torchbearer.jobs import JobKind, register
 from torchbearer.spec import JobSpec
+
+probe_log = logging.getLogger("tests.kinds.probe")
 
 
 class ProbeSpec(JobSpec):
@@ -30,6 +33,7 @@ class ProbeSpec(JobSpec):
     ignore_sigterm: bool = False
     echo_env: str | None = Field(None, description="print this environment variable (and put it in a failure)")
     flood_s: float = Field(0, ge=0, le=60, description="bench: progress events as fast as it can for this long")
+    warn: int = Field(0, ge=0, le=1000, description="log this many warnings, then an error, before the first step")
 
 
 #: A flood's ``total``: its event ``i`` shows as progress ``i / FLOOD_TOTAL`` (bench/scheduler.py reads it back).
@@ -39,6 +43,10 @@ FLOOD_TOTAL = 10**9
 def run(spec: ProbeSpec, ctx: JobContext) -> None:
     if spec.flood_s:
         _flood(spec, ctx)
+    if spec.warn:
+        for number in range(1, spec.warn + 1):
+            probe_log.warning("probe warning %d of %d\nsecond line", number, spec.warn)
+        probe_log.error("probe error after %d warnings", spec.warn)
     state_file = ctx.run_dir / "probe-state.json"
     done = json.loads(state_file.read_text())["done"] if state_file.exists() else 0
     if spec.ignore_sigterm:

@@ -386,5 +386,8 @@ def keep_warnings(store: Any, parsed: list[ParsedJob], ids: list[int], warnings:
 
 
 def job_warnings(store: Any, job_id: int) -> list[str]:
-    """The pre-flight warnings kept with a job when it was queued."""
-    return list(store.meta(f"{WARNINGS_KEY}{job_id}") or [])
+    """What a user should know of a job besides its state: the pre-flight warnings kept when it was queued,
+    then the warnings and errors its workers logged (the log markers of ``runs.py``), as
+    ``attempt 2, error: …``."""
+    logged = [f"attempt {mark['attempt']}, {mark['level']}: {mark['message']}" for mark in store.log_marks(job_id)]
+    return [*(store.meta(f"{WARNINGS_KEY}{job_id}") or []), *logged]

@@ -8,14 +8,15 @@ the worker (which never opens it):
 |---|---|---|
 | ``log.txt`` | the worker (stdout / stderr) | the job's log; :func:`read_tail` and :class:`LogFollower` read it |
 | ``job.json`` | the daemon, before each attempt | the resolved job, its attempt, the jobs it names |
-| ``events-<attempt>.jsonl`` | the worker, appending | JSON lines: progress, metrics, outputs, trial submissions |
+| ``events-<attempt>.jsonl`` | the worker, appending | JSON lines: progress, metrics, outputs, log markers, trials |
 | ``outcome-<attempt>.json`` | the worker, atomically at its end | ``{"outcome", "exit_code", "reason", "time"}`` |
 | ``children.json`` | the daemon, about once a second | the jobs a controller (a sweep) spawned, for it to read |
 | ``cancel-requested`` | the daemon, before its SIGTERM | the stop is a cancel, not a daemon stop |
 
 The daemon reads the events file from the byte offset it recorded for the attempt (``attempts.events_offset``,
 advanced in the same transaction as the rows it wrote), so a restarted daemon neither loses nor repeats an
-event; a last line without its newline is being written and is left for the next read.
+event; a last line without its newline is being written and is left for the next read. Once the attempt has
+ended and every line is in the store, the daemon removes the events file.
 
 Nothing here imports the store: the worker side uses this module as it is.
 """
@@ -44,7 +45,7 @@ TAIL_LINES = 40
 
 #: Event types a worker appends (the ``type`` key, written first on each line so the daemon can tell
 #: progress lines, of which it keeps only the latest, without parsing them).
-PROGRESS, METRICS, OUTPUT, SUBMIT = "progress", "metrics", "output", "submit"
+PROGRESS, METRICS, OUTPUT, LOG, SUBMIT = "progress", "metrics", "output", "log", "submit"
 
 
 # -- paths --------------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 RUNNABLE_STATES = frozenset({JobState.QUEUED, JobState.INTERRUPTED})
 PENDING_STATES = frozenset({JobState.QUEUED, JobState.WAITING, JobState.HELD, JobState.INTERRUPTED})
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The light columns of a job (no specs): what ``status`` and the dashboard's queue table show.
 SUMMARY_COLUMNS = (
@@ -227,6 +227,19 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # the daemon ingests each attempt's events file (runs.py) from the byte offset it reached, kept here
     2: ["ALTER TABLE attempts ADD COLUMN events_offset INTEGER NOT NULL DEFAULT 0"],
+    # the warnings and errors a worker logged (its ``log`` events): what ``show`` and the dashboard list
+    3: [
+        """CREATE TABLE log_marks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            attempt INTEGER NOT NULL,
+            time REAL NOT NULL,
+            level TEXT NOT NULL,
+            logger TEXT,
+            message TEXT NOT NULL
+        )""",
+        "CREATE INDEX log_marks_job ON log_marks (job_id, id)",
+    ],
 }
 
 
@@ -926,7 +939,8 @@ class Store:
         return int(row[0]) if row else 0
 
     def ingest_events(self, job_id: int, number: int, events: Sequence[dict[str, Any]], end_offset: int) -> None:
-        """Write a batch of a worker's events (``progress``, ``metrics``, ``output``; others are the caller's)
+        """Write a batch of a worker's events (``progress``, ``metrics``, ``output``, ``log``; others are the
+        caller's)
         and the offset they end at, in one transaction: a daemon killed midway re-reads them all, none twice.
 
         Progress events become rows of ``progress`` and the latest is mirrored onto the job's row.
@@ -934,6 +948,7 @@ class Store:
         metrics: list[tuple] = []
         progress: list[tuple] = []
         outputs: list[tuple] = []
+        marks: list[tuple] = []
         for event in events:
             kind, when = event.get("type"), float(event.get("t") or _now())
             if kind == "metrics":
@@ -947,6 +962,9 @@ class Store:
                                  json.dumps(scrub_value(fields), default=str) if fields else None))  # fmt: skip
             elif kind == "output":
                 outputs.append((job_id, when, str(event["kind"]), str(event["path"])))
+            elif kind == "log":
+                marks.append((job_id, number, when, str(event.get("level") or "warning"), event.get("logger"),
+                              scrub(str(event.get("message") or ""))))  # fmt: skip
         with self.transaction() as conn:
             if metrics:
                 conn.executemany(
@@ -970,9 +988,18 @@ class Store:
             if outputs:
                 conn.executemany("INSERT OR IGNORE INTO outputs (job_id, time, kind, path) VALUES (?, ?, ?, ?)",
                                  outputs)  # fmt: skip
+            if marks:
+                conn.executemany("INSERT INTO log_marks (job_id, attempt, time, level, logger, message) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)", marks)  # fmt: skip
             conn.execute(
                 "UPDATE attempts SET events_offset = ? WHERE job_id = ? AND number = ?", (end_offset, job_id, number)
             )
+
+    def log_marks(self, job_id: int) -> list[dict[str, Any]]:
+        """The warnings and errors the job's workers logged, oldest first: ``attempt``, ``time``, ``level``,
+        ``logger``, ``message``."""
+        return self.query("SELECT attempt, time, level, logger, message FROM log_marks WHERE job_id = ? ORDER BY id",
+                          [job_id])  # fmt: skip
 
     def outputs_of(self, job_ids: Sequence[int]) -> dict[int, list[tuple[str, str]]]:
         """``{job id: [(kind, path), …]}`` of the given jobs, each in the order written."""

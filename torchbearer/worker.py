@@ -58,6 +58,7 @@ def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
     """Run one attempt of a job; returns the process exit code."""
     from torchbearer import runs
     from torchbearer.context import JobContext, JobInterrupted, task_rank
+    from torchbearer.joblog import LogMarkHandler
     from torchbearer.jobs import get_kind
     from torchbearer.redact import register_settings, scrub
     from torchbearer.settings import Settings
@@ -74,6 +75,8 @@ def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
         log.error("%s is the job file of job #%d, not #%d", run_dir / runs.JOB_FILE, ctx.job_id, job_id)
         return EXIT_USAGE
     ctx.rank = task_rank()  # a parallel job's srun tasks: only rank 0 reports
+    marks = LogMarkHandler(ctx.emit)  # the job's warnings and errors reach the store as log markers
+    logging.getLogger().addHandler(marks)
     ctx.install_signal_handlers()
     if _early_stops:  # SIGTERM while starting: stop at the first safe point, as if it came now
         log.warning("received %s while starting", signal.Signals(_early_stops[0]).name)
@@ -82,6 +85,8 @@ def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
     log.info("job %s (#%d) attempt %d: kind %s", ctx.name, job_id, attempt, job["kind"])
 
     def finish(outcome: AttemptOutcome, code: int, reason: str | None = None) -> int:
+        logging.getLogger().removeHandler(marks)
+        marks.close()
         ctx.close()  # every event is in the file before the outcome says the attempt ended
         if not ctx.rank:  # one outcome per job, however many tasks ran it
             runs.write_outcome(run_dir, attempt, outcome, code, scrub(reason) if reason else reason)
@@ -92,7 +97,7 @@ def run_job(job_id: int, attempt: int, run_dir: Path) -> int:
         spec = kind.spec.model_validate(job["spec"])
         kind.run(spec, ctx)
     except JobInterrupted as exc:
-        log.warning("interrupted: %s", exc)
+        log.info("interrupted: %s", exc)  # no warning: a daemon stop is routine, and its transition says it
         return finish(AttemptOutcome.INTERRUPTED, EXIT_INTERRUPTED, str(exc))
     except BaseException as exc:  # noqa: BLE001 - every failure must be recorded, SystemExit included
         traceback.print_exc()

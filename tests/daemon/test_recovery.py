@@ -53,12 +53,14 @@ def test_kill9_daemon_mid_job_then_restart(project, store, daemon):
     # … into its run folder: the worker never writes the store, the restarted daemon reads it there
     assert store.attempts(long.id)[0]["outcome"] is None
     assert runs.read_outcome(Path(long.run_dir), 1)["outcome"] == "interrupted"
+    # what the worker wrote (the restarted daemon removes the file once it has read it all)
+    written = [json.loads(line) for line in runs.events_path(Path(long.run_dir), 1).read_text().splitlines()]
     daemon.start()
     jobs = _assert_each_succeeded_once(project, store, ["long", "next1", "next2"])
     long = jobs[0]
     assert long.attempts == 2 and store.attempts(long.id)[0]["outcome"] == "interrupted"
     # the restarted daemon read attempt 1's events on from where it was: each metric once, none lost
-    written = [json.loads(line) for line in runs.events_path(Path(long.run_dir), 1).read_text().splitlines()]
+    assert not runs.events_path(Path(long.run_dir), 1).exists()
     steps = [e["step"] for e in written if e["type"] == "metrics"]
     stored = [(m["attempt"], m["step"]) for m in store.metrics(long.id, "probe/value")]
     assert [step for attempt, step in stored if attempt == 1] == steps and len(set(stored)) == len(stored)

@@ -10,10 +10,12 @@ import sys
 import threading
 from pathlib import Path
 
+from tests.cli.conftest import tb
 from tests.conftest import wait_state, write_job
 from tests.daemon.conftest import job_named, probe
 from torchbearer import runs
 from torchbearer.daemon import contract
+from torchbearer.joblog import MAX_MARKS
 from torchbearer.store import NewJob, Store
 
 
@@ -64,8 +66,23 @@ def test_a_worker_never_opens_the_store_and_its_reports_still_reach_status(proje
     assert [Path(o["path"]).name for o in store.outputs(job.id, "result")] == ["result.txt"]
     assert store.attempts(job.id)[0]["outcome"] == "succeeded"
     assert runs.read_outcome(Path(job.run_dir), 1)["outcome"] == "succeeded"
+    assert not runs.events_path(Path(job.run_dir), 1).exists()  # all in the store: the run folder keeps no flood
     written = runs.read_job_file(Path(job.run_dir))
     assert (written["id"], written["kind"], written["attempt"], written["spec"]["steps"]) == (job.id, "probe", 1, 12)
+
+
+def test_the_warnings_a_worker_logs_reach_show_as_log_markers(project, store, daemon):
+    write_job(project.queue_dir, "w.yaml", probe("w", steps=1, warn=MAX_MARKS + 5))
+    job = wait_state(store, job_named(store, "w").id, "succeeded")
+    marks = store.log_marks(job.id)
+    assert len(marks) == MAX_MARKS + 1  # the first ones, then one saying how many more the log holds
+    first, last = marks[0], marks[-1]
+    assert (first["attempt"], first["level"], first["logger"]) == (1, "warning", "tests.kinds.probe")
+    assert first["message"] == f"probe warning 1 of {MAX_MARKS + 5}"  # its first line: the log has the rest
+    assert last["message"] == "6 more warnings or errors not marked: see log.txt"
+    shown = json.loads(tb("show", "--json", str(job.id)).stdout)
+    assert f"attempt 1, warning: probe warning 1 of {MAX_MARKS + 5}" in shown["warnings"]
+    assert "interrupted" not in " ".join(shown["warnings"])
 
 
 def _events(path: Path, lines: list[str]) -> None:
@@ -111,6 +128,11 @@ def test_ingest_skips_a_torn_line_coalesces_progress_and_never_repeats(tmp_path)
     again = Store(store.path)  # a restarted daemon: reads on from the offset kept with the rows
     assert contract.ingest(again, job_id, attempt, run_dir) == 0
     assert [(m["value"], m["step"]) for m in again.metrics(job_id)] == [(0.5, 1), (0.25, 2)]
+    # the worker ended, killed while writing a last line: the rest is read, the torn line dropped, the file gone
+    _events(path, ['{"type": "metrics", "t": 2.0, "values": {"train/loss": 0.125}, "step": 3}\n', '{"type": "me'])
+    assert contract.ingest_to_end(again, job_id, attempt, run_dir) == 1 and not path.exists()
+    assert [m["step"] for m in again.metrics(job_id)] == [1, 2, 3]
+    assert contract.ingest_to_end(again, job_id, attempt, run_dir) == 0  # a second settle: nothing, no error
 
 
 def test_submit_events_queue_each_spawned_job_once(project, store):

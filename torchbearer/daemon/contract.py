@@ -6,6 +6,8 @@ how it ingests what the worker reports into the store, of which it is the only w
 - :func:`ingest` — the attempt's new complete event lines from the offset kept in the store, written in one
   transaction with the new offset (idempotent across daemon restarts); ``submit`` events become jobs spawned
   by the worker's job (at most one per name).
+- :func:`ingest_to_end` — once the worker has ended: every line left, then the events file is removed (the
+  store holds all it said, and a flood of progress lines would otherwise stay in the run folder for good).
 - :func:`write_children` — a controller's (a sweep's) ``children.json``: its spawned jobs' states, outputs and
   the metric its spec names.
 """
@@ -91,6 +93,24 @@ def ingest(store: Store, job_id: int, attempt: int, run_dir: Path) -> int:
                 spawn(store, job_id, event.get("job"))
         store.ingest_events(job_id, attempt, batch.events, batch.end)
         total += batch.count
+    return total
+
+
+#: Batches :func:`ingest_to_end` reads at most (8 MiB each): a bound for a file that somehow still grows.
+MAX_FINAL_BATCHES = 4096
+
+
+def ingest_to_end(store: Store, job_id: int, attempt: int, run_dir: Path) -> int:
+    """After the attempt's worker ended: bring every complete event left into the store, then remove the events
+    file, each of whose lines is now in the store (a torn last line, from a worker killed mid-write, can no
+    longer be completed). Returns how many lines were read. A store fault raises before the file goes."""
+    total = 0
+    for _ in range(MAX_FINAL_BATCHES // MAX_BATCHES):
+        count = ingest(store, job_id, attempt, run_dir)
+        if not count:
+            runs.events_path(run_dir, attempt).unlink(missing_ok=True)
+            break
+        total += count
     return total
 
 

@@ -275,7 +275,8 @@ class Supervisor:
             if getattr(running.handle, "waiting", False):  # queued on a cluster: its clock starts when it runs
                 running.started = now
             if code is not None:
-                self.ingest(running)  # all it reported, before its outcome is settled
+                self.ingest(running)  # all it reported (spawns noted), before its outcome is settled
+                contract.ingest_to_end(self.store, job_id, running.attempt, running.log_path.parent)
                 self._finalize(running, code)  # a store fault raises here: the job stays ours, tried again
                 del self.running[job_id]
                 ended.append(job_id)
@@ -499,7 +500,7 @@ class Supervisor:
             run_dir = runs.run_dir_of(job, self.settings.runs_dir)
             attempt = self.store.attempt(job.id, job.attempts) or {}
             if job.attempts:  # what it reported while the daemon was down, and how it ended (its outcome file)
-                contract.ingest(self.store, job.id, job.attempts, run_dir)
+                contract.ingest_to_end(self.store, job.id, job.attempts, run_dir)
                 attempt = runs.read_outcome(run_dir, job.attempts) or attempt
             if attempt.get("outcome") == AttemptOutcome.SUCCEEDED:  # never run twice
                 state, reason = JobState.SUCCEEDED, "finished while the daemon was down"
