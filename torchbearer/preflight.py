@@ -387,7 +387,11 @@ def keep_warnings(store: Any, parsed: list[ParsedJob], ids: list[int], warnings:
 
 def job_warnings(store: Any, job_id: int) -> list[str]:
     """What a user should know of a job besides its state: the pre-flight warnings kept when it was queued,
-    then the warnings and errors its workers logged (the log markers of ``runs.py``), as
-    ``attempt 2, error: …``."""
-    logged = [f"attempt {mark['attempt']}, {mark['level']}: {mark['message']}" for mark in store.log_marks(job_id)]
+    then the warnings and errors its workers logged (the log markers of ``runs.py``), as ``attempt 2 logged:
+    …`` or ``attempt 2 logged an error: …``."""
+    logged = [
+        f"attempt {mark['attempt']} logged{'' if mark['level'] == 'warning' else ' an ' + mark['level']}: "
+        f"{mark['message']}"
+        for mark in store.log_marks(job_id)
+    ]
     return [*(store.meta(f"{WARNINGS_KEY}{job_id}") or []), *logged]

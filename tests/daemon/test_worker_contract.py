@@ -17,6 +17,7 @@ from torchbearer import runs
 from torchbearer.daemon import contract
 from torchbearer.joblog import MAX_MARKS
 from torchbearer.store import NewJob, Store
+from torchbearer.tui.poller import Poller
 
 
 def _store_files_open(pid: int, state_path: Path) -> list[str]:
@@ -80,9 +81,12 @@ def test_the_warnings_a_worker_logs_reach_show_as_log_markers(project, store, da
     assert (first["attempt"], first["level"], first["logger"]) == (1, "warning", "tests.kinds.probe")
     assert first["message"] == f"probe warning 1 of {MAX_MARKS + 5}"  # its first line: the log has the rest
     assert last["message"] == "6 more warnings or errors not marked: see log.txt"
-    shown = json.loads(tb("show", "--json", str(job.id)).stdout)
-    assert f"attempt 1, warning: probe warning 1 of {MAX_MARKS + 5}" in shown["warnings"]
-    assert "interrupted" not in " ".join(shown["warnings"])
+    shown = json.loads(tb("show", "--json", str(job.id)).stdout)["warnings"]
+    assert shown[0] == f"attempt 1 logged: probe warning 1 of {MAX_MARKS + 5}"
+    assert shown[-1] == "attempt 1 logged: 6 more warnings or errors not marked: see log.txt"
+    poller = Poller(project)  # the dashboard's job view lists them too
+    poller.focus_job = job.id
+    assert poller.poll().detail.warnings == tuple(shown)
 
 
 def _events(path: Path, lines: list[str]) -> None:

@@ -242,7 +242,7 @@ class JobDetail:
     log_reset: bool = False  # the lines replace what the view holds (first read, another job, log cut back)
     preview_path: Path | None = None
     preview: Any = field(default=None, compare=False)  # numpy (H, W, 3) uint8 when (re)loaded this time
-    warnings: tuple[str, ...] = ()  # the pre-flight check's warnings from when it was queued (preflight.py)
+    warnings: tuple[str, ...] = ()  # pre-flight warnings, then the logged ones (preflight.job_warnings)
 
 
 def key_metric(names: list[str] | set[str]) -> str | None:

@@ -117,8 +117,8 @@ class JobTitle(Static):
 
 
 class FailurePanel(Static):
-    """Why a job failed (or was cancelled, or lost a dependency), the end of its traceback, and the pre-flight
-    check's warnings from when it was queued."""
+    """Why a job failed (or was cancelled, or lost a dependency), the end of its traceback, and its warnings:
+    the pre-flight check's from when it was queued, then those its workers logged."""
 
     def show(self, detail: JobDetail) -> None:
         job = detail.job
@@ -133,7 +133,7 @@ class FailurePanel(Static):
             parts.append(Text(f"{job.state}: {job.reason or 'no reason recorded'}", style="bold red"))
             if job.error_tail:
                 parts.append(Text("\n").join(log_text(line) for line in job.error_tail.splitlines()[-12:]))
-        parts += [Text(f"pre-flight warning: {warning}", style="yellow") for warning in detail.warnings]
+        parts += [Text(f"warning: {warning}", style="yellow") for warning in detail.warnings]
         self.update(Group(*parts))
 
 
