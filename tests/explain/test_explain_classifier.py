@@ -55,11 +55,12 @@ def classifier_checkpoint(root: Path, backbone: str, path: Path, layout: str = "
     return save_checkpoint(model, card, path)
 
 
-def _context(project, store, name: str) -> JobContext:
+def _context(project, store, name: str, spec: dict | None = None) -> JobContext:
+    """The context of a new explain job; ``spec`` (as given) names the jobs its ``job.json`` carries."""
     (job_id,) = store.add_jobs([NewJob(name=name, kind="explain", spec_given={}, spec={})])
     run_dir = project.runs_dir / f"{job_id}-{name}"
     run_dir.mkdir(parents=True)
-    return job_context(store, job_id, run_dir, project)
+    return job_context(store, job_id, run_dir, project, spec=spec)
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def scl_classifier(project) -> Path:
 
 def _explain(project, store, name: str, **fields) -> JobContext:
     spec = get_kind("explain").spec.model_validate({"name": name, **fields})
-    ctx = _context(project, store, name)
+    ctx = _context(project, store, name, {"name": name, **fields})
     get_kind("explain").run(spec, ctx)
     ingest(store, ctx)
     return ctx
@@ -135,12 +136,49 @@ def test_a_classify_checkpoint_explained_on_its_patches(project, store, scl_clas
     with pytest.raises(ExplainError, match=r"layer 'layer5' does not exist in this ResNet; did you mean 'layer4'"):
         _explain(project, store, "b", model={"checkpoint": str(scl_classifier)}, target_class="cloud",
                  layer="layer5", patches={"folder": "scl"})  # fmt: skip
-    with pytest.raises(ExplainError, match=r"patches.job takes a train job's validation patches; .* as a folder"):
-        _explain(project, store, "d", model={"checkpoint": str(scl_classifier)}, target_class="cloud",
-                 patches={"job": "scl"})  # fmt: skip
     with pytest.raises(ExplainError, match=r"whole-scene CAMs are made with segmentation models"):
         _explain(project, store, "c", model={"checkpoint": str(scl_classifier)}, target_class="cloud",
                  scene="scl/water/x.tif")  # fmt: skip
+
+
+def test_a_classifier_is_explained_on_its_classify_jobs_validation_patches(project, store, scl_classifier) -> None:
+    # The classify job as queued: its job file fixes its split (seeded, stratified), so it need not have run.
+    # A small val_fraction and another seed than the default: every one of its validation patches is drawn.
+    data = {"root": "scl", "val_fraction": 0.05, "test_fraction": 0.2}
+    classify = get_kind("classify").spec.model_validate({"name": "scl", "data": data, "train": {"seed": 3}})
+    store.add_jobs([NewJob(name="scl", kind="classify", spec_given={}, spec=classify.model_dump(mode="json"))])
+    ctx = _explain(
+        project, store, "why-val", model={"checkpoint": str(scl_classifier)}, target_class="water",
+        patches={"job": "scl", "count": 100}, methods=["gradcam"], attributions=None, embeddings=None,
+    )  # fmt: skip
+    assert ctx.job["refs"]["scl"]["kind"] == "classify"
+
+    patch_set = load_patch_set(project.project_dir / "scl", project.project_dir / "other-cache")
+    split = patch_set.split(0.05, 0.2, 3)
+
+    def names(indexes) -> set[str]:
+        return {str(Path(patch_set.paths[i]).with_suffix("")).replace("/", "_") for i in indexes}
+
+    pngs = {p.stem for p in (ctx.run_dir / "explain" / "cams").glob("*.png")}
+    assert pngs == names(split["val"]) and 8 <= len(pngs) < 30
+    assert not pngs & (names(split["train"]) | names(split["test"]))
+    assert {n.split("_")[0] for n in pngs} == {"cloud", "shadow", "vegetation", "water"}  # stratified
+    summary = (ctx.run_dir / "explain.md").read_text()
+    assert summary.count("CAM overlay of ") == len(pngs)
+
+    # A job that has no validation patches for this model is named, with what it is and what to give.
+    store.add_jobs([NewJob(name="prep", kind="prepare", spec_given={}, spec={})])
+    with pytest.raises(ExplainError, match=r"patches.job: 'prep' is not a train or classify job .*a prepare job"):
+        _explain(project, store, "a", model={"checkpoint": str(scl_classifier)}, target_class="water",
+                 patches={"job": "prep"})  # fmt: skip
+    with pytest.raises(ExplainError, match=r"patches.job: 'nothing' is not a train or classify job in the store"):
+        _explain(project, store, "b", model={"checkpoint": str(scl_classifier)}, target_class="water",
+                 patches={"job": "nothing"})  # fmt: skip
+    store.add_jobs([NewJob(name="fcn", kind="train", spec_given={}, spec={})])
+    with pytest.raises(ExplainError, match=r"'fcn' is a train job; the resnet18 classifier is explained on a "
+                       r"classify job's validation patches, or on a folder"):  # fmt: skip
+        _explain(project, store, "c", model={"checkpoint": str(scl_classifier)}, target_class="water",
+                 patches={"job": "fcn"})  # fmt: skip
 
 
 def test_a_multi_label_bigearthnet_classifier_explained_per_chosen_class(project, store) -> None:
