@@ -19,13 +19,13 @@ import torch
 
 from tests.classify.conftest import BIGEARTHNET, PATCHES
 from tests.contract import ingest, job_context
+from tests.explain.conftest import classifier_checkpoint
 from torchbearer.context import JobContext
 from torchbearer.explain.embeddings import embed
 from torchbearer.explain.model import ExplainError, automatic_layer, find_layer, load_explained, predicted
 from torchbearer.explain.patches import classifier_patches
 from torchbearer.jobs import get_kind
 from torchbearer.ml.checkpoint import ModelCard, save_checkpoint
-from torchbearer.ml.classifiers import build_classifier
 from torchbearer.ml.patches import load_patch_set
 from torchbearer.store import NewJob
 
@@ -37,22 +37,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def classifier_checkpoint(root: Path, backbone: str, path: Path, layout: str = "auto") -> Path:
-    """A ``classify``-style checkpoint (card ``arch: classifier``, the patches' per-band statistics in their own
-    units) of an untrained timm classifier for the patch set under ``root``."""
-    patch_set = load_patch_set(root, path.parent / "cache", layout=layout)
-    mean, std = patch_set.band_stats(np.arange(len(patch_set)))
-    card = ModelCard(
-        arch="classifier", backbone=backbone, in_channels=len(patch_set.bands), num_classes=len(patch_set.classes),
-        classes=patch_set.classes, task="multilabel" if patch_set.multilabel else "multiclass",
-        bands=patch_set.bands, resolution=60.0 if layout == "auto" else 10.0, norm={"mean": mean, "std": std},
-        extra={"patch_size": int(patch_set.images.shape[-1])},
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = build_classifier(backbone, card.in_channels, card.num_classes, weights=None)
-    return save_checkpoint(model, card, path)
 
 
 def _context(project, store, name: str, spec: dict | None = None) -> JobContext:
