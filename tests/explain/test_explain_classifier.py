@@ -163,6 +163,9 @@ def test_a_classifier_is_explained_on_its_classify_jobs_validation_patches(proje
                        r"classify job's validation patches, or on a folder"):  # fmt: skip
         _explain(project, store, "c", model={"checkpoint": str(scl_classifier)}, target_class="water",
                  patches={"job": "fcn"})  # fmt: skip
+    # The classify job's own model only once it has finished (the daemon runs explain after it).
+    with pytest.raises(LookupError, match=r"job scl \(#\d+\) is queued, not succeeded"):
+        _explain(project, store, "d", model={"job": "scl"}, target_class="water", patches={"job": "scl"})
 
 
 def test_a_multi_label_bigearthnet_classifier_explained_per_chosen_class(project, store) -> None:
