@@ -152,10 +152,10 @@ def classifier_patches(root: Path, card: ModelCard, count: int = 10_000) -> list
 
 def classify_validation_patches(patch_set: PatchSet, indexes: np.ndarray, card: ModelCard,
                                 count: int = 10_000) -> list[Patch]:  # fmt: skip
-    """The validation patches of a classify job: ``indexes`` (its split's ``val``) into ``patch_set`` (a
-    the arrays it trained and validated on), at most ``count`` spread
-    over them (the split is sorted by class folder: :func:`spread`). Read as :func:`classifier_patches` reads
-    a folder: the card's bands, the patches' own units, fed whole, named and georeferenced by their files."""
+    """The validation patches of a classify job: ``indexes`` (its split's ``val``) into ``patch_set`` (the
+    arrays it trained and validated on), at most ``count`` spread over them (the split is sorted by class
+    folder: :func:`spread`). As :func:`classifier_patches` reads a folder: the card's bands, the patches' own
+    units, fed whole, named and georeferenced by their files."""
     bands = list(patch_set.bands)
     missing = [b for b in card.bands if b not in bands]
     if missing:
