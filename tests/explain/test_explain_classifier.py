@@ -194,6 +194,16 @@ def test_a_multi_label_bigearthnet_classifier_explained_per_chosen_class(project
     patches = classifier_patches(project.project_dir / "ben", card)
     assert [p.dn.shape for p in patches] == [(12, 120, 120)] * 6 and all(p.valid.all() for p in patches)
 
+    # A BigEarthNet classify job's validation patches: patch folders, named by folder, on their 10 m grid.
+    data = {"root": "ben", "layout": "bigearthnet", "val_fraction": 0.34, "test_fraction": 0.0}
+    classify = get_kind("classify").spec.model_validate({"name": "ben", "data": data})
+    store.add_jobs([NewJob(name="ben", kind="classify", spec_given={}, spec=classify.model_dump(mode="json"))])
+    ctx = _explain(project, store, "why-ben-val", model={"checkpoint": str(checkpoint)}, target_class=chosen,
+                   patches={"job": "ben"}, methods=["gradcam"], attributions=None, embeddings=None)  # fmt: skip
+    patch_set = load_patch_set(project.project_dir / "ben", project.project_dir / "other-cache")
+    val = {patch_set.paths[i] for i in patch_set.split(0.34, 0.0, 0)["val"]}
+    assert {p.stem for p in (ctx.run_dir / "explain" / "cams").glob("*.png")} == val and 1 <= len(val) < 6
+
 
 def test_checkpoints_explain_cannot_use_are_named(project, tmp_path) -> None:
     model = timm.create_model("resnet18", in_chans=3, num_classes=2)
