@@ -1,4 +1,5 @@
-"""Explanation-test helpers: the real 60 m crop's stacks (from ``tests/inference``) and hand-made models."""
+"""Explanation-test helpers: the real 60 m crop's stacks (from ``tests/inference``), hand-made models, and
+``classify``-style checkpoints of untrained timm classifiers."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from tests.inference.conftest import part60, small60, stack20, stack60  # noqa: 
 from tests.ml.conftest import sample_project  # noqa: F401 - the train tests' project with the crop and masks
 from torchbearer.explain.patches import Patch, scene_window_patches
 from torchbearer.imagery.cache import stack_info
-from torchbearer.ml.checkpoint import ModelCard
+from torchbearer.ml.checkpoint import ModelCard, save_checkpoint
+from torchbearer.ml.classifiers import build_classifier
+from torchbearer.ml.patches import load_patch_set
 
 
 class RegionModel(nn.Module):
@@ -82,3 +85,19 @@ def real_card(stack: Path, arch: str = "fcn", classes: tuple[str, ...] = ("clear
 
 def windows(stack: Path, card: ModelCard, size: int) -> list[Patch]:
     return list(scene_window_patches(stack, card, size))
+
+
+def classifier_checkpoint(root: Path, backbone: str, path: Path, layout: str = "auto") -> Path:
+    """A ``classify``-style checkpoint (card ``arch: classifier``, the patches' per-band statistics in their own
+    units) of an untrained timm classifier for the patch set under ``root``."""
+    patch_set = load_patch_set(root, path.parent / "cache", layout=layout)
+    mean, std = patch_set.band_stats(np.arange(len(patch_set)))
+    card = ModelCard(
+        arch="classifier", backbone=backbone, in_channels=len(patch_set.bands), num_classes=len(patch_set.classes),
+        classes=patch_set.classes, task="multilabel" if patch_set.multilabel else "multiclass",
+        bands=patch_set.bands, resolution=60.0 if layout == "auto" else 10.0, norm={"mean": mean, "std": std},
+        extra={"patch_size": int(patch_set.images.shape[-1])},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_classifier(backbone, card.in_channels, card.num_classes, weights=None)
+    return save_checkpoint(model, card, path)

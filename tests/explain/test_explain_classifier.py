@@ -19,13 +19,13 @@ import torch
 
 from tests.classify.conftest import BIGEARTHNET, PATCHES
 from tests.contract import ingest, job_context
+from tests.explain.conftest import classifier_checkpoint
 from torchbearer.context import JobContext
 from torchbearer.explain.embeddings import embed
 from torchbearer.explain.model import ExplainError, automatic_layer, find_layer, load_explained, predicted
 from torchbearer.explain.patches import classifier_patches
 from torchbearer.jobs import get_kind
 from torchbearer.ml.checkpoint import ModelCard, save_checkpoint
-from torchbearer.ml.classifiers import build_classifier
 from torchbearer.ml.patches import load_patch_set
 from torchbearer.store import NewJob
 
@@ -39,27 +39,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def classifier_checkpoint(root: Path, backbone: str, path: Path, layout: str = "auto") -> Path:
-    """A ``classify``-style checkpoint (card ``arch: classifier``, the patches' per-band statistics in their own
-    units) of an untrained timm classifier for the patch set under ``root``."""
-    patch_set = load_patch_set(root, path.parent / "cache", layout=layout)
-    mean, std = patch_set.band_stats(np.arange(len(patch_set)))
-    card = ModelCard(
-        arch="classifier", backbone=backbone, in_channels=len(patch_set.bands), num_classes=len(patch_set.classes),
-        classes=patch_set.classes, task="multilabel" if patch_set.multilabel else "multiclass",
-        bands=patch_set.bands, resolution=60.0 if layout == "auto" else 10.0, norm={"mean": mean, "std": std},
-        extra={"patch_size": int(patch_set.images.shape[-1])},
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = build_classifier(backbone, card.in_channels, card.num_classes, weights=None)
-    return save_checkpoint(model, card, path)
-
-
-def _context(project, store, name: str) -> JobContext:
+def _context(project, store, name: str, spec: dict | None = None) -> JobContext:
+    """The context of a new explain job; ``spec`` (as given) names the jobs its ``job.json`` carries."""
     (job_id,) = store.add_jobs([NewJob(name=name, kind="explain", spec_given={}, spec={})])
     run_dir = project.runs_dir / f"{job_id}-{name}"
     run_dir.mkdir(parents=True)
-    return job_context(store, job_id, run_dir, project)
+    return job_context(store, job_id, run_dir, project, spec=spec)
 
 
 @pytest.fixture
@@ -71,7 +56,7 @@ def scl_classifier(project) -> Path:
 
 def _explain(project, store, name: str, **fields) -> JobContext:
     spec = get_kind("explain").spec.model_validate({"name": name, **fields})
-    ctx = _context(project, store, name)
+    ctx = _context(project, store, name, {"name": name, **fields})
     get_kind("explain").run(spec, ctx)
     ingest(store, ctx)
     return ctx
@@ -135,12 +120,52 @@ def test_a_classify_checkpoint_explained_on_its_patches(project, store, scl_clas
     with pytest.raises(ExplainError, match=r"layer 'layer5' does not exist in this ResNet; did you mean 'layer4'"):
         _explain(project, store, "b", model={"checkpoint": str(scl_classifier)}, target_class="cloud",
                  layer="layer5", patches={"folder": "scl"})  # fmt: skip
-    with pytest.raises(ExplainError, match=r"patches.job takes a train job's validation patches; .* as a folder"):
-        _explain(project, store, "d", model={"checkpoint": str(scl_classifier)}, target_class="cloud",
-                 patches={"job": "scl"})  # fmt: skip
     with pytest.raises(ExplainError, match=r"whole-scene CAMs are made with segmentation models"):
         _explain(project, store, "c", model={"checkpoint": str(scl_classifier)}, target_class="cloud",
                  scene="scl/water/x.tif")  # fmt: skip
+
+
+def test_a_classifier_is_explained_on_its_classify_jobs_validation_patches(project, store, scl_classifier) -> None:
+    # The classify job as queued: its job file fixes its split (seeded, stratified), so it need not have run.
+    # A small val_fraction and another seed than the default: every one of its validation patches is drawn.
+    data = {"root": "scl", "val_fraction": 0.05, "test_fraction": 0.2}
+    classify = get_kind("classify").spec.model_validate({"name": "scl", "data": data, "train": {"seed": 3}})
+    store.add_jobs([NewJob(name="scl", kind="classify", spec_given={}, spec=classify.model_dump(mode="json"))])
+    ctx = _explain(
+        project, store, "why-val", model={"checkpoint": str(scl_classifier)}, target_class="water",
+        patches={"job": "scl", "count": 100}, methods=["gradcam"], attributions=None, embeddings=None,
+    )  # fmt: skip
+    assert ctx.job["refs"]["scl"]["kind"] == "classify"
+
+    patch_set = load_patch_set(project.project_dir / "scl", project.project_dir / "other-cache")
+    split = patch_set.split(0.05, 0.2, 3)
+
+    def names(indexes) -> set[str]:
+        return {str(Path(patch_set.paths[i]).with_suffix("")).replace("/", "_") for i in indexes}
+
+    pngs = {p.stem for p in (ctx.run_dir / "explain" / "cams").glob("*.png")}
+    assert pngs == names(split["val"]) and 8 <= len(pngs) < 30
+    assert not pngs & (names(split["train"]) | names(split["test"]))
+    assert {n.split("_")[0] for n in pngs} == {"cloud", "shadow", "vegetation", "water"}  # stratified
+    summary = (ctx.run_dir / "explain.md").read_text()
+    assert summary.count("CAM overlay of ") == len(pngs)
+
+    # A job that has no validation patches for this model is named, with what it is and what to give.
+    store.add_jobs([NewJob(name="prep", kind="prepare", spec_given={}, spec={})])
+    with pytest.raises(ExplainError, match=r"patches.job: 'prep' is not a train or classify job .*a prepare job"):
+        _explain(project, store, "a", model={"checkpoint": str(scl_classifier)}, target_class="water",
+                 patches={"job": "prep"})  # fmt: skip
+    with pytest.raises(ExplainError, match=r"patches.job: 'nothing' is not a train or classify job in the store"):
+        _explain(project, store, "b", model={"checkpoint": str(scl_classifier)}, target_class="water",
+                 patches={"job": "nothing"})  # fmt: skip
+    store.add_jobs([NewJob(name="fcn", kind="train", spec_given={}, spec={})])
+    with pytest.raises(ExplainError, match=r"'fcn' is a train job; the resnet18 classifier is explained on a "
+                       r"classify job's validation patches, or on a folder"):  # fmt: skip
+        _explain(project, store, "c", model={"checkpoint": str(scl_classifier)}, target_class="water",
+                 patches={"job": "fcn"})  # fmt: skip
+    # The classify job's own model only once it has finished (the daemon runs explain after it).
+    with pytest.raises(LookupError, match=r"job scl \(#\d+\) is queued, not succeeded"):
+        _explain(project, store, "d", model={"job": "scl"}, target_class="water", patches={"job": "scl"})
 
 
 def test_a_multi_label_bigearthnet_classifier_explained_per_chosen_class(project, store) -> None:
@@ -168,6 +193,16 @@ def test_a_multi_label_bigearthnet_classifier_explained_per_chosen_class(project
         assert shapely.from_wkb(geometry)[0].equals(shapely.box(*src.bounds))
     patches = classifier_patches(project.project_dir / "ben", card)
     assert [p.dn.shape for p in patches] == [(12, 120, 120)] * 6 and all(p.valid.all() for p in patches)
+
+    # A BigEarthNet classify job's validation patches: patch folders, named by folder, on their 10 m grid.
+    data = {"root": "ben", "layout": "bigearthnet", "val_fraction": 0.34, "test_fraction": 0.0}
+    classify = get_kind("classify").spec.model_validate({"name": "ben", "data": data})
+    store.add_jobs([NewJob(name="ben", kind="classify", spec_given={}, spec=classify.model_dump(mode="json"))])
+    ctx = _explain(project, store, "why-ben-val", model={"checkpoint": str(checkpoint)}, target_class=chosen,
+                   patches={"job": "ben"}, methods=["gradcam"], attributions=None, embeddings=None)  # fmt: skip
+    patch_set = load_patch_set(project.project_dir / "ben", project.project_dir / "other-cache")
+    val = {patch_set.paths[i] for i in patch_set.split(0.34, 0.0, 0)["val"]}
+    assert {p.stem for p in (ctx.run_dir / "explain" / "cams").glob("*.png")} == val and 1 <= len(val) < 6
 
 
 def test_checkpoints_explain_cannot_use_are_named(project, tmp_path) -> None:

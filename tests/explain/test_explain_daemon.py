@@ -1,4 +1,5 @@
-"""``explain`` through a real daemon, on the checkpoint and validation patches of a real ``train`` job."""
+"""``explain`` through a real daemon, on the checkpoint and validation patches of a real ``train`` job and of a
+real ``classify`` job."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from tests.classify.conftest import classify_yaml
 from tests.conftest import wait_state, write_job
 from tests.daemon.conftest import job_named
 from tests.ml.conftest import train_yaml
+from torchbearer.ml.patches import load_patch_set
 from torchbearer.tui.data import preview_candidate
 
 
@@ -45,10 +47,11 @@ def test_explain_a_train_jobs_checkpoint_through_the_daemon(sample_project, stor
 
 @pytest.mark.slow  # about 2 min on the loaded 2-core machine: a classify job, then the explain job
 def test_explain_a_classify_jobs_checkpoint_through_the_daemon(patch_project, store, daemon) -> None:
-    # One epoch from random weights on the real SCL patches, logging sample classifications to TensorBoard.
+    # One epoch from random weights on the real SCL patches, logging sample classifications to TensorBoard; then
+    # its best checkpoint explained on 4 of its validation patches.
     train = classify_yaml("scl", train="epochs: 1, early_stopping: null, log_images: 2")
     explain = (
-        "name: why-scl\nkind: explain\nmodel: {job: scl}\npatches: {folder: data/patches/t29unu-scl, count: 4}\n"
+        "name: why-scl\nkind: explain\nmodel: {job: scl}\npatches: {job: scl, count: 4}\n"
         "target_class: water\nmethods: [gradcam, guided]\nattributions: {steps: 2, patches: 4}\n"
         "embeddings: {k: 2, tensorboard: false}\ndevice: cpu\n"
     )
@@ -60,8 +63,13 @@ def test_explain_a_classify_jobs_checkpoint_through_the_daemon(patch_project, st
 
     job = _finished(store, "why-scl")
     names = [Path(o["path"]).name for o in store.outputs(job.id, "explanation")]
-    assert len([n for n in names if n.endswith(".png") and n.split("_")[0] in ("cloud", "shadow", "water",
-                                                                              "vegetation")]) == 4  # fmt: skip
+    cams = {Path(o["path"]).stem for o in store.outputs(job.id, "explanation") if Path(o["path"]).parent.name == "cams"}
+    # The classify job's split (val_fraction 0.2, seed 0), from its patch cache: 4 of its validation patches.
+    patch_set = load_patch_set(patch_project.project_dir / "data" / "patches" / "t29unu-scl",
+                               patch_project.data_dir / "cache")  # fmt: skip
+    split = patch_set.split(0.2, 0.2, 0)
+    val = {str(Path(patch_set.paths[i]).with_suffix("")).replace("/", "_") for i in split["val"]}
+    assert len(cams) == 4 and cams <= val, (cams, sorted(val))
     assert {"band_importance.csv", "embeddings.parquet", "clusters.gpkg", "explain.md"} <= set(names)
     summary = (Path(job.run_dir) / "explain.md").read_text()
     assert "class 'water' of best.ckpt (classifier), layer layer4" in summary

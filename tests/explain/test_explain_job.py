@@ -48,11 +48,12 @@ def test_bad_explain_jobs_are_refused(body: str, message: str) -> None:
         parse(f"name: why\nkind: explain\n{body}\n")
 
 
-def _context(project, store, name: str) -> JobContext:
+def _context(project, store, name: str, spec: dict | None = None) -> JobContext:
+    """The context of a new explain job; ``spec`` (as given) names the jobs its ``job.json`` carries."""
     (job_id,) = store.add_jobs([NewJob(name=name, kind="explain", spec_given={}, spec={})])
     run_dir = project.runs_dir / f"{job_id}-{name}"
     run_dir.mkdir(parents=True)
-    return job_context(store, job_id, run_dir, project)
+    return job_context(store, job_id, run_dir, project, spec=spec)
 
 
 def _spec(**fields):
@@ -120,6 +121,12 @@ def test_bad_inputs_fail_with_what_to_change(project, store, small60, stack20) -
     spec = _spec(scene="s60.tif", model={"checkpoint": "b.ckpt"})
     with pytest.raises(ExplainError, match=r"lacks bands B08 .*the model needs B01 .* B08"):
         kind.run(spec, _context(project, store, "d"))
+    # A classify job's patches (another size, their own units) are a classifier's, not a segmentation model's.
+    store.add_jobs([NewJob(name="scl", kind="classify", spec_given={}, spec={})])
+    spec = _spec(patches={"job": "scl"})
+    with pytest.raises(ExplainError, match=r"'scl' is a classify job; the unet segmentation model is explained on a "
+                       r"train job's validation patches, or on a folder"):  # fmt: skip
+        kind.run(spec, _context(project, store, "e", spec.model_dump(mode="json")))
 
 
 def test_a_folder_of_patches_gets_overlays_titled_with_the_prediction(project, store, small60) -> None:

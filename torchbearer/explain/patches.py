@@ -1,9 +1,10 @@
 """The inputs an explanation looks at, as georeferenced patches of DN in the model's band order.
 
-Three sources: a folder of GeoTIFF patches (each a small stack: uint16 DN with band descriptions, or the bands
-of its resolution in stack order), the validation patches of a train job's split, or the windows of a scene
-(non-overlapping, all-no-data ones skipped). Each patch keeps its grid (CRS, transform) so that its embedding
-gets coordinates and its footprint goes into the GeoPackage.
+Sources: a folder of GeoTIFF patches (each a small stack: uint16 DN with band descriptions, or the bands
+of its resolution in stack order), a classifier's patch folder (``classify``'s layouts), the validation patches
+of a train or a classify job's split, or the windows of a scene (non-overlapping, all-no-data ones skipped).
+Each patch keeps its grid (CRS, transform) so that its embedding gets coordinates and its footprint goes into
+the GeoPackage.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -24,6 +25,9 @@ from torchbearer.explain.model import ExplainError
 from torchbearer.imagery.cache import StackError, StackInfo, band_indexes, stack_info, valid_pixels
 from torchbearer.inference.windows import WindowGrid
 from torchbearer.ml.checkpoint import ModelCard, standardising_terms
+
+if TYPE_CHECKING:
+    from torchbearer.ml.patches import PatchSet
 
 
 @dataclass
@@ -125,7 +129,6 @@ def classifier_patches(root: Path, card: ModelCard, count: int = 10_000) -> list
     root = Path(root)
     if not root.is_dir():
         raise ExplainError(f"patches folder {root} does not exist")
-    size = card.extra.get("patch_size")
     patches = []
     try:
         if find_layout(root) == "bigearthnet":
@@ -137,19 +140,57 @@ def classifier_patches(root: Path, card: ModelCard, count: int = 10_000) -> list
             files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             for path in spread(files, count):
                 dn, crs, transform = _classifier_patch(path, card)
-                name = path.relative_to(root).with_suffix("").as_posix().replace("/", "_")
-                patches.append(Patch(name, dn, (1.0, 0.0), crs, transform, masked=False))
+                patches.append(Patch(_patch_name(path, root), dn, (1.0, 0.0), crs, transform, masked=False))
     except PatchDataError as exc:
         raise ExplainError(str(exc)) from None
     if not patches:
         raise ExplainError(f"patches folder {root} holds no patches ({', '.join(IMAGE_SUFFIXES)}, or BigEarthNet "
                            "patch folders)")  # fmt: skip
-    wrong = [p.name for p in patches if size is not None and p.dn.shape[-2:] != (size, size)]
-    if wrong:
-        shape = patches[[p.name for p in patches].index(wrong[0])].dn.shape
-        raise ExplainError(f"patch {wrong[0]} is {shape[2]} × {shape[1]} pixels; the classifier takes {size} × "
-                           f"{size} ({len(wrong)} such patches in {root})")  # fmt: skip
+    _check_size(patches, card, root)
     return patches
+
+
+def classify_validation_patches(patch_set: PatchSet, indexes: np.ndarray, card: ModelCard,
+                                count: int = 10_000) -> list[Patch]:  # fmt: skip
+    """The validation patches of a classify job: ``indexes`` (its split's ``val``) into ``patch_set`` (the
+    arrays it trained and validated on), at most ``count`` spread over them (the split is sorted by class
+    folder: :func:`spread`). As :func:`classifier_patches` reads a folder: the card's bands, the patches' own
+    units, fed whole, named and georeferenced by their files."""
+    bands = list(patch_set.bands)
+    missing = [b for b in card.bands if b not in bands]
+    if missing:
+        raise ExplainError(f"the patches of {patch_set.root} lack bands {' '.join(missing)} the classifier was "
+                           f"trained on (they have {' '.join(bands)})")  # fmt: skip
+    pick = [bands.index(b) for b in card.bands]
+    patches = []
+    for i in spread([int(i) for i in indexes], count):
+        path = patch_set.root / patch_set.paths[i]
+        if path.is_dir():  # a BigEarthNet patch folder
+            crs, transform = _finest_grid([path / f"{path.name}_{b}.tif" for b in card.bands])
+        else:
+            crs, transform = _file_grid(path)
+        dn = np.asarray(patch_set.images[i][pick])
+        patches.append(Patch(_patch_name(path, patch_set.root), dn, (1.0, 0.0), crs, transform, masked=False))
+    _check_size(patches, card, patch_set.root)
+    return patches
+
+
+def _patch_name(path: Path, root: Path) -> str:
+    """A classifier patch's name for files and tables: a BigEarthNet folder's name, else the file's path
+    under ``root`` without its suffix, ``/`` as ``_`` (``water/x.tif`` → ``water_x``)."""
+    if path.is_dir():
+        return path.name
+    return path.relative_to(root).with_suffix("").as_posix().replace("/", "_")
+
+
+def _check_size(patches: list[Patch], card: ModelCard, root: Path) -> None:
+    """Refuse patches of another size than the classifier's training patches."""
+    size = card.extra.get("patch_size")
+    wrong = [p for p in patches if size is not None and p.dn.shape[-2:] != (size, size)]
+    if wrong:
+        shape = wrong[0].dn.shape
+        raise ExplainError(f"patch {wrong[0].name} is {shape[2]} × {shape[1]} pixels; the classifier takes {size} × "
+                           f"{size} ({len(wrong)} such patches in {root})")  # fmt: skip
 
 
 def _classifier_patch(path: Path, card: ModelCard) -> tuple[np.ndarray, Any, Affine | None]:
@@ -161,11 +202,16 @@ def _classifier_patch(path: Path, card: ModelCard) -> tuple[np.ndarray, Any, Aff
     if missing:
         raise ExplainError(f"patch {path} lacks bands {' '.join(missing)} the classifier was trained on (it has "
                            f"{' '.join(names)})")  # fmt: skip
+    return (data[[names.index(b) for b in card.bands]], *_file_grid(path))
+
+
+def _file_grid(path: Path) -> tuple[Any, Affine | None]:
+    """A patch file's CRS and transform; (None, None) for one without a grid (PNG / JPEG)."""
     with warnings.catch_warnings():  # a PNG / JPEG patch has no grid: said by returning None
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as ds:
             crs, transform = ds.crs, ds.transform
-    return data[[names.index(b) for b in card.bands]], crs, (transform if crs is not None else None)
+    return crs, (transform if crs is not None else None)
 
 
 def _finest_grid(files: list[Path]) -> tuple[Any, Affine]:

@@ -226,10 +226,9 @@ def patch_resolution(patch_set: PatchSet) -> float:
         return float(abs(src.transform.a)) if src.crs is not None else 0.0
 
 
-def prepare(spec: ClassifySpec, ctx: JobContext) -> tuple[PatchSet, dict[str, Any], list[float] | None]:
-    """Scan the patches (or reuse their cache), split them, check the backbone: every bad input fails here,
-    before training. Returns the patch set, its split and the class weights."""
-    from torchbearer.ml.classifiers import check_backbone
+def split_patches(spec: ClassifySpec, ctx: JobContext) -> tuple[PatchSet, dict[str, Any]]:
+    """Scan the patches (or reuse their cache) and split them: the patch set and the indexes of its train,
+    val and test patches. ``explain`` takes a classify job's validation patches from here too."""
     from torchbearer.ml.patches import PatchDataError, load_patch_set
 
     data = spec.data
@@ -238,6 +237,15 @@ def prepare(spec: ClassifySpec, ctx: JobContext) -> tuple[PatchSet, dict[str, An
     split = patch_set.split(data.val_fraction, data.test_fraction, spec.train.seed)
     if len(split["val"]) == 0:
         raise PatchDataError(f"{patch_set.root}: no validation patches (val_fraction 0 and no valid/ folder)")
+    return patch_set, split
+
+
+def prepare(spec: ClassifySpec, ctx: JobContext) -> tuple[PatchSet, dict[str, Any], list[float] | None]:
+    """Scan the patches (or reuse their cache), split them, check the backbone: every bad input fails here,
+    before training. Returns the patch set, its split and the class weights."""
+    from torchbearer.ml.classifiers import check_backbone
+
+    patch_set, split = split_patches(spec, ctx)
     check_backbone(spec.model.backbone)
     weights = spec.train.class_weights
     if weights == "auto":

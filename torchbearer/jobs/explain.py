@@ -7,7 +7,7 @@ model: {job: fcn}                       # or {checkpoint: models/unet.ckpt}
 target_class: cloud                     # default: a binary model's target class
 layer: auto                             # or a module name, e.g. encoder.layer3
 methods: [gradcam, gradcam++, guided]
-patches: {job: fcn, count: 8}           # the train job's validation patches; or {folder: patches/}
+patches: {job: fcn, count: 8}           # a train (or classify) job's validation patches; or {folder: patches/}
 scene: data/S2A_MSIL2A_….SAFE           # also a whole-scene CAM GeoTIFF (SAFE folder or stacked GeoTIFF)
 attributions: {method: integrated_gradients, baseline: mean}
 embeddings: {k: null, k_range: [2, 8], tensorboard: true}
@@ -40,11 +40,11 @@ Method = Literal["gradcam", "gradcam++", "guided"]
 
 
 class PatchesSpec(StrictModel):
-    """Patches to explain: a folder of GeoTIFF patches, or the validation patches of a train job."""
+    """Patches to explain: a folder of patches, or the validation patches of a train or classify job."""
 
     folder: str | None = Field(None, description="GeoTIFF patches (uint16 DN, bands named or in stack order)")
-    job: str | int | None = Field(None, description="a train job (name or id) whose validation patches to use")
-    count: int = Field(16, ge=1, le=10_000, description="most patches taken (a classifier's: spread over the folder)")
+    job: str | int | None = Field(None, description="a train or classify job (name or id): its validation patches")
+    count: int = Field(16, ge=1, le=10_000, description="most patches taken (a classifier's: spread over them)")
 
     @model_validator(mode="after")
     def _one_source(self) -> PatchesSpec:
@@ -96,7 +96,7 @@ class ExplainSpec(JobSpec):
     @model_validator(mode="before")
     @classmethod
     def _after_jobs(cls, data: Any) -> Any:
-        # The model's and the patches' train jobs must have finished: run after them.
+        # The model's and the patches' jobs must have finished: run after them.
         if isinstance(data, dict):
             refs = [part.get("job") for part in (data.get("model"), data.get("patches")) if isinstance(part, dict)]
             after = list(data.get("after") or [])
@@ -106,7 +106,7 @@ class ExplainSpec(JobSpec):
     @model_validator(mode="after")
     def _inputs(self) -> ExplainSpec:
         if self.patches is None and self.scene is None:
-            raise ValueError("give patches (a folder or a train job) or a scene, or both")
+            raise ValueError("give patches (a folder, or a train or classify job) or a scene, or both")
         if self.window % 32:
             raise ValueError(f"window {self.window} must be a multiple of 32 (U-Net and FarSeg downsample by 32)")
         if len(set(self.methods)) != len(self.methods):
@@ -150,20 +150,55 @@ def scene_stack(spec: ExplainSpec, ctx: JobContext, resolution: float) -> Path:
 
 
 def job_patches(spec: ExplainSpec, ctx: JobContext, card: ModelCard) -> list[Patch]:
-    """The validation patches of the train job ``spec.patches.job``, rebuilt from its job file."""
+    """The validation patches of the job ``spec.patches.job``, rebuilt from its job file: a train job's for a
+    segmentation model, a classify job's for a classifier (the split each validated on)."""
     from torchbearer.explain.model import ExplainError
+    from torchbearer.inference.classify import CLASSIFIER_ARCH
+
+    assert spec.patches is not None and spec.patches.job is not None
+    ref = spec.patches.job
+    try:
+        job = ctx.job_record(ref)  # written into job.json by the daemon
+    except LookupError:
+        job = None
+    kind = job["kind"] if job is not None else None
+    if kind not in ("train", "classify"):
+        found = f" (it is a {kind} job)" if kind else ""
+        raise ExplainError(f"patches.job: {ref!r} is not a train or classify job in the store{found}")
+    wanted = "classify" if card.arch == CLASSIFIER_ARCH else "train"
+    if kind != wanted:  # a classifier's patches and a segmentation model's scenes differ in size and units
+        model = f"the {card.backbone} classifier" if wanted == "classify" else f"the {card.arch} segmentation model"
+        raise ExplainError(f"patches.job: {ref!r} is a {kind} job; {model} is explained on a {wanted} job's "
+                           "validation patches, or on a folder (patches: {folder: …})")  # fmt: skip
+    assert job is not None
+    if kind == "classify":
+        return classify_job_patches(spec, ctx, card, job["spec"])
+    return train_job_patches(spec, ctx, card, job["spec"])
+
+
+def classify_job_patches(spec: ExplainSpec, ctx: JobContext, card: ModelCard, given: dict[str, Any]) -> list[Patch]:
+    """The validation patches of a classify job (its spec ``given``), split as the job split them."""
+    from torchbearer.explain.model import ExplainError
+    from torchbearer.explain.patches import classify_validation_patches
+    from torchbearer.jobs.classify import ClassifySpec, split_patches
+    from torchbearer.ml.patches import PatchDataError
+
+    assert spec.patches is not None
+    try:
+        patch_set, split = split_patches(ClassifySpec.model_validate(given), ctx)
+    except PatchDataError as exc:
+        raise ExplainError(f"patches.job {spec.patches.job!r}: {exc}") from None
+    return classify_validation_patches(patch_set, split["val"], card, spec.patches.count)
+
+
+def train_job_patches(spec: ExplainSpec, ctx: JobContext, card: ModelCard, given: dict[str, Any]) -> list[Patch]:
+    """The first validation patches of a train job (its spec ``given``), split as the job split them."""
     from torchbearer.explain.patches import job_validation_patches
     from torchbearer.jobs.train import TrainSpec, build_datamodule, scene_stacks
     from torchbearer.ml.scenes import load_scenes
 
-    assert spec.patches is not None and spec.patches.job is not None
-    try:
-        job = ctx.job_record(spec.patches.job)  # written into job.json by the daemon
-    except LookupError:
-        job = None
-    if job is None or job["kind"] != "train":
-        raise ExplainError(f"patches.job: {spec.patches.job!r} is not a train job in the store")
-    train = TrainSpec.model_validate(job["spec"])
+    assert spec.patches is not None
+    train = TrainSpec.model_validate(given)
     stacks, resolution = scene_stacks(train, ctx)
     masks = [ctx.resolve(m) for m in ([train.masks] if isinstance(train.masks, str) else train.masks)]
     scenes = load_scenes(stacks, masks, train.class_names, bands=train.bands, class_field=train.class_field,
@@ -197,9 +232,6 @@ def run(spec: ExplainSpec, ctx: JobContext) -> None:
         raise ExplainError(f"scene: whole-scene CAMs are made with segmentation models; {path.name} is a "
                            f"{card.backbone} classifier of {card.extra.get('patch_size', '?')}-pixel patches: "
                            "explain it on patches (patches: {folder: …})")  # fmt: skip
-    if classifier and spec.patches is not None and spec.patches.job is not None:
-        raise ExplainError(f"patches.job takes a train job's validation patches; for the classifier {path.name} "
-                           "give its patches as a folder (patches: {folder: …}, classify's layouts)")  # fmt: skip
     stack = scene_stack(spec, ctx, card.resolution) if spec.scene else None
     if stack is not None:
         check_bands(stack_info(stack), card)
