@@ -66,7 +66,7 @@ def check_jobs(
     findings: list[Finding] = []
     for job in parsed:
         spec = job.spec
-        for check in (_inputs, _outputs, _mask_overlap, _members, _credentials):
+        for check in (_inputs, _outputs, _mask_overlap, _members, _explained_patches, _credentials):
             try:
                 findings += check(spec, rules, settings=settings, store=store, batch=batch, online=online)
             except Exception as exc:  # noqa: BLE001 - a check that breaks is a warning, never a refusal
@@ -220,10 +220,7 @@ def _members(spec: JobSpec, rules: PathRules, store: Any, batch: dict[str, str],
     for index, member in enumerate(members):
         where = f"models[{index}]" if spec.kind == "predict" else "model"
         if member.job is not None:
-            kind = batch.get(str(member.job))
-            if kind is None and store is not None:
-                job = store.find_job(member.job)
-                kind = job.kind if job is not None else None
+            kind = _kind_of(member.job, batch, store)
             if kind is None:
                 findings.append(Finding(spec.name, where, f"no job named {member.job!r} (in this file or queued)"))
             elif kind not in CHECKPOINT_KINDS:
@@ -241,6 +238,39 @@ def _members(spec: JobSpec, rules: PathRules, store: Any, batch: dict[str, str],
     if cards:
         findings += _card_agreement(spec, cards, rules)
     return findings
+
+
+def _kind_of(ref: str | int, batch: dict[str, str], store: Any) -> str | None:
+    """The kind of the job ``ref`` names, in this file or already queued; None: no such job."""
+    kind = batch.get(str(ref))
+    if kind is None and store is not None:
+        job = store.find_job(ref)
+        kind = job.kind if job is not None else None
+    return kind
+
+
+#: The kinds whose validation patches ``explain`` takes (``patches: {job: …}``).
+PATCH_JOB_KINDS = ("train", "classify")
+
+
+def _explained_patches(spec: JobSpec, rules: PathRules, store: Any, batch: dict[str, str], **_: Any) -> list[Finding]:
+    """An explain job's ``patches: {job: x}`` names a train or classify job, of the kind its model's job is."""
+    patches = getattr(spec, "patches", None) if spec.kind == "explain" else None
+    if patches is None or patches.job is None:
+        return []
+    kind = _kind_of(patches.job, batch, store)
+    if kind is None:
+        return [Finding(spec.name, "patches.job", f"no job named {patches.job!r} (in this file or queued)")]
+    if kind not in PATCH_JOB_KINDS:
+        return [Finding(spec.name, "patches.job", f"job {patches.job!r} is a {kind} job: its validation patches "
+                        "come from a train or classify job")]  # fmt: skip
+    model_job = getattr(getattr(spec, "model", None), "job", None)
+    model_kind = _kind_of(model_job, batch, store) if model_job is not None else None
+    if model_kind in PATCH_JOB_KINDS and model_kind != kind:
+        message = (f"job {patches.job!r} is a {kind} job, but the model comes from the {model_kind} job "
+                   f"{model_job!r}: give that job's patches, or patches: {{folder: …}}")  # fmt: skip
+        return [Finding(spec.name, "patches.job", message)]
+    return []
 
 
 def _card_agreement(spec: JobSpec, cards: list[tuple[str, Any]], rules: PathRules) -> list[Finding]:

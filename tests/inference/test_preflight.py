@@ -188,3 +188,23 @@ def test_an_explain_or_plot_model_job_must_write_a_checkpoint(project: Settings)
     messages = [f.format() for f in check_jobs(parse_job_text(text), project) if "writes no checkpoint" in f.message]
     assert messages == [f"{name}: model: job 'prep' is a prepare job: it writes no checkpoint (a member needs a "
                         "classify/sweep/train job)" for name in ("why", "draw")]  # fmt: skip
+
+
+def test_an_explain_jobs_patches_come_from_a_train_or_classify_job_of_its_models_kind(project: Settings) -> None:
+    from torchbearer.preflight import check_jobs
+    from torchbearer.spec import parse_job_text
+
+    text = ("jobs:\n  - {name: prep, kind: prepare, scene: data/s.tif, steps: [{summarize: {output: out/s}}]}\n"
+            "  - {name: seg, kind: train, scenes: [data/s.tif], masks: m.tif, classes: [a, b]}\n"
+            "  - {name: cls, kind: classify, data: {root: patches}}\n"
+            "  - {name: ok, kind: explain, model: {job: cls}, patches: {job: cls}}\n"
+            "  - {name: prepared, kind: explain, model: {job: cls}, patches: {job: prep}}\n"
+            "  - {name: mixed, kind: explain, model: {job: cls}, patches: {job: seg}}\n"
+            "  - {name: nowhere, kind: explain, model: {job: cls}, patches: {job: gone}}\n")  # fmt: skip
+    messages = [f.format() for f in check_jobs(parse_job_text(text), project) if f.field == "patches.job"]
+    assert messages == [
+        "prepared: patches.job: job 'prep' is a prepare job: its validation patches come from a train or classify job",
+        "mixed: patches.job: job 'seg' is a train job, but the model comes from the classify job 'cls': give that "
+        "job's patches, or patches: {folder: …}",
+        "nowhere: patches.job: no job named 'gone' (in this file or queued)",
+    ]
