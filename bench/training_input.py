@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/training_input.py [--scene <SAFE folder>] [--patches 320] [--patch 256] [--steps 12]
+    python bench/training_input.py [--scene <SAFE folder>] [--patches 320] [--patch 256] [--steps 12] [--input-only]
 
 The scene (figures in docs/benchmarks.md are for the full T29UNU product of the shared fixtures; the sample
 crop in ``data/``, the default, is too small for 256² patches: use ``--patch 64``) is used at 60 m (11 bands),
@@ -20,6 +20,9 @@ with a cloud / clear mask made from its SCL band.
   built) above the model while a training input epoch runs (scenes opened, split, statistics, ``--patches``
   patches through the training DataLoader), with 8 scenes (the scene and 7 shifted repetitions of it,
   ``data/make_repetitions.py``) ÷ with the scene alone.
+
+``--input-only`` stacks the scene and times torchbearer's DataLoader alone (seconds instead of minutes: for
+A/B runs of the input path; last line ``{"patches_per_s", "patches_per_cpu_s"}``).
 
 Both input speeds are measured in wall time and in the process's CPU time (``time.process_time``: on a
 shared, loaded machine the CPU-time ratio is the steadier one). Prints the figures and, last, one JSON line:
@@ -195,6 +198,11 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=320, help="patches each pipeline delivers")
     parser.add_argument("--patch", type=int, default=256, help="patch edge, pixels (64 for the small sample)")
     parser.add_argument("--steps", type=int, default=12, help="training steps for the data-wait share")
+    parser.add_argument(
+        "--input-only",
+        action="store_true",
+        help="time torchbearer's DataLoader alone (no TorchGeo, training steps or memory runs)",
+    )
     parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -213,6 +221,10 @@ def main() -> None:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         ours, ours_cpu = time_torchbearer(dm, args.patches)
+        if args.input_only:
+            print(f"torchbearer DataLoader: {ours:.0f} patches/s, {ours_cpu:.0f} per CPU second (load {load_s:.2f} s)")
+            print(json.dumps({"patches_per_s": round(ours, 1), "patches_per_cpu_s": round(ours_cpu, 1)}))
+            return
         theirs, theirs_cpu = time_torchgeo(args.scene, mask, args.patches, args.patch)
         torch.set_num_threads(threads)
         wait = data_wait_share(dm, args.steps)

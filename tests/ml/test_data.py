@@ -185,6 +185,33 @@ def test_each_augmentation_code_is_its_symmetry_of_the_patch(stack: Path, tmp_pa
     assert len({image[code].tobytes() for code in range(8)}) == 8  # the patch has no symmetry of its own
 
 
+def test_no_data_pixels_follow_each_symmetry(stack: Path, tmp_path: Path) -> None:
+    """A patch with no-data pixels (an asymmetric L, made here): every augmentation code zeroes exactly the
+    pixels its symmetry moves them to, in every band."""
+    scenes = load_scenes([stack], [MASK], CLASSES, cache_dir=tmp_path / "mapped", work_dir=tmp_path / "work")
+    dm = SegmentationDataModule(scenes, patch_size=32, batch_size=8, split=SplitOptions(64))
+    dm.setup()
+    _, r, c = dm.split.train[len(dm.split.train) // 2]
+    nodata = np.zeros((32, 32), bool)
+    nodata[:5, :20] = True
+    nodata[5:12, :3] = True
+    items = []
+    for code in range(8):
+        scene, dn, target, _, aug = dm.dataset(dm.split.train)[(0, int(r), int(c), code)]
+        items.append((scene, dn, target, nodata, aug))
+    batch = Collate(dm.reflectance_terms, dm.mean, dm.std)(items)
+    image = batch["image"].numpy()
+    assert (image[0][:, nodata] == 0).all() and (image[0][:, ~nodata] != 0).mean() > 0.99
+    for code in range(8):
+        flip = {0: lambda x: x, 1: lambda x: x[..., ::-1], 2: lambda x: x[..., ::-1, :],
+                3: lambda x: x[..., ::-1, ::-1]}[code & 3]  # fmt: skip
+        expected_image, expected_nodata = flip(image[0]), flip(nodata)
+        if code & 4:
+            expected_image, expected_nodata = expected_image.swapaxes(-1, -2), expected_nodata.T
+        assert np.array_equal(image[code], expected_image), code
+        assert (image[code][:, expected_nodata] == 0).all(), code
+
+
 def test_input_check_fails_loudly() -> None:
     bands = ["B02", "B03", "B04"]
     with pytest.raises(InputCheckError, match="double-scaled or empty"):

@@ -2,10 +2,11 @@
 :class:`SegmentationDataModule`, patches of memory-mapped scenes (``ml/scenes.py``, ``ml/mapped.py``); chip
 folders are read by ``ml/chips.py::ChipDataModule`` into the same batches.
 
-Batches leave the DataLoader normalised and augmented: the collate function copies each patch once into the
-batch through its flip/rotation view, turning DN into reflectance with the scene's offset and standardising it
-with the per-band statistics of the training blocks in the same pass, no-data pixels zeroed. Random training
-patches are drawn by a sampler in the main process, from the seed and the epoch.
+Batches leave the DataLoader normalised and augmented: the collate function copies each patch into the batch
+through its flip/rotation view (transposed ones through a small staging buffer), turning DN into reflectance
+with the scene's offset and standardising it with the per-band statistics of the training blocks in the same
+pass, no-data pixels zeroed. Random training patches are drawn by a sampler in the main process, from the seed
+and the epoch.
 """
 
 from __future__ import annotations
@@ -114,6 +115,12 @@ class RandomPatchSampler(Sampler):
             yield scene, r, c, aug
 
 
+#: Extra values at the end of each row of the collate's staging buffer: a transposed read from a buffer whose
+#: rows are a power of two bytes apart (a 256-pixel patch: 512 bytes) lands every value of a column in the same
+#: few CPU cache sets, evicting itself (measured: 118 µs a 256² uint16 plane against 48 µs with a padded pitch).
+STAGE_PAD = 16
+
+
 class Collate:
     """Batch patches into ``image`` (normalised float32 B × bands × H × W), ``mask`` (uint8 B × H × W) and
     ``scene`` (int64 B, the source of each patch).
@@ -138,47 +145,58 @@ class Collate:
         bands, rows, cols = items[0][1].shape
         image = np.empty((len(items), bands, rows, cols), np.float32)
         target = np.empty((len(items), rows, cols), np.uint8)
-        stage = np.empty((rows, cols), items[0][1].dtype)
+        valid = np.empty((rows, cols), np.float32)  # 1 where a patch has data (a float factor: no cast a band)
+        stages = _Stages(rows, cols)
         for b, (scene, patch, mask, nodata, aug) in enumerate(items):
             multiplier, offset = self.terms[scene]
-            valid = ~_transformed(nodata, aug) if nodata.any() else None
-            patch = _augment(patch, aug & 3)  # flips are views: one copy, into the batch
+            masked = bool(nodata.any())
+            if masked:
+                _put_symmetry(valid, nodata, aug, stages)
+                np.subtract(1.0, valid, out=valid)
             for k in range(bands):  # band by band, so each plane is converted and scaled while in cache
                 plane = image[b, k]
-                if aug & 4:
-                    # A transposed read walks down the columns: every value on another 4 KiB page of the
-                    # mapped scene (a TLB miss each; the in-memory scenes of old sat on huge pages). Copy the
-                    # plane row by row into a small contiguous buffer first, then transpose from there.
-                    stage[...] = patch[k]
-                    plane[...] = stage.T
-                else:
-                    plane[...] = patch[k]
+                _put_symmetry(plane, patch[k], aug, stages)
                 plane *= multiplier[k]
                 plane += offset[k]
-                if valid is not None:
+                if masked:
                     plane *= valid
-            target[b] = _transformed(mask, aug)
+            _put_symmetry(target[b], mask, aug, stages)
             if self.copied is not None:
                 self.copied(scene)
         sources = torch.tensor([item[0] for item in items], dtype=torch.int64)  # for per-scene scores
         return {"image": torch.from_numpy(image), "mask": torch.from_numpy(target), "scene": sources}
 
 
-def _transformed(x: np.ndarray, code: int) -> np.ndarray:
-    """:func:`_augment` of a (mapped) 2-D window as a contiguous array, the window read row by row."""
-    x = np.ascontiguousarray(_augment(x, code & 3))
-    return np.ascontiguousarray(x.T) if code & 4 else x
+class _Stages:
+    """The collate's staging buffers, one per source dtype: ``rows`` × ``cols`` views of rows padded by
+    :data:`STAGE_PAD` values."""
+
+    def __init__(self, rows: int, cols: int) -> None:
+        self.rows, self.cols = rows, cols
+        self.buffers: dict[np.dtype, np.ndarray] = {}
+
+    def __getitem__(self, dtype: np.dtype) -> np.ndarray:
+        if dtype not in self.buffers:
+            self.buffers[dtype] = np.empty((self.rows, self.cols + STAGE_PAD), dtype)[:, : self.cols]
+        return self.buffers[dtype]
 
 
-def _augment(x: np.ndarray, code: int) -> np.ndarray:
-    """One of the 8 symmetries of a square on the last two axes, as a view."""
-    if code & 1:
-        x = x[..., ::-1]
+def _put_symmetry(out: np.ndarray, x: np.ndarray, code: int, stages: _Stages) -> None:
+    """``out[...] =`` the symmetry ``code`` of the 2-D window ``x`` (a view of a memory-mapped scene or a chip),
+    converted to ``out``'s dtype; the window is read row by row.
+
+    A transposed code copies the rows into a staging buffer first and transposes from there: read down the
+    columns of the scene itself, every value sits on another 4 KiB page and, when the scene's rows are a power
+    of two bytes apart, in the same cache set. Its left-right flip is written as an up-down flip of ``out``
+    (transpose ∘ left-right = up-down ∘ transpose), so no row is read backwards."""
     if code & 2:
-        x = x[..., ::-1, :]
+        x = x[::-1]
     if code & 4:
-        x = x.swapaxes(-1, -2)
-    return x
+        stage = stages[x.dtype]
+        stage[...] = x
+        (out[::-1] if code & 1 else out)[...] = stage.T
+    else:
+        out[...] = x[:, ::-1] if code & 1 else x
 
 
 # -- the DataModule --------------------------------------------------------------------------------------------
