@@ -87,7 +87,7 @@ def _conv1x1(bands: tuple[str, ...]) -> Member:
 
 
 def test_windows_flow_before_the_stack_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A first prediction from a SAFE folder reads windows from the strips already written while the stack is
+    """A first prediction from a SAFE folder reads windows from the strips already decoded while the stack is
     still being built, and writes what predicting from the finished stack writes."""
     events: list[str] = []
     first_read = threading.Event()
@@ -98,8 +98,8 @@ def test_windows_flow_before_the_stack_is_built(tmp_path: Path, monkeypatch: pyt
             first_read.wait(timeout=120)
         return real_decode(band, top, bottom)
 
-    def write_strip(part: Path, data: list[np.ndarray], top: int) -> None:
-        real_write(part, data, top)
+    def write_strip(dst, data: np.ndarray, top: int) -> None:
+        real_write(dst, data, top)
         events.append(f"strip {top}")
 
     def read_window(self, dataset, index: int, j: int) -> np.ndarray:
@@ -134,10 +134,10 @@ def test_windows_flow_before_the_stack_is_built(tmp_path: Path, monkeypatch: pyt
 def test_a_build_that_fails_half_way_leaves_no_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_write = cache._write_strip
 
-    def write_strip(part: Path, data: list[np.ndarray], top: int) -> None:
+    def write_strip(dst, data: np.ndarray, top: int) -> None:
         if top > 0:
             raise OSError("disk full")
-        real_write(part, data, top)
+        real_write(dst, data, top)
 
     monkeypatch.setattr(cache, "_write_strip", write_strip)
     build = start_stack(CROP, 60, tmp_path / "cache")
