@@ -147,3 +147,51 @@ def test_a_build_that_fails_half_way_leaves_no_stack(tmp_path: Path, monkeypatch
     assert not build.path.exists() and not list((tmp_path / "cache").glob("*.part"))
     monkeypatch.undo()
     assert isinstance(start_stack(CROP, 60, tmp_path / "cache"), StackBuild)  # nothing looks complete: built again
+
+
+def test_windows_from_the_strips_in_memory_are_the_finished_stacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows a first prediction reads from the build's decoded strips are those of the finished stack (a
+    subset of its bands, windows across strips), and the build holds a few strips at a time, not the scene."""
+    monkeypatch.setattr(cache, "STRIP_ROWS", 16)  # 20 strips over the crop's 320 rows
+    monkeypatch.setattr(cache, "MEMORY_STRIPS", 2)
+    monkeypatch.setattr(stream, "READERS", 1)
+    reads: list[tuple[list[int], rasterio.windows.Window, np.ndarray]] = []
+    held: list[int] = []
+    real_read = StackBuild.read
+
+    def read(self: StackBuild, indexes: list[int], window: rasterio.windows.Window) -> np.ndarray:
+        block = real_read(self, indexes, window)
+        reads.append((indexes, window, block))
+        held.append(len(self._strips))
+        return block
+
+    monkeypatch.setattr(StackBuild, "read", read)
+    build = start_stack(CROP, 60, tmp_path / "cache")
+    member = _conv1x1(("B02", "B04", "B8A"))
+    predict_scene([member], [build], tmp_path / "map.tif", PredictOptions(window=64, overlap=0.25, batch_size=3))
+    assert len(reads) == 7 * 11  # every window of the 7 × 11 grid, read from memory
+    with rasterio.open(build.path) as ds:
+        for indexes, window, block in reads:
+            assert np.array_equal(block, ds.read(indexes, window=window)), window
+    # A 64-row window spans 4 or 5 strips of 16 rows; one more may be decoded ahead.
+    assert max(held) <= 6, held
+
+
+def test_the_stack_is_written_at_its_zstd_level(tmp_path: Path) -> None:
+    """The stack built strip by strip is compressed as CREATION_OPTIONS say (a file reopened for update would
+    be written at GDAL's default ZSTD level 9 whatever the options: seven times the CPU)."""
+    path = build_stack(CROP, 60, tmp_path / "cache")
+    with rasterio.open(path) as ds:
+        data, profile = ds.read(), ds.profile
+        tiles = [(b, i, j) for b in ds.indexes for i in range(-(-ds.height // 256)) for j in range(-(-ds.width // 256))]
+        built = [ds.block_size(*tile) for tile in tiles]
+    sizes = {}
+    for level in (cache.CREATION_OPTIONS["zstd_level"], 9):
+        reference = tmp_path / f"level{level}.tif"
+        with rasterio.open(reference, "w", **{**profile, **cache.CREATION_OPTIONS, "zstd_level": level}) as dst:
+            dst.write(data)
+        with rasterio.open(reference) as ds:
+            sizes[level] = [ds.block_size(*tile) for tile in tiles]
+    assert built == sizes[cache.CREATION_OPTIONS["zstd_level"]] != sizes[9]

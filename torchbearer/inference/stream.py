@@ -175,7 +175,7 @@ class GroupStream:
             if self.readers <= 1:
                 for i, j in windows:
                     block = read(i, j)
-                    self._release(i)
+                    self._release(i, j)
                     yield i, j, block
                 return
             pending: deque[tuple[int, int, Future[np.ndarray]]] = deque()
@@ -186,12 +186,12 @@ class GroupStream:
                         if len(pending) > 2 * self.readers:
                             i0, j0, done = pending.popleft()
                             block = done.result()
-                            self._release(i0)
+                            self._release(i0, j0)
                             yield i0, j0, block
                     while pending:
                         i0, j0, done = pending.popleft()
                         block = done.result()
-                        self._release(i0)
+                        self._release(i0, j0)
                         yield i0, j0, block
                 finally:
                     for *_, future in pending:
@@ -200,11 +200,14 @@ class GroupStream:
             for dataset in opened:
                 dataset.close()
 
-    def _release(self, index: int) -> None:
-        """Every window before row ``index`` of windows is read (they are handed on in order, the ones still
-        being read are later): a stack being built may drop the rows above it."""
+    def _release(self, index: int, j: int) -> None:
+        """Window ``j`` of row ``index`` is read, and so is every window before it (they are handed on in order,
+        the ones still being read are later): a stack being built may drop the rows above the row of windows
+        still being read (the next one, after a row's last window)."""
         if self.building is not None:
-            self.building.release(self.grid.rows[index])
+            following = index + 1 if j == len(self.grid.cols) - 1 else index
+            rows = self.grid.rows
+            self.building.release(rows[following] if following < len(rows) else self.grid.height)
 
     def _open(self) -> rasterio.io.DatasetReader:
         """A handle on the stack for a reader thread (a GDAL dataset must not be shared between threads)."""
