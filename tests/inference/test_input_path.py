@@ -195,3 +195,36 @@ def test_the_stack_is_written_at_its_zstd_level(tmp_path: Path) -> None:
         with rasterio.open(reference) as ds:
             sizes[level] = [ds.block_size(*tile) for tile in tiles]
     assert built == sizes[cache.CREATION_OPTIONS["zstd_level"]] != sizes[9]
+
+
+def test_closing_a_stream_while_its_reader_reads_ends_its_threads(
+    part60: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream closed (a stop, an error while blending) while its reader is mid-window and its forward thread
+    waits for a batch: both threads end, and closing returns. The reader, seeing the stream closed, sends no
+    further batch: the forward thread waited for it for ever, and the prediction hung."""
+    monkeypatch.setattr(stream, "READERS", 1)
+    resume = threading.Event()
+    real_read = stream.GroupStream._read_window
+
+    def read_window(self, dataset, index: int, j: int) -> np.ndarray:
+        if index == 1 and j == 1:  # the second window of the second row waits until the stream is closed
+            resume.wait(timeout=120)
+        return real_read(self, dataset, index, j)
+
+    monkeypatch.setattr(stream.GroupStream, "_read_window", read_window)
+
+    def forward(x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.full((x.shape[0], 1, x.shape[2], x.shape[3]), 0.5)]
+
+    with rasterio.open(part60) as ds:
+        s = stream.GroupStream(ds, [1, 2], forward, members=1, classes=1, size=64, overlap=0.25, batch_size=1)
+        strips = s.strips()
+        next(strips)  # row 0 of windows is blended; window (1, 0) is read, (1, 1) is being read
+        closing = threading.Thread(target=strips.close, daemon=True)
+        closing.start()
+        while not s._stop.is_set():  # the stream is closing: now the reader finishes its window
+            closing.join(timeout=0.01)
+        resume.set()
+        closing.join(timeout=120)  # (not a timing: without the fix it never returns)
+        assert not closing.is_alive(), "closing the stream hung: its forward thread waits for a batch"

@@ -251,10 +251,20 @@ class GroupStream:
 
     # -- the forward (a thread) ------------------------------------------------------------------------------
 
+    def _next_batch(self) -> _Batch | BaseException | None:
+        """The reader's next batch; None at the end, or once the stream is closed while waiting (a reader that
+        sees the stream closed ends without a word, and the closing loop may take its last batch itself)."""
+        while True:
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return None
+
     def _forwarder(self) -> None:
         """Runs the members on each batch the reader hands on, while the consumer blends the previous one."""
         try:
-            while (batch := self._queue.get()) is not None:
+            while (batch := self._next_batch()) is not None:
                 if isinstance(batch, BaseException):
                     raise batch
                 probs = None
