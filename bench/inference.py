@@ -60,7 +60,7 @@ from torchbearer.imagery.spec import BANDS_BY_RESOLUTION  # noqa: E402
 from torchbearer.inference.ensemble import PredictOptions, predict_scene  # noqa: E402
 from torchbearer.inference.members import Member  # noqa: E402
 from torchbearer.inference.onnx import choose_runtimes  # noqa: E402
-from torchbearer.inference.prepare import channels_last, prepare_model  # noqa: E402
+from torchbearer.inference.prepare import input_layout, prepare_model  # noqa: E402
 from torchbearer.inference.windows import pad_to_window  # noqa: E402
 from torchbearer.ml.checkpoint import ModelCard, save_checkpoint  # noqa: E402
 from torchbearer.ml.members import load_member  # noqa: E402
@@ -143,7 +143,7 @@ def forward_alone(
     device = torch.device(options.device)
     models = [prepare_model(m, device, options.optimize) for m in (models or [m.model for m in members])]
     info = stack_info(stack)
-    layout = torch.channels_last if channels_last(torch.device(options.device), options.optimize) else None
+    layouts = [input_layout(model, device, options.optimize) for model in models]  # as the pipeline gives them
     inputs = []
     with rasterio.open(stack) as ds:
         for batch in batches:
@@ -154,11 +154,11 @@ def forward_alone(
                               options.window)
                 for r, c in batch
             ]).astype(np.float32)  # fmt: skip
-            for m in members:
+            for m, layout in zip(members, layouts, strict=True):
                 idx = [i - 1 for i in band_indexes(info, m.card.bands)]
                 x = (dn[:, idx] + info.offset) / info.quantification - np.reshape(m.card.norm["mean"], (1, -1, 1, 1))
                 x = torch.from_numpy((x / np.reshape(m.card.norm["std"], (1, -1, 1, 1))).astype(np.float32))
-                per_member.append(x.contiguous(memory_format=layout) if layout else x)
+                per_member.append(x.contiguous(memory_format=layout))
             inputs.append(per_member)
     with torch.inference_mode():
         start, cpu = time.perf_counter(), time.process_time()

@@ -17,7 +17,7 @@ from torch import nn
 from torchbearer.imagery.cache import StackBuild, StackInfo, band_indexes, stack_info
 from torchbearer.inference.combine import probabilities
 from torchbearer.inference.members import EnsembleError, Member
-from torchbearer.inference.prepare import channels_last
+from torchbearer.inference.prepare import input_layout
 from torchbearer.inference.stream import ForwardFn
 from torchbearer.inference.tta import tta_transforms
 from torchbearer.ml.checkpoint import standardising_terms
@@ -111,18 +111,16 @@ def group_forward(
         pick = torch.tensor([names.index(b) for b in member.card.bands])
         # DN → reflectance → standardised in one multiply-add, as in training.
         a, b = standardising_terms(group.info.reflectance_terms, member.card.norm["mean"], member.card.norm["std"])
-        plans.append(
-            (member, model, pick, torch.from_numpy(a).view(1, -1, 1, 1), torch.from_numpy(b).view(1, -1, 1, 1))
-        )
+        scale, shift = torch.from_numpy(a).view(1, -1, 1, 1), torch.from_numpy(b).view(1, -1, 1, 1)
+        plans.append((member, model, pick, scale, shift, input_layout(model, device, options.optimize)))
     transforms = tta_transforms(options.tta)
     amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
-    layout = torch.channels_last if channels_last(device, options.optimize) else torch.contiguous_format
 
     def forward(x: torch.Tensor) -> list[torch.Tensor]:
         nodata = (x == 0).any(dim=1, keepdim=True)  # DN 0 in any band is no data (imagery/cache.py)
         out = []
         with torch.inference_mode(), amp:
-            for member, model, pick, scale, shift in plans:
+            for member, model, pick, scale, shift, layout in plans:
                 xm = torch.addcmul(shift, x[:, pick], scale).masked_fill_(nodata, 0.0)
                 xm = xm.to(device, non_blocking=True).contiguous(memory_format=layout)
                 total = None
