@@ -19,7 +19,7 @@ from torchbearer.imagery import cache
 from torchbearer.imagery.cache import StackBuild, StackError, build_stack, start_stack
 from torchbearer.imagery.spec import BANDS_BY_RESOLUTION
 from torchbearer.inference import stream
-from torchbearer.inference.ensemble import PredictOptions, predict_scene
+from torchbearer.inference.ensemble import PredictionInterrupted, PredictOptions, predict_scene
 from torchbearer.inference.members import Member
 from torchbearer.inference.resume import FINGERPRINT_TAG, is_complete
 from torchbearer.ml.checkpoint import ModelCard
@@ -228,3 +228,38 @@ def test_closing_a_stream_while_its_reader_reads_ends_its_threads(
         resume.set()
         closing.join(timeout=120)  # (not a timing: without the fix it never returns)
         assert not closing.is_alive(), "closing the stream hung: its forward thread waits for a batch"
+
+
+def test_a_first_prediction_stopped_mid_build_resumes_to_the_same_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while its stack is built, a first prediction leaves no stack; resumed, it builds the stack again
+    and reads only the rows from its resume row on from memory (the strips above are not kept) and writes the
+    map a prediction from the finished stack writes."""
+    monkeypatch.setattr(cache, "STRIP_ROWS", 32)
+    monkeypatch.setattr(cache, "MEMORY_STRIPS", 2)
+    member = _conv1x1(BANDS_BY_RESOLUTION[60])
+    options = PredictOptions(window=64, overlap=0.25, batch_size=3)
+    reference = predict_scene([member], [build_stack(CROP, 60, tmp_path / "built")], tmp_path / "built.tif",
+                              options, created=1.7e9)  # fmt: skip
+    out, progress = tmp_path / "map.tif", []
+    with pytest.raises(PredictionInterrupted) as stopped:
+        predict_scene([member], [start_stack(CROP, 60, tmp_path / "cache")], out, options, created=1.7e9,
+                      report=lambda *p: progress.append(p), should_stop=lambda: len(progress) >= 4)  # fmt: skip
+    assert stopped.value.rows_done >= 128, "stopped after the fourth strip of the map"
+    assert not [*(tmp_path / "cache").glob("*.tif"), *(tmp_path / "cache").glob("*.part")], "no stack is left"
+    tops, real_read = [], StackBuild.read
+
+    def read(self: StackBuild, indexes: list[int], window: rasterio.windows.Window) -> np.ndarray:
+        block = real_read(self, indexes, window)
+        tops.append(min(self._strips))  # one reader: nothing is released while it reads
+        return block
+
+    monkeypatch.setattr(StackBuild, "read", read)
+    monkeypatch.setattr(stream, "READERS", 1)
+    build = start_stack(CROP, 60, tmp_path / "cache")
+    resumed = predict_scene([member], [build], out, options)
+    assert resumed.resumed_from_row == stopped.value.rows_done and build.path.is_file()
+    assert min(tops) > 0, "strips above the first window the resumed run reads are not kept"
+    with rasterio.open(reference.output) as a, rasterio.open(resumed.output) as b:
+        assert np.array_equal(a.read(), b.read())
