@@ -19,7 +19,7 @@ from torchbearer.imagery import cache
 from torchbearer.imagery.cache import StackBuild, StackError, build_stack, start_stack
 from torchbearer.imagery.spec import BANDS_BY_RESOLUTION
 from torchbearer.inference import stream
-from torchbearer.inference.ensemble import PredictOptions, predict_scene
+from torchbearer.inference.ensemble import PredictionInterrupted, PredictOptions, predict_scene
 from torchbearer.inference.members import Member
 from torchbearer.inference.resume import FINGERPRINT_TAG, is_complete
 from torchbearer.ml.checkpoint import ModelCard
@@ -87,7 +87,7 @@ def _conv1x1(bands: tuple[str, ...]) -> Member:
 
 
 def test_windows_flow_before_the_stack_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A first prediction from a SAFE folder reads windows from the strips already written while the stack is
+    """A first prediction from a SAFE folder reads windows from the strips already decoded while the stack is
     still being built, and writes what predicting from the finished stack writes."""
     events: list[str] = []
     first_read = threading.Event()
@@ -98,8 +98,8 @@ def test_windows_flow_before_the_stack_is_built(tmp_path: Path, monkeypatch: pyt
             first_read.wait(timeout=120)
         return real_decode(band, top, bottom)
 
-    def write_strip(part: Path, data: list[np.ndarray], top: int) -> None:
-        real_write(part, data, top)
+    def write_strip(dst, data: np.ndarray, top: int) -> None:
+        real_write(dst, data, top)
         events.append(f"strip {top}")
 
     def read_window(self, dataset, index: int, j: int) -> np.ndarray:
@@ -134,10 +134,10 @@ def test_windows_flow_before_the_stack_is_built(tmp_path: Path, monkeypatch: pyt
 def test_a_build_that_fails_half_way_leaves_no_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_write = cache._write_strip
 
-    def write_strip(part: Path, data: list[np.ndarray], top: int) -> None:
+    def write_strip(dst, data: np.ndarray, top: int) -> None:
         if top > 0:
             raise OSError("disk full")
-        real_write(part, data, top)
+        real_write(dst, data, top)
 
     monkeypatch.setattr(cache, "_write_strip", write_strip)
     build = start_stack(CROP, 60, tmp_path / "cache")
@@ -147,3 +147,119 @@ def test_a_build_that_fails_half_way_leaves_no_stack(tmp_path: Path, monkeypatch
     assert not build.path.exists() and not list((tmp_path / "cache").glob("*.part"))
     monkeypatch.undo()
     assert isinstance(start_stack(CROP, 60, tmp_path / "cache"), StackBuild)  # nothing looks complete: built again
+
+
+def test_windows_from_the_strips_in_memory_are_the_finished_stacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows a first prediction reads from the build's decoded strips are those of the finished stack (a
+    subset of its bands, windows across strips), and the build holds a few strips at a time, not the scene."""
+    monkeypatch.setattr(cache, "STRIP_ROWS", 16)  # 20 strips over the crop's 320 rows
+    monkeypatch.setattr(cache, "MEMORY_STRIPS", 2)
+    monkeypatch.setattr(stream, "READERS", 1)
+    reads: list[tuple[list[int], rasterio.windows.Window, np.ndarray]] = []
+    held: list[int] = []
+    real_read = StackBuild.read
+
+    def read(self: StackBuild, indexes: list[int], window: rasterio.windows.Window) -> np.ndarray:
+        block = real_read(self, indexes, window)
+        reads.append((indexes, window, block))
+        held.append(len(self._strips))
+        return block
+
+    monkeypatch.setattr(StackBuild, "read", read)
+    build = start_stack(CROP, 60, tmp_path / "cache")
+    member = _conv1x1(("B02", "B04", "B8A"))
+    predict_scene([member], [build], tmp_path / "map.tif", PredictOptions(window=64, overlap=0.25, batch_size=3))
+    assert len(reads) == 7 * 11  # every window of the 7 × 11 grid, read from memory
+    with rasterio.open(build.path) as ds:
+        for indexes, window, block in reads:
+            assert np.array_equal(block, ds.read(indexes, window=window)), window
+    # A 64-row window spans 4 or 5 strips of 16 rows; one more may be decoded ahead.
+    assert max(held) <= 6, held
+
+
+def test_the_stack_is_written_at_its_zstd_level(tmp_path: Path) -> None:
+    """The stack built strip by strip is compressed as CREATION_OPTIONS say (a file reopened for update would
+    be written at GDAL's default ZSTD level 9 whatever the options: seven times the CPU)."""
+    path = build_stack(CROP, 60, tmp_path / "cache")
+    with rasterio.open(path) as ds:
+        data, profile = ds.read(), ds.profile
+        tiles = [(b, i, j) for b in ds.indexes for i in range(-(-ds.height // 256)) for j in range(-(-ds.width // 256))]
+        built = [ds.block_size(*tile) for tile in tiles]
+    sizes = {}
+    for level in (cache.CREATION_OPTIONS["zstd_level"], 9):
+        reference = tmp_path / f"level{level}.tif"
+        with rasterio.open(reference, "w", **{**profile, **cache.CREATION_OPTIONS, "zstd_level": level}) as dst:
+            dst.write(data)
+        with rasterio.open(reference) as ds:
+            sizes[level] = [ds.block_size(*tile) for tile in tiles]
+    assert built == sizes[cache.CREATION_OPTIONS["zstd_level"]] != sizes[9]
+
+
+def test_closing_a_stream_while_its_reader_reads_ends_its_threads(
+    part60: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream closed (a stop, an error while blending) while its reader is mid-window and its forward thread
+    waits for a batch: both threads end, and closing returns. The reader, seeing the stream closed, sends no
+    further batch: the forward thread waited for it for ever, and the prediction hung."""
+    monkeypatch.setattr(stream, "READERS", 1)
+    resume = threading.Event()
+    real_read = stream.GroupStream._read_window
+
+    def read_window(self, dataset, index: int, j: int) -> np.ndarray:
+        if index == 1 and j == 1:  # the second window of the second row waits until the stream is closed
+            resume.wait(timeout=120)
+        return real_read(self, dataset, index, j)
+
+    monkeypatch.setattr(stream.GroupStream, "_read_window", read_window)
+
+    def forward(x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.full((x.shape[0], 1, x.shape[2], x.shape[3]), 0.5)]
+
+    with rasterio.open(part60) as ds:
+        s = stream.GroupStream(ds, [1, 2], forward, members=1, classes=1, size=64, overlap=0.25, batch_size=1)
+        strips = s.strips()
+        next(strips)  # row 0 of windows is blended; window (1, 0) is read, (1, 1) is being read
+        closing = threading.Thread(target=strips.close, daemon=True)
+        closing.start()
+        while not s._stop.is_set():  # the stream is closing: now the reader finishes its window
+            closing.join(timeout=0.01)
+        resume.set()
+        closing.join(timeout=120)  # (not a timing: without the fix it never returns)
+        assert not closing.is_alive(), "closing the stream hung: its forward thread waits for a batch"
+
+
+def test_a_first_prediction_stopped_mid_build_resumes_to_the_same_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while its stack is built, a first prediction leaves no stack; resumed, it builds the stack again
+    and reads only the rows from its resume row on from memory (the strips above are not kept) and writes the
+    map a prediction from the finished stack writes."""
+    monkeypatch.setattr(cache, "STRIP_ROWS", 32)
+    monkeypatch.setattr(cache, "MEMORY_STRIPS", 2)
+    member = _conv1x1(BANDS_BY_RESOLUTION[60])
+    options = PredictOptions(window=64, overlap=0.25, batch_size=3)
+    reference = predict_scene([member], [build_stack(CROP, 60, tmp_path / "built")], tmp_path / "built.tif",
+                              options, created=1.7e9)  # fmt: skip
+    out, progress = tmp_path / "map.tif", []
+    with pytest.raises(PredictionInterrupted) as stopped:
+        predict_scene([member], [start_stack(CROP, 60, tmp_path / "cache")], out, options, created=1.7e9,
+                      report=lambda *p: progress.append(p), should_stop=lambda: len(progress) >= 4)  # fmt: skip
+    assert stopped.value.rows_done >= 128, "stopped after the fourth strip of the map"
+    assert not [*(tmp_path / "cache").glob("*.tif"), *(tmp_path / "cache").glob("*.part")], "no stack is left"
+    tops, real_read = [], StackBuild.read
+
+    def read(self: StackBuild, indexes: list[int], window: rasterio.windows.Window) -> np.ndarray:
+        block = real_read(self, indexes, window)
+        tops.append(min(self._strips))  # one reader: nothing is released while it reads
+        return block
+
+    monkeypatch.setattr(StackBuild, "read", read)
+    monkeypatch.setattr(stream, "READERS", 1)
+    build = start_stack(CROP, 60, tmp_path / "cache")
+    resumed = predict_scene([member], [build], out, options)
+    assert resumed.resumed_from_row == stopped.value.rows_done and build.path.is_file()
+    assert min(tops) > 0, "strips above the first window the resumed run reads are not kept"
+    with rasterio.open(reference.output) as a, rasterio.open(resumed.output) as b:
+        assert np.array_equal(a.read(), b.read())

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 
 from tests.cli.conftest import flat, tb
 from tests.inference.conftest import card_for, save_checkpoint
@@ -34,7 +35,7 @@ from torchbearer.ml.members import load_member
     ("arch", "backbone"), [("fcn", None), pytest.param("unet", "resnet18", marks=pytest.mark.slow)]
 )
 def test_export_matches_pytorch_and_is_cached_until_the_checkpoint_changes(
-    tmp_path: Path, small60: Path, arch: str, backbone: str | None
+    tmp_path: Path, small60: Path, arch: str, backbone: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     card = card_for(small60, arch, backbone, classes=("clear", "cloud", "shadow"))
     ckpt = save_checkpoint(tmp_path / f"{arch}.ckpt", card)
@@ -52,7 +53,16 @@ def test_export_matches_pytorch_and_is_cached_until_the_checkpoint_changes(
     options = PredictOptions(window=64, batch_size=2)
     by_torch = predict_scene([Member("m", model, card, source=str(ckpt))], [small60], tmp_path / "torch.tif", options)
     onnx_member = Member("m", OnnxModel(done.onnx), card, source=str(ckpt))
+    contiguous, real_forward = [], OnnxModel.forward
+
+    def forward(self: OnnxModel, x: torch.Tensor) -> torch.Tensor:
+        contiguous.append(x.is_contiguous())
+        return real_forward(self, x)
+
+    monkeypatch.setattr(OnnxModel, "forward", forward)
     by_onnx = predict_scene([onnx_member], [small60], tmp_path / "onnx.tif", options)
+    # Batches reach ONNX Runtime as the NCHW arrays it takes, not channels-last (permuted there and back again).
+    assert contiguous and all(contiguous)
     with rasterio.open(by_torch.output) as a, rasterio.open(by_onnx.output) as b:
         difference = np.abs(a.read().astype(int) - b.read().astype(int))
     assert difference.max() <= 1, "at most one quantisation step apart"

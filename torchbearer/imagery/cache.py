@@ -8,8 +8,8 @@ Reflectance = (DN + BOA_ADD_OFFSET) / QUANTIFICATION_VALUE; DN 0 is no data.
 
 A stack is built once: the builder holds an flock on ``<stack>.lock`` (two processes never build the same
 stack; the second finds it done), writes ``<stack>.<pid>.part`` strip by strip and renames it when complete, so
-a stack under its own name is never half a file. A prediction reads the ``.part`` file's finished strips while
-later ones are written (:class:`StackBuild`).
+a stack under its own name is never half a file. A prediction reads the decoded strips in memory while the
+stack is written for the next run (:class:`StackBuild`).
 """
 
 from __future__ import annotations
@@ -44,10 +44,17 @@ TILE = 256
 #: Rows of every band decoded and written at a time while stacking (a row of tiles): the step at which a stack
 #: being built becomes readable.
 STRIP_ROWS = TILE
+#: Decoded strips a :class:`StackBuild` holds for its reader (more only while the reader waits for rows not yet
+#: decoded, e.g. a window taller than these): what bounds its memory, whatever the scene's height. Four 60 m
+#: strips of the full T29UNU scene are 41 MB.
+MEMORY_STRIPS = 4
 #: Creation options of a stack: tiles for window reads, ZSTD (decodes about twice as fast as DEFLATE here)
 #: with horizontal differencing, which suits smooth uint16 imagery. Level 1: a seventh of the default level 9's
 #: CPU time to write (measured on the crop tiled to 960 × 1536: 0.16 s vs 1.19 s) for files 2 % larger, the same
-#: time to read: stacking is on a first prediction's critical path, next to the JPEG 2000 decoding.
+#: time to read: stacking is on a first prediction's critical path, next to the JPEG 2000 decoding. GDAL applies
+#: the level only to a dataset it creates: a file reopened for update ("r+") is written at level 9 whatever the
+#: options say (1.8 s of CPU instead of 0.3 s for the full 60 m T29UNU stack), so a stack is written through the
+#: one handle that creates it.
 CREATION_OPTIONS: dict[str, Any] = {
     "driver": "GTiff",
     "dtype": "uint16",
@@ -91,20 +98,23 @@ def start_stack(
     safe_dir: Path, resolution: int, cache_dir: Path, *, report: Callable[..., Any] | None = None
 ) -> Path | StackBuild:
     """The stack's path when it is built already; else a :class:`StackBuild` that a prediction starts and reads
-    while it is written (windows flow from its first strip). Checks the product at once, as :func:`build_stack`."""
+    while it is built (windows flow from its first decoded strip). Checks the product at once, as
+    :func:`build_stack`."""
     build = StackBuild(safe_dir, resolution, cache_dir, report=report)
     return build.path if build.path.is_file() else build
 
 
 class StackBuild:
-    """A stack built strip by strip (:data:`STRIP_ROWS` rows of every band at a time), readable as it grows.
+    """A stack built strip by strip (:data:`STRIP_ROWS` rows of every band at a time), read from memory as it grows.
 
     Each strip's bands are decoded side by side, one band per thread (:data:`DECODE_THREADS`; OpenJPEG spreads
-    a band's tiles over GDAL's own threads too), while the previous strip is written; after each strip the file
-    is closed, so its directory on disk lists that strip's tiles, and :attr:`rows` says how many rows are
-    complete. A reader waits for the rows it needs (:meth:`wait_rows`) and reads them through a handle opened
-    after they were published (:meth:`open`): tiles once written never change, so such a handle stays right for
-    those rows while later strips are appended.
+    a band's tiles over GDAL's own threads too), while the previous strip is written. A prediction reads its
+    windows from the decoded strips in memory (:meth:`read`, the signature of a rasterio dataset's ``read``)
+    instead of reading back the file just written: the file is for the next run (the warm cache), written through
+    the one handle that created it (so at ZSTD level 1, see :data:`CREATION_OPTIONS`) and readable only once
+    complete. The build holds at most :data:`MEMORY_STRIPS` strips the reader has not released (:meth:`release`)
+    and waits for it before decoding more, so memory does not grow with the scene; :meth:`read` waits for the
+    rows it needs.
 
     The file is ``<stack>.<pid>.part`` until the last strip is written, then renamed into place; a build that
     fails or is cancelled deletes it, so a stack under its own name is always complete (a process that dies
@@ -132,9 +142,12 @@ class StackBuild:
         self.resolution = resolution
         self.report = report
         self.path = stack_path(cache_dir, product.name, resolution)
+        #: Rows decoded so far (in memory for the reader; on disk once the stack is renamed into place).
         self.rows = 0
         self.height = self.width = 0
-        self._readable = self.path
+        #: The stack being built by this process (its grid, bands and reflectance terms); None until
+        #: :meth:`start`, and when the stack was built already (read it from :attr:`path` then).
+        self.info: StackInfo | None = None
         self._offset = 0
         self._state = threading.Condition()
         self._error: BaseException | None = None
@@ -142,6 +155,11 @@ class StackBuild:
         self._cancel = threading.Event()
         self._lock = ExitStack()
         self._thread: threading.Thread | None = None
+        self._dst: rasterio.io.DatasetWriter | None = None
+        self._part = self.path
+        self._strips: dict[int, np.ndarray] = {}  # top row → bands × rows × width DN, not yet released
+        self._released = 0  # rows the reader no longer needs
+        self._wanted = 0  # rows the reader waits for
         if self.path.is_file():
             return
         missing = [str(p.relative_to(product.path)) for p in self.sources.values() if not p.is_file()]
@@ -156,14 +174,15 @@ class StackBuild:
         return str(self.path)
 
     def run(self) -> None:
-        """Build the stack in this thread (nothing when it is built already)."""
+        """Build the stack in this thread (nothing when it is built already); no strip is kept in memory."""
+        self._released = 2**62  # no reader: nothing to keep
         if self._begin():
             self._build()
-        self.wait_rows(self.height)
+        self.finish()
 
     def start(self) -> None:
-        """Take the lock and create the file (with its bands' names and tags, no pixels yet), then write the
-        strips on a thread of their own. Once only; nothing to build when the stack exists."""
+        """Take the lock, create the file and set :attr:`info`, then decode and write the strips on a thread of
+        their own (kept in memory for :meth:`read`). Once only; nothing to build when the stack exists."""
         if self._thread is None and self._begin():
             self._thread = threading.Thread(target=self._build, name="stack-writer", daemon=True)
             self._thread.start()
@@ -171,41 +190,62 @@ class StackBuild:
     def cancel(self) -> None:
         """Stop after the strip in hand; the ``.part`` file is deleted and the lock released."""
         self._cancel.set()
+        with self._state:
+            self._state.notify_all()
         if self._thread is not None:
             self._thread.join()
 
     def finish(self) -> Path:
-        """Wait until the stack is complete under its own name; raises the build's error if it failed."""
-        self.wait_rows(self.height)
+        """Wait until the stack is complete under its own name (the reader is done: every strip is released);
+        raises the build's error if it failed."""
+        self.release(2**62)
         with self._state:
-            self._state.wait_for(lambda: self._finished or self._error is not None)
-        self.wait_rows(self.height)
+            self._state.wait_for(lambda: self._finished or self._error is not None or self._cancel.is_set())
+            self._raise_failure()
+            if not self._finished:
+                raise StackError(f"{self.path.name}: the stack was cancelled")
         return self.path
 
-    def wait_rows(self, rows: int) -> None:
-        """Block until the first ``rows`` rows are complete; raises the build's error if it failed."""
+    def release(self, row: int) -> None:
+        """The reader needs no row above ``row`` any more: their strips leave memory (the build may go on)."""
         with self._state:
-            self._state.wait_for(lambda: self.rows >= rows or self._error is not None or self._finished)
+            self._released = max(self._released, row)
+            for top in [t for t, strip in self._strips.items() if t + strip.shape[1] <= self._released]:
+                del self._strips[top]
+            self._state.notify_all()
+
+    def read(self, indexes: list[int], window: Window) -> np.ndarray:
+        """Bands ``indexes`` (1-based, as in the stack) of ``window`` (within the scene) from the decoded strips,
+        as a rasterio dataset's ``read`` gives them from the finished stack (bands × rows × columns, uint16);
+        waits until the rows are decoded.
+
+        Raises:
+            StackError: the build failed or was cancelled, or the rows were released already.
+        """
+        top, left = int(window.row_off), int(window.col_off)
+        bottom, right = top + int(window.height), left + int(window.width)
+        with self._state:
+            self._wanted = max(self._wanted, bottom)
+            self._state.notify_all()
+            done = lambda: self.rows >= bottom or self._error is not None or self._cancel.is_set()  # noqa: E731
+            self._state.wait_for(done)
             self._raise_failure()
-            if self.rows < rows:
-                raise StackError(f"{self.path.name}: the stack was cancelled before row {rows}")
+            if self.rows < bottom:
+                raise StackError(f"{self.path.name}: the stack was cancelled before row {bottom}")
+            pieces = sorted((t, s) for t, s in self._strips.items() if t < bottom and t + s.shape[1] > top)
+        if not pieces or pieces[0][0] > top:
+            raise StackError(f"{self.path.name}: rows from {top} were released before they were read")
+        bands = [i - 1 for i in indexes]
+        out = np.empty((len(bands), bottom - top, right - left), dtype=np.uint16)
+        for strip_top, strip in pieces:
+            a, b = max(top, strip_top), min(bottom, strip_top + strip.shape[1])
+            out[:, a - top : b - top] = strip[bands, a - strip_top : b - strip_top, left:right]
+        return out
 
     def _raise_failure(self) -> None:
-        """Raise the build's error, if it failed (the lock held: its ``.part`` file may be gone)."""
+        """Raise the build's error, if it failed (the lock held)."""
         if self._error is not None:
             raise StackError(f"{self.path.name}: the stack could not be built: {self._error}") from self._error
-
-    def open(self) -> tuple[rasterio.io.DatasetReader, int]:
-        """A handle on the stack as it is now, and how many rows are complete through it."""
-        with self._state:  # not while a strip's directory is written or the file renamed
-            self._raise_failure()
-            return rasterio.open(self._readable), self.rows
-
-    def readable_path(self) -> Path:
-        """The file to read now (the ``.part`` file while building): for its tags and band names."""
-        with self._state:
-            self._raise_failure()
-            return self._readable
 
     # -- the builder ----------------------------------------------------------------------------------------
 
@@ -223,51 +263,71 @@ class StackBuild:
         try:
             crs, transform, width, height = _grid(self.sources, self.resolution)
             profile = {**CREATION_OPTIONS, "crs": crs, "transform": transform, "width": width, "height": height}
-            # Sparse: a tile not written yet stays absent (read as 0) instead of being filled at each close.
-            with rasterio.open(part, "w", **profile, count=len(self.sources), sparse_ok=True) as dst:
-                for index, band in enumerate(self.sources, 1):
-                    dst.set_band_description(index, band)
-                dst.update_tags(
-                    BOA_ADD_OFFSET=str(self._offset),
-                    QUANTIFICATION_VALUE=f"{self.product.quantification:g}",
-                    PRODUCT=self.product.name,
-                    RESOLUTION=str(self.resolution),
-                    PROCESSING_BASELINE=self.product.baseline,
-                )
+            tags = {"BOA_ADD_OFFSET": str(self._offset), "QUANTIFICATION_VALUE": f"{self.product.quantification:g}",
+                    "PRODUCT": self.product.name, "RESOLUTION": str(self.resolution),
+                    "PROCESSING_BASELINE": self.product.baseline}  # fmt: skip
+            # Sparse: a tile not written (a build cancelled) stays absent instead of being filled at the close.
+            self._dst = rasterio.open(part, "w", **profile, count=len(self.sources), sparse_ok=True)
+            for index, band in enumerate(self.sources, 1):
+                self._dst.set_band_description(index, band)
+            self._dst.update_tags(**tags)
         except BaseException:
+            if self._dst is not None:
+                self._dst.close()
             part.unlink(missing_ok=True)
             self._lock.close()
             raise
-        with self._state:
-            self._readable, self.height, self.width = part, height, width
+        # What stack_info reads back from the finished file (the part file is not readable while written).
+        self.info = StackInfo(
+            path=self.path, bands=tuple(self.sources), offset=float(tags["BOA_ADD_OFFSET"]),
+            quantification=float(tags["QUANTIFICATION_VALUE"]), crs=crs, transform=transform, width=width,
+            height=height, product_level=product_level(tags),
+        )  # fmt: skip
+        self._part, self.height, self.width = part, height, width
         return True
 
     def _build(self) -> None:
-        part = self._readable
+        part, dst = self._part, self._dst
+        assert dst is not None
         try:
             sources = list(self.sources.values())
-            for bottom in _write_strips(part, sources, self.width, self.height, self._cancel, self._state):
+            for top, strip in _decode_strips(sources, self.width, self.height, self._cancel, self._room):
                 with self._state:
-                    self.rows = bottom
+                    if top + strip.shape[1] > self._released:
+                        self._strips[top] = strip
+                    self.rows = top + strip.shape[1]
                     self._state.notify_all()
-                self._progress(bottom)
+                _write_strip(dst, strip, top)
+                self._progress(top + strip.shape[1])
             if self._cancel.is_set():
                 raise StackError("cancelled")
+            dst.close()
             with self._state:
                 part.replace(self.path)
-                self._readable, self._finished = self.path, True
+                self._finished = True
                 self._state.notify_all()
             log.info("%s: %d bands stacked at %d m into %s", self.product.name, len(self.sources), self.resolution,
                      self.path)  # fmt: skip
         except BaseException as exc:
             with self._state:
                 self._error = exc
+                self._strips.clear()  # (strips of a finished build stay until the reader releases them)
                 self._state.notify_all()
             if self._thread is None:  # built in the caller's thread: the caller gets the error itself
                 raise
         finally:
+            if not dst.closed:
+                dst.close()
             part.unlink(missing_ok=True)
             self._lock.close()
+
+    def _room(self) -> None:
+        """Wait until another strip may be decoded: fewer than :data:`MEMORY_STRIPS` held for the reader, or the
+        reader waits for rows not decoded yet (or the build is cancelled)."""
+        with self._state:
+            self._state.wait_for(
+                lambda: len(self._strips) < MEMORY_STRIPS or self._wanted > self.rows or self._cancel.is_set()
+            )
 
     def _progress(self, rows: int) -> None:
         if self.report is not None:
@@ -284,12 +344,11 @@ def _grid(sources: dict[str, Path], resolution: int) -> tuple[Any, Any, int, int
         return src.crs, transform, round(src.width / scale), round(src.height / scale)
 
 
-def _write_strips(
-    part: Path, sources: list[Path], width: int, height: int, cancel: threading.Event, lock: threading.Condition
-) -> Iterator[int]:
-    """Write the bands into ``part`` strip by strip; yields the rows complete after each strip (on disk, the
-    file closed). The next strip is decoded while one is written; a strip is written holding ``lock``, so no
-    reader opens the file while its directory is rewritten."""
+def _decode_strips(
+    sources: list[Path], width: int, height: int, cancel: threading.Event, room: Callable[[], None]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(top row, bands × rows × width DN)`` of every strip in order, its bands decoded side by side; the next
+    strip is decoded while the caller writes one (once ``room`` returns: the reader's memory bound)."""
     with ExitStack() as context:
         bands = [context.enter_context(_BandRows(source, width, height)) for source in sources]
         workers = max(1, min(DECODE_THREADS, len(bands)))
@@ -297,25 +356,23 @@ def _write_strips(
         strips = [(top, min(top + STRIP_ROWS, height)) for top in range(0, height, STRIP_ROWS)]
 
         def decode(top: int, bottom: int) -> list[Future[np.ndarray]]:
+            room()
             return [pool.submit(_read_rows, band, top, bottom) for band in bands]
 
         pending = decode(*strips[0])
-        for k, (top, bottom) in enumerate(strips):
+        for k, (top, _) in enumerate(strips):
             if cancel.is_set():
                 return
-            data = [future.result() for future in pending]
+            data = np.stack([future.result() for future in pending])
             if k + 1 < len(strips):
                 pending = decode(*strips[k + 1])
-            with lock:
-                _write_strip(part, data, top)
-            yield bottom
+            yield top, data
 
 
-def _write_strip(part: Path, data: list[np.ndarray], top: int) -> None:
-    """Rows ``top`` on of every band into the stack, closed after (its directory on disk lists them)."""
-    rows, width = data[0].shape
-    with rasterio.open(part, "r+") as dst:
-        dst.write(np.stack(data), window=Window(0, top, width, rows))
+def _write_strip(dst: rasterio.io.DatasetWriter, data: np.ndarray, top: int) -> None:
+    """Rows ``top`` on of every band (bands × rows × width) into the stack being written."""
+    _, rows, width = data.shape
+    dst.write(data, window=Window(0, top, width, rows))
 
 
 class _BandRows:

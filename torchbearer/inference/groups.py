@@ -17,7 +17,7 @@ from torch import nn
 from torchbearer.imagery.cache import StackBuild, StackInfo, band_indexes, stack_info
 from torchbearer.inference.combine import probabilities
 from torchbearer.inference.members import EnsembleError, Member
-from torchbearer.inference.prepare import channels_last
+from torchbearer.inference.prepare import input_layout
 from torchbearer.inference.stream import ForwardFn
 from torchbearer.inference.tta import tta_transforms
 from torchbearer.ml.checkpoint import standardising_terms
@@ -37,7 +37,8 @@ class ResolutionGroup:
     """Indexes of the group's members in the ensemble."""
     info: StackInfo
     """The stack they read (its grid is the group's grid)."""
-    dataset: rasterio.io.DatasetReader
+    dataset: rasterio.io.DatasetReader | None
+    """The open stack; None while it is being built (windows come from the build's strips in memory)."""
     indexes: list[int]
     """The stack's bands any of them needs, 1-based, in stack order (one read per window)."""
     building: StackBuild | None = None
@@ -49,16 +50,18 @@ def group_members(
 ) -> list[ResolutionGroup]:
     """Group the members by resolution, each with the scene's stack at that resolution (finest first).
 
-    A stack still to be built (:class:`~torchbearer.imagery.cache.StackBuild`) is started here: its bands'
-    names and tags are on disk at once, its pixels follow strip by strip.
+    A stack still to be built (:class:`~torchbearer.imagery.cache.StackBuild`) is started here: its grid, bands
+    and tags are known at once, its pixels follow strip by strip (one built meanwhile by another process is
+    read as a finished stack).
     """
     infos: dict[float, StackInfo] = {}
     builds: dict[float, StackBuild] = {}
     for path in stacks:
         if isinstance(path, StackBuild):
             path.start()
-            info = stack_info(path.readable_path())
-            builds[round(info.resolution, 6)] = path
+            info = path.info or stack_info(path.path)
+            if path.info is not None:
+                builds[round(info.resolution, 6)] = path
         else:
             info = stack_info(path)
         res = round(info.resolution, 6)
@@ -78,7 +81,8 @@ def group_members(
         for difference in differences(infos[res].product_level, infos[res].offset):
             log.warning("model %r, scene %s: %s", member.name, infos[res].path.name, difference)
         try:  # a model trained on reflectance or 8-bit chips must not see DN (nor the reverse)
-            check_domain(member.card.value_domain, infos[res].path, repr(member.name))
+            found = "dn" if res in builds else None  # a stack being built holds DN, and is not readable yet
+            check_domain(member.card.value_domain, infos[res].path, repr(member.name), found)
         except DomainError as exc:
             raise EnsembleError(str(exc)) from None
         chosen.setdefault(res, []).append(i)
@@ -88,7 +92,7 @@ def group_members(
         wanted = {b for i in chosen[res] for b in members[i].card.bands}
         indexes = band_indexes(info, [b for b in info.bands if b in wanted])  # stack order: one read
         building = builds.get(res)
-        dataset = context.enter_context(building.open()[0] if building else rasterio.open(info.path))
+        dataset = None if building else context.enter_context(rasterio.open(info.path))
         groups.append(ResolutionGroup(chosen[res], info, dataset, indexes, building))
     return groups
 
@@ -107,18 +111,16 @@ def group_forward(
         pick = torch.tensor([names.index(b) for b in member.card.bands])
         # DN → reflectance → standardised in one multiply-add, as in training.
         a, b = standardising_terms(group.info.reflectance_terms, member.card.norm["mean"], member.card.norm["std"])
-        plans.append(
-            (member, model, pick, torch.from_numpy(a).view(1, -1, 1, 1), torch.from_numpy(b).view(1, -1, 1, 1))
-        )
+        scale, shift = torch.from_numpy(a).view(1, -1, 1, 1), torch.from_numpy(b).view(1, -1, 1, 1)
+        plans.append((member, model, pick, scale, shift, input_layout(model, device, options.optimize)))
     transforms = tta_transforms(options.tta)
     amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
-    layout = torch.channels_last if channels_last(device, options.optimize) else torch.contiguous_format
 
     def forward(x: torch.Tensor) -> list[torch.Tensor]:
         nodata = (x == 0).any(dim=1, keepdim=True)  # DN 0 in any band is no data (imagery/cache.py)
         out = []
         with torch.inference_mode(), amp:
-            for member, model, pick, scale, shift in plans:
+            for member, model, pick, scale, shift, layout in plans:
                 xm = torch.addcmul(shift, x[:, pick], scale).masked_fill_(nodata, 0.0)
                 xm = xm.to(device, non_blocking=True).contiguous(memory_format=layout)
                 total = None

@@ -80,7 +80,7 @@ class GroupStream:
     """Blended probabilities of a group of same-resolution members over a stack, as strips of finished rows.
 
     Args:
-        dataset: the open stack (each band read by its 1-based index in ``indexes``).
+        dataset: the open stack (each band read by its 1-based index in ``indexes``); None with ``building``.
         indexes: the stack's bands the members need, read once per window.
         forward: runs the members on a batch (B × len(indexes) × size × size, uint16 DN as float32).
         members: number of members; classes: channels of their probabilities.
@@ -93,14 +93,15 @@ class GroupStream:
         readers: threads decoding windows of the stack (each its own handle on it; default :data:`READERS`);
             1 reads in the reader thread itself. Several keep a fast model (a GPU's) fed: decoding a
             window's tiles costs more than its forward there.
-        building: the stack while it is being built (``imagery.cache.StackBuild``): each window waits for the
-            rows it needs and is read through a handle opened after they were written, so windows flow from
-            the first strip on instead of after the whole stack.
+        building: the stack while it is being built (``imagery.cache.StackBuild``): windows are read from its
+            decoded strips in memory (each waits for the rows it needs), so they flow from the first strip on
+            instead of after the whole stack, and the file it writes is not read back; the stream releases the
+            rows it has read past, which bounds the build's memory.
     """
 
     def __init__(
         self,
-        dataset: rasterio.io.DatasetReader,
+        dataset: rasterio.io.DatasetReader | None,
         indexes: list[int],
         forward: ForwardFn,
         members: int,
@@ -123,7 +124,9 @@ class GroupStream:
         self.classes = classes
         self.batch_size = batch_size
         self.readers = readers or READERS
-        self.grid = WindowGrid.over(dataset.height, dataset.width, size, overlap)
+        source = building if building is not None else dataset
+        assert source is not None, "a stream reads an open stack or a stack being built"
+        self.grid = WindowGrid.over(source.height, source.width, size, overlap)
         self.weights = GridWeights(self.grid, overlap_pixels(size, overlap))
         self.start_row = start_row
         self.should_stop = should_stop or (lambda: False)
@@ -134,11 +137,15 @@ class GroupStream:
         self._computed: queue.Queue[tuple[_Batch, list[torch.Tensor] | None] | BaseException | None]
         self._computed = queue.Queue(prefetch)
         self._stop = threading.Event()
+        if building is not None:  # the rows above the first window are not read: the build need not keep them
+            first = self.grid.rows[self.start_index] if self.start_index < len(self.grid.rows) else self.grid.height
+            building.release(first)
 
     # -- reading (a thread) -----------------------------------------------------------------------------------
 
-    def _read_window(self, dataset: rasterio.io.DatasetReader, index: int, j: int) -> np.ndarray:
-        """Window ``j`` of row ``index`` as DN (bands × h × w, clipped to the scene)."""
+    def _read_window(self, dataset: rasterio.io.DatasetReader | StackBuild, index: int, j: int) -> np.ndarray:
+        """Window ``j`` of row ``index`` as DN (bands × h × w, clipped to the scene), from the open stack or the
+        strips of the one being built (the same ``read``)."""
         size, r, c = self.grid.size, self.grid.rows[index], self.grid.cols[j]
         h, w = min(size, self.grid.height - r), min(size, self.grid.width - c)
         # In-bounds windows only (rasterio's boundless reads go through a slow VRT); pad_to_window does the rest.
@@ -155,9 +162,10 @@ class GroupStream:
         local, opened, lock = threading.local(), [], threading.Lock()
 
         def read(i: int, j: int) -> np.ndarray:
-            need = min(self.grid.rows[i] + self.grid.size, self.grid.height)
-            if getattr(local, "rows", -1) < need:  # no handle yet, or one opened before these rows were written
-                local.dataset, local.rows = self._open(need)
+            if self.building is not None:  # the decoded strips in memory: no handle to open
+                return self._read_window(self.building, i, j)
+            if getattr(local, "dataset", None) is None:
+                local.dataset = self._open()
                 if local.dataset is not self.dataset:
                     with lock:
                         opened.append(local.dataset)
@@ -166,7 +174,9 @@ class GroupStream:
         try:
             if self.readers <= 1:
                 for i, j in windows:
-                    yield i, j, read(i, j)
+                    block = read(i, j)
+                    self._release(i, j)
+                    yield i, j, block
                 return
             pending: deque[tuple[int, int, Future[np.ndarray]]] = deque()
             with ThreadPoolExecutor(self.readers, thread_name_prefix="window-decoder") as pool:
@@ -175,10 +185,14 @@ class GroupStream:
                         pending.append((i, j, pool.submit(read, i, j)))
                         if len(pending) > 2 * self.readers:
                             i0, j0, done = pending.popleft()
-                            yield i0, j0, done.result()
+                            block = done.result()
+                            self._release(i0, j0)
+                            yield i0, j0, block
                     while pending:
                         i0, j0, done = pending.popleft()
-                        yield i0, j0, done.result()
+                        block = done.result()
+                        self._release(i0, j0)
+                        yield i0, j0, block
                 finally:
                     for *_, future in pending:
                         future.cancel()
@@ -186,14 +200,21 @@ class GroupStream:
             for dataset in opened:
                 dataset.close()
 
-    def _open(self, rows: int) -> tuple[rasterio.io.DatasetReader, int]:
-        """A handle for a reader thread through which the first ``rows`` rows read right, and how many do."""
+    def _release(self, index: int, j: int) -> None:
+        """Window ``j`` of row ``index`` is read, and so is every window before it (they are handed on in order,
+        the ones still being read are later): a stack being built may drop the rows above the row of windows
+        still being read (the next one, after a row's last window)."""
         if self.building is not None:
-            self.building.wait_rows(rows)
-            return self.building.open()
+            following = index + 1 if j == len(self.grid.cols) - 1 else index
+            rows = self.grid.rows
+            self.building.release(rows[following] if following < len(rows) else self.grid.height)
+
+    def _open(self) -> rasterio.io.DatasetReader:
+        """A handle on the stack for a reader thread (a GDAL dataset must not be shared between threads)."""
+        assert self.dataset is not None
         if self.readers <= 1:
-            return self.dataset, self.grid.height
-        return rasterio.open(self.dataset.name), self.grid.height
+            return self.dataset
+        return rasterio.open(self.dataset.name)
 
     def _batches(self) -> Iterator[_Batch]:
         """The windows that have data, in batches that never span two rows of windows (a row's last batch is
@@ -230,10 +251,20 @@ class GroupStream:
 
     # -- the forward (a thread) ------------------------------------------------------------------------------
 
+    def _next_batch(self) -> _Batch | BaseException | None:
+        """The reader's next batch; None at the end, or once the stream is closed while waiting (a reader that
+        sees the stream closed ends without a word, and the closing loop may take its last batch itself)."""
+        while True:
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return None
+
     def _forwarder(self) -> None:
         """Runs the members on each batch the reader hands on, while the consumer blends the previous one."""
         try:
-            while (batch := self._queue.get()) is not None:
+            while (batch := self._next_batch()) is not None:
                 if isinstance(batch, BaseException):
                     raise batch
                 probs = None

@@ -48,9 +48,10 @@ def card_domain(extra: dict) -> str:
     return str(extra.get("value_domain", "dn"))
 
 
-def check_domain(expected: str, path: Path, model: str) -> None:
-    """Refuse ``path`` unless it holds ``expected`` values (``model`` names the model in the message)."""
-    found = raster_domain(path)
+def check_domain(expected: str, path: Path, model: str, found: str | None = None) -> None:
+    """Refuse ``path`` unless it holds ``expected`` values (``model`` names the model in the message; ``found``:
+    the domain when known without opening the file, e.g. a stack still being built)."""
+    found = found or raster_domain(path)
     if found != expected:
         raise DomainError(
             f"model {model} was trained on {expected} input, but {path} holds {found} values "
