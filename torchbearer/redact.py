@@ -13,12 +13,14 @@ worker's stdout/stderr scrub what they print.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
+
+if TYPE_CHECKING:  # logging is imported where a filter is used: status never loads it
+    import logging
 
 MASK = "***"
 #: Shorter values are not scrubbed: masking every "ab" in every message would destroy the text.
@@ -123,10 +125,13 @@ def scrub_value(value: Any) -> Any:
     return value
 
 
-class ScrubFilter(logging.Filter):
-    """A handler filter that formats the record's message (and traceback) and scrubs them."""
+class ScrubFilter:
+    """A handler filter (logging takes any object with this ``filter``) that formats the record's message (and
+    traceback) and scrubs them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        import logging
+
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + logging.Formatter().formatException(record.exc_info)
@@ -137,6 +142,8 @@ class ScrubFilter(logging.Filter):
 
 def scrub_logging(logger: logging.Logger | None = None) -> None:
     """Add a :class:`ScrubFilter` to each handler of ``logger`` (the root logger by default)."""
+    import logging
+
     for handler in (logger or logging.getLogger()).handlers:
         if not any(isinstance(f, ScrubFilter) for f in handler.filters):
             handler.addFilter(ScrubFilter())
