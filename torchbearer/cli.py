@@ -905,7 +905,7 @@ def plot(
         except LookupError as exc:
             raise fail(str(exc)) from None
     else:
-        report = imagery_cli.RichReport(err)
+        report = imagery_cli.RichReport(err.get())
         try:
             with report.progress:
                 paths = draw_samples(Path(checkpoint), Path(source), count, out or Path("plots"), masks=masks,
