@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.classify.conftest import PATCHES
 from tests.cli.conftest import flat, tb_process
@@ -29,6 +30,7 @@ def test_explain_runs_explain_files_and_reports_a_bad_class(project, small60) ->
     assert "class 'snow' is not one of the model's classes: background, cloud" in flat(result.stdout + result.stderr)
 
 
+@pytest.mark.slow  # a worker process importing torch, timm and captum: 25–45 s here; the fast suite is near 15 min
 def test_explain_a_classifier_in_the_foreground_records_what_it_made(project, store) -> None:
     # An untrained resnet18 (weights: null) for a copy of the real SCL patches, explained by `torchbearer explain`.
     root = project.project_dir
