@@ -131,7 +131,12 @@ def test_status_drops_columns_without_values(project, store, night):
 
 def test_the_command_line_builds_only_the_command_it_invokes():
     """``torchbearer status`` builds one click command, not the ~35 of the app (0.04 s of its start-up)."""
-    from torchbearer.cli import app, app_for, invoked_name
+    import inspect
+
+    from torchbearer.cli import _GLOBAL_OPTIONS, app, app_for, invoked_name, main
+
+    # the global options it skips are main()'s, each taking a value
+    assert _GLOBAL_OPTIONS == {f"--{name}" for name in inspect.signature(main).parameters if name != "ctx"}
 
     assert invoked_name(["--project", "p", "--state=s.db", "status", "--json"]) == "status"
     assert invoked_name(["--help"]) is None and invoked_name([]) is None and invoked_name(["--state"]) is None
