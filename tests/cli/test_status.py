@@ -136,7 +136,7 @@ def test_the_command_line_builds_only_the_command_it_invokes():
     from torchbearer.cli import _GLOBAL_OPTIONS, app, app_for, invoked_name, main
 
     # the global options it skips are main()'s, each taking a value
-    assert _GLOBAL_OPTIONS == {f"--{name}" for name in inspect.signature(main).parameters if name != "ctx"}
+    assert {f"--{name}" for name in inspect.signature(main).parameters if name != "ctx"} == _GLOBAL_OPTIONS
 
     assert invoked_name(["--project", "p", "--state=s.db", "status", "--json"]) == "status"
     assert invoked_name(["--help"]) is None and invoked_name([]) is None and invoked_name(["--state"]) is None
