@@ -940,8 +940,8 @@ class Store:
 
     def ingest_events(self, job_id: int, number: int, events: Sequence[dict[str, Any]], end_offset: int) -> None:
         """Write a batch of a worker's events (``progress``, ``metrics``, ``output``, ``log``; others are the
-        caller's)
-        and the offset they end at, in one transaction: a daemon killed midway re-reads them all, none twice.
+        caller's) and the offset they end at, in one transaction: a daemon killed midway re-reads them all, none
+        twice.
 
         Progress events become rows of ``progress`` and the latest is mirrored onto the job's row.
         """

@@ -275,8 +275,7 @@ class Supervisor:
             if getattr(running.handle, "waiting", False):  # queued on a cluster: its clock starts when it runs
                 running.started = now
             if code is not None:
-                self.ingest(running)  # all it reported (spawns noted), before its outcome is settled
-                contract.ingest_to_end(self.store, job_id, running.attempt, running.log_path.parent)
+                self.ingest(running, final=True)  # all it reported, before its outcome is settled
                 self._finalize(running, code)  # a store fault raises here: the job stays ours, tried again
                 del self.running[job_id]
                 ended.append(job_id)
@@ -304,9 +303,11 @@ class Supervisor:
             if not getattr(running.handle, "waiting", False):
                 self.ingest(running)
 
-    def ingest(self, running: RunningJob) -> None:
-        """Bring one worker's new events into the store (all of them: a burst is read in bounded batches)."""
-        if contract.ingest(self.store, running.job_id, running.attempt, running.log_path.parent):
+    def ingest(self, running: RunningJob, *, final: bool = False) -> None:
+        """Bring one worker's new events into the store (all of them: a burst is read in bounded batches);
+        ``final``: its worker ended, so read to the end and remove the events file."""
+        read = contract.ingest_to_end if final else contract.ingest
+        if read(self.store, running.job_id, running.attempt, running.log_path.parent):
             running.spawns_checked = False
         if running.controller and not running.spawns_checked:
             running.spawns_checked = True

@@ -238,7 +238,7 @@ def choose_runtimes(
     file stay on PyTorch.
     """
     from torchbearer.inference.members import EnsembleError
-    from torchbearer.inference.prepare import channels_last, prepare_model
+    from torchbearer.inference.prepare import input_layout, prepare_model
 
     chosen = []
     for member in members:
@@ -272,9 +272,9 @@ def choose_runtimes(
             # measurement must stay short next to the prediction (a 256² FCN window takes seconds on 2 cores).
             side = min(window, MEASURE_SIZE)
             x = torch.randn(1, member.card.in_channels, side, side)
-            torch_model = prepare_model(member.model, torch.device("cpu"), optimize)
-            layout = torch.channels_last if channels_last(torch.device("cpu"), optimize) else torch.contiguous_format
-            t_torch = _seconds(torch_model, x.contiguous(memory_format=layout))
+            cpu = torch.device("cpu")
+            torch_model = prepare_model(member.model, cpu, optimize)
+            t_torch = _seconds(torch_model, x.contiguous(memory_format=input_layout(torch_model, cpu, optimize)))
             t_onnx = _seconds(onnx_model, x)
             pick = "onnx" if t_onnx < t_torch else "torch"
             log.info(
