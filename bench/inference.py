@@ -22,6 +22,10 @@ back. Figures, all from this one run (so the machine's speed cancels out):
 - ``onnx_over_torch``: the members' forward on the pipeline's batches through PyTorch's prepared models (folded,
   channels-last) ÷ through the runtime the pipeline chose per member (``runtime: auto``: ONNX Runtime or
   PyTorch), same inputs; CPU-time ratio beside.
+- ``int8_over_torch``: the same as ``onnx_over_torch`` with every member on ``runtime: onnx-int8`` (an 8-bit
+  quantization calibrated on the first batch: set by a user, never chosen by ``auto``); ``int8_vs_torchgeo``
+  its pipeline (quantization included) against plain TorchGeo; ``int8_label_agreement`` the share of the
+  scene's valid pixels whose ensemble label (p ≥ 0.5) is the float32 pipeline's.
 - ``io_over_decode``: with a 1 × 1 convolution as the only member (what a GPU forward costs the CPU), decoding the
   needed JPEG 2000 bands alone (rasterio, a thread per band) ÷ the whole pipeline from the SAFE folder (cold
   cache: stacking included) to the finished COG. Needs a SAFE folder (null for a GeoTIFF scene).
@@ -41,6 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,9 +64,10 @@ from torchbearer.imagery.safe import read_safe  # noqa: E402
 from torchbearer.imagery.spec import BANDS_BY_RESOLUTION  # noqa: E402
 from torchbearer.inference.ensemble import PredictOptions, predict_scene  # noqa: E402
 from torchbearer.inference.members import Member  # noqa: E402
-from torchbearer.inference.onnx import choose_runtimes  # noqa: E402
+from torchbearer.inference.onnx import card_path, choose_runtimes  # noqa: E402
 from torchbearer.inference.prepare import input_layout, prepare_model  # noqa: E402
 from torchbearer.inference.windows import pad_to_window  # noqa: E402
+from torchbearer.inference.writer import NODATA  # noqa: E402
 from torchbearer.ml.checkpoint import ModelCard, save_checkpoint  # noqa: E402
 from torchbearer.ml.members import load_member  # noqa: E402
 from torchbearer.ml.models import build_model  # noqa: E402
@@ -81,6 +87,7 @@ def card(arch: str, backbone: str | None, bands: tuple[str, ...]) -> ModelCard:
 def make_members(folder: Path) -> list[Member]:
     """FCN, FarSeg and U-Net at 60 m, untrained, through a checkpoint file each."""
     members = []
+    folder.mkdir(parents=True, exist_ok=True)
     for seed, (arch, backbone) in enumerate(ARCHS):
         torch.manual_seed(seed)
         c = card(arch, backbone, BANDS_BY_RESOLUTION[60])
@@ -354,6 +361,28 @@ def main() -> None:
     ours_s, ours_cpu = best(predict_times, 0), best(predict_times, 1)
     forward_s, forward_cpu = best(forward_times, 0), best(forward_times, 1)
 
+    # runtime: onnx-int8, set by the user (never chosen by auto): the same pipeline from the SAFE folder (cold,
+    # quantization on the first batch included), then the forward alone on the same batches.
+    int8_members = make_members(tmp / "int8-members")
+    int8_runtimes = choose_runtimes(int8_members, "onnx-int8", args.device, window=args.window,
+                                    int8_dir=tmp / "int8")  # fmt: skip
+    int8_options = replace(options, runtime=",".join(int8_runtimes))
+    int8_result, *int8_pipeline = timed(predict_scene, int8_members, [stack_of(scene, tmp / "cache-int8")],
+                                        tmp / "ensemble-int8.tif", int8_options)  # fmt: skip
+    (int8_stats,) = int8_result.stats.values()
+    int8_forward = forward_alone(int8_members, stack, int8_stats.batches, int8_options,
+                                 [m.model for m in int8_members])  # fmt: skip
+    records = [json.loads(card_path(m.model.path).read_text()) for m in int8_members]
+    with rasterio.open(result.output) as a, rasterio.open(int8_result.output) as b:
+        p32, p8 = a.read(1), b.read(1)
+    valid = p32 != NODATA
+    int8_agreement = float(((p32 >= 127) == (p8 >= 127))[valid].mean())  # the ensemble's labels at p = 0.5
+    print(f"onnx-int8 from the SAFE folder: {int8_pipeline[0]:.1f} s (CPU {int8_pipeline[1]:.1f} s, quantization "
+          f"{sum(r['seconds'] for r in records):.1f} s of it); forward alone {int8_forward[0]:.1f} s (CPU "
+          f"{int8_forward[1]:.1f} s); the ensemble's labels agree with float32's on {100 * int8_agreement:.2f} % "
+          f"of the scene; per member on its calibration windows "
+          f"{[round(100 * r['label_agreement'], 2) for r in records]} %", flush=True)  # fmt: skip
+
     info = stack_info(stack)
     mpx = info.width * info.height / 1e6
 
@@ -394,6 +423,11 @@ def main() -> None:
         "warm_io_mpx_per_s_cpu": round(mpx / warm[1], 2),
         "onnx_over_torch": r(best(torch_times, 0) / forward_s),
         "onnx_over_torch_cpu": r(best(torch_times, 1) / forward_cpu),
+        "int8_over_torch": r(best(torch_times, 0) / int8_forward[0]),
+        "int8_over_torch_cpu": r(best(torch_times, 1) / int8_forward[1]),
+        "int8_vs_torchgeo": None if baseline_s is None else round(baseline_s / int8_pipeline[0], 2),
+        "int8_vs_torchgeo_cpu": None if baseline_cpu is None else round(baseline_cpu / int8_pipeline[1], 2),
+        "int8_label_agreement": round(int8_agreement, 4),
         "rss_growth_big": round(big["growth"] / small["growth"], 3),
         "runtimes": ",".join(runtimes),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from tests.cli.conftest import flat, tb
 from tests.inference.conftest import card_for, save_checkpoint
 from tests.inference.test_predict_job import _context
 from torchbearer.inference.ensemble import PredictOptions, predict_scene
-from torchbearer.inference.members import Member
+from torchbearer.inference.members import EnsembleError, Member
 from torchbearer.inference.onnx import (
     PARITY_TOLERANCE,
     OnnxModel,
@@ -25,6 +26,7 @@ from torchbearer.inference.onnx import (
     choose_runtimes,
     export_checkpoint,
     onnx_path,
+    quantize_export,
 )
 from torchbearer.jobs import get_kind
 from torchbearer.ml.checkpoint import CheckpointError
@@ -115,6 +117,12 @@ def test_predict_job_records_its_runtime_choice(project, store, small60, caplog)
     ):
         assert np.abs(a.read().astype(int) - b.read().astype(int)).max() <= 1
 
+    # 8 bits: quantized into the job's own run folder (a resumed attempt reuses it).
+    context = _context(project, store, "q")
+    kind.run(kind.spec.model_validate({**base, "output": "out/int8.tif", "runtime": "onnx-int8"}), context)
+    assert [p.name for p in (context.run_dir / "int8").glob("*.onnx")] == ["0-a.onnx"]
+    assert (project.project_dir / "out/int8.tif").is_file()
+
     with pytest.raises(ValueError, match="runtime"):
         kind.spec.model_validate({**base, "output": "o.tif", "runtime": "tensorrt"})
 
@@ -133,3 +141,56 @@ def test_export_command(tmp_path: Path, small60: Path) -> None:
     assert result.returncode == 1 and "junk.ckpt: not a readable checkpoint" in flat(result.stderr)
     result = tb("export", tmp_path / "missing.ckpt")
     assert result.returncode == 1 and "missing.ckpt: checkpoint not found" in flat(result.stderr)
+
+
+def test_int8_runtime_quantizes_once_on_the_first_windows_and_follows_float32(
+    tmp_path: Path, small60: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ckpt = save_checkpoint(tmp_path / "fcn.ckpt", card_for(small60, classes=("clear", "cloud", "shadow")))
+    model, card = load_member(ckpt)
+    options = PredictOptions(window=64, batch_size=2, class_map=True)
+    by_torch = predict_scene([Member("m", model, card, source=str(ckpt))], [small60], tmp_path / "torch.tif", options)
+
+    caplog.set_level(logging.INFO, logger="torchbearer.inference.onnx")
+    member = Member("m", *load_member(ckpt), source=str(ckpt))
+    int8_dir = tmp_path / "run" / "int8"
+    assert choose_runtimes([member], "onnx-int8", "cpu", window=64, int8_dir=int8_dir) == ["onnx-int8"]
+    assert not int8_dir.exists(), "quantized on its first windows, not before"
+    by_int8 = predict_scene([member], [small60], tmp_path / "int8.tif", replace(options, runtime="onnx-int8"))
+    (quantized,) = int8_dir.glob("*.onnx")
+    record = json.loads(card_path(quantized).read_text())
+    assert record["calibration_windows"] == 2 and record["window"] == [64, 64]  # the first batch held two
+    assert 0.95 <= record["label_agreement"] <= 1 and record["max_abs_diff"] > 0, "quantized, and close"
+    (logged,) = [r.getMessage() for r in caplog.records if "quantized to 8 bits" in r.getMessage()]
+    assert "agree with float32 on" in logged
+    with rasterio.open(by_torch.output) as a, rasterio.open(by_int8.output) as b:
+        assert b.dtypes == a.dtypes and b.shape == a.shape
+    with rasterio.open(by_torch.class_map) as a, rasterio.open(by_int8.class_map) as b:
+        same = a.read(1) == b.read(1)
+    assert same.mean() >= 0.95, "the 8-bit map's labels are float32's almost everywhere"
+
+    # A resumed prediction reuses the quantization (same calibration), whatever windows it starts on.
+    mtime = quantized.stat().st_mtime_ns
+    again = Member("m", *load_member(ckpt), source=str(ckpt))
+    choose_runtimes([again], "onnx-int8", "cpu", window=64, int8_dir=int8_dir)
+    again.model(torch.zeros(1, card.in_channels, 64, 64))
+    assert quantized.stat().st_mtime_ns == mtime
+    assert len([r for r in caplog.records if "quantized to 8 bits" in r.getMessage()]) == 1
+
+    with pytest.raises(EnsembleError, match="runtime: onnx-int8 runs on the CPU"):
+        choose_runtimes([Member("m", *load_member(ckpt), source=str(ckpt))], "onnx-int8", "cuda", window=64)
+
+
+@pytest.mark.slow  # a U-Net export and quantization: about 15 s on 2 cores
+def test_quantizing_a_unet_logs_none_of_the_quantizers_noise(
+    tmp_path: Path, small60: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # U-Net's decoder has shape tensors (Gather, Slice) the quantizer leaves in float, warning about each on the
+    # root logger with the whole tensor type: in a worker each would become one of the job's log markers.
+    ckpt = save_checkpoint(tmp_path / "unet.ckpt", card_for(small60, "unet", "resnet18"))
+    export = export_checkpoint(ckpt)
+    windows = np.random.default_rng(0).normal(size=(2, len(card_for(small60).bands), 64, 64)).astype(np.float32)
+    caplog.set_level(logging.DEBUG)
+    record = quantize_export(export.onnx, windows, tmp_path / "q" / "unet.onnx")
+    assert (tmp_path / "q" / "unet.onnx").is_file() and record["calibration_windows"] == 2
+    assert not [r for r in caplog.records if "onnxruntime" in r.pathname], "the quantizer's noise is not logged"

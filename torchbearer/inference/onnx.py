@@ -8,7 +8,10 @@ absolute difference between ONNX Runtime's and PyTorch's logits on a test input 
 
 :func:`choose_runtimes` picks, per member, PyTorch or ONNX Runtime for a prediction: ``torch`` and ``onnx``
 force one, ``auto`` runs a batch through both once and keeps the faster (on a GPU it is always PyTorch,
-whose float16 autocast and channels-last layout ONNX Runtime's CPU provider cannot beat).
+whose float16 autocast and channels-last layout ONNX Runtime's CPU provider cannot beat). ``onnx-int8`` (set,
+never chosen by ``auto``: its logits are not PyTorch's) runs an 8-bit quantization of the export
+(:class:`Int8OnnxModel`), calibrated on the first windows the member is given, about twice as fast as float32
+on a CPU without AVX-512 (``docs/benchmarks.md``).
 
 The exporter is torch's TorchScript-based one (``dynamo=False``): the dynamo exporter needs ``onnxscript``,
 which is not a dependency, and exports these convolutional networks to the same graph.
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Runtime = Literal["auto", "torch", "onnx"]
+Runtime = Literal["auto", "torch", "onnx", "onnx-int8"]
 
 OPSET = 17
 """ONNX opset of the exported graphs (ONNX Runtime 1.16 and later run it)."""
@@ -50,6 +53,10 @@ PARITY_SIZE = 64
 """Side (pixels) of the parity check's input: a multiple of 32, which U-Net's encoders need."""
 MEASURE_SIZE = 128
 """Largest window side (pixels) of ``runtime: auto``'s measurement (a multiple of 32, for U-Net)."""
+CALIBRATION_WINDOWS = 4
+"""Windows (the first of the first batch a member is given) whose activations set its 8-bit ranges."""
+INT8_AGREEMENT_WARNING = 0.99
+"""Share of calibration pixels whose label the 8-bit model must give as float32 does, or a warning is logged."""
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -125,6 +132,128 @@ class OnnxModel(nn.Module):
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: array})
         return torch.from_numpy(logits)
+
+
+def labels(logits: np.ndarray) -> np.ndarray:
+    """Each pixel's label from B × C × H × W logits: positive logit (one channel, binary) or argmax."""
+    return logits[:, 0] > 0 if logits.shape[1] == 1 else logits.argmax(axis=1)
+
+
+class _QuantizerNoise(logging.Filter):
+    """Drops what ONNX Runtime's quantizer logs on the root logger: a warning, with a whole tensor type
+    printed, for each shape tensor it leaves in float (dozens a network), which would be the job's log markers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "onnxruntime" not in record.pathname
+
+
+def quantize_export(fp32: Path, calibration: np.ndarray, output: Path) -> dict[str, Any]:
+    """Quantize an ONNX export to 8 bits and write it to ``output`` with a record ``<output>.json``.
+
+    Static quantization by ONNX Runtime: weights per output channel (7-bit range: without AVX-512 VNNI the
+    8-bit kernels would saturate), activations unsigned with min-max ranges seen on ``calibration``
+    (B × bands × H × W standardised windows, fed one at a time). The record holds how closely the result
+    follows the float32 export on those windows: ``label_agreement`` (share of pixels with the same label)
+    and ``max_abs_diff`` (of the logits), and the float32 file's SHA-256 (a new export is quantized again).
+
+    Raises:
+        OnnxExportError: ONNX Runtime cannot quantize or load the graph.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Windows(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.windows = iter(np.split(np.ascontiguousarray(calibration, np.float32), len(calibration)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            window = next(self.windows, None)
+            return None if window is None else {INPUT_NAME: window}
+
+    start = time.perf_counter()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f"{output.name}.{os.getpid()}.{threading.get_ident()}")
+    pre, quantized = tmp.with_suffix(".pre.tmp"), tmp.with_suffix(".tmp")
+    quiet = _QuantizerNoise()
+    logging.getLogger().addFilter(quiet)
+    try:
+        # The pre-pass folds and fuses the float graph first (what the quantizer expects); symbolic shape
+        # inference cannot follow the dynamic height and width, and the quantizer needs none.
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre), str(quantized), Windows(), quant_format=QuantFormat.QOperator, per_channel=True,
+            reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+        expected = session(fp32).run([OUTPUT_NAME], {INPUT_NAME: calibration})[0]
+        got = session(quantized).run([OUTPUT_NAME], {INPUT_NAME: calibration})[0]
+    except OnnxExportError:
+        quantized.unlink(missing_ok=True)
+        raise
+    except Exception as exc:  # the quantizer raises many types for graphs it cannot handle
+        quantized.unlink(missing_ok=True)
+        raise OnnxExportError(f"{fp32}: cannot quantize to 8 bits ({type(exc).__name__}: {exc})") from exc
+    finally:
+        logging.getLogger().removeFilter(quiet)
+        pre.unlink(missing_ok=True)
+    quantized.replace(output)
+    record = {
+        "float32": str(fp32), "float32_sha256": file_sha256(fp32), "calibration_windows": len(calibration),
+        "window": list(calibration.shape[2:]), "label_agreement": float((labels(got) == labels(expected)).mean()),
+        "max_abs_diff": float(np.abs(got - expected).max()), "seconds": time.perf_counter() - start,
+    }  # fmt: skip
+    card_path(output).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+class Int8OnnxModel(nn.Module):
+    """An 8-bit ONNX Runtime session as a module, quantized from the float32 export ``fp32`` on its first call.
+
+    The first :data:`CALIBRATION_WINDOWS` windows of the first batch calibrate it (:func:`quantize_export`);
+    the quantized file goes to ``path`` and is reused by a later call of the same prediction (a resumed one
+    included), so one prediction runs one quantization whatever order its windows come in.
+    """
+
+    runtime = "onnx-int8"
+    prepared = True
+
+    def __init__(self, name: str, fp32: Path, path: Path, threads: int | None = None) -> None:
+        super().__init__()
+        self.name, self.fp32, self.path, self.threads = name, Path(fp32), Path(path), threads
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    def _open(self, calibration: np.ndarray) -> Any:
+        with self._lock:
+            if self._session is None:
+                record = _cached_int8(self.path, self.fp32)
+                if record is None:
+                    record = quantize_export(self.fp32, calibration[:CALIBRATION_WINDOWS], self.path)
+                    agreement = record["label_agreement"]
+                    log.log(
+                        logging.WARNING if agreement < INT8_AGREEMENT_WARNING else logging.INFO,
+                        "model %r: quantized to 8 bits on %d windows in %.1f s; its labels agree with float32 "
+                        "on %.2f %% of their pixels (max |int8 − float32| %.3g on the logits)",
+                        self.name, record["calibration_windows"], record["seconds"], 100 * agreement,
+                        record["max_abs_diff"],
+                    )  # fmt: skip
+                self._session = session(self.path, self.threads)
+            return self._session
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        (logits,) = self._open(array).run([OUTPUT_NAME], {INPUT_NAME: array})
+        return torch.from_numpy(logits)
+
+
+def _cached_int8(path: Path, fp32: Path) -> dict[str, Any] | None:
+    """The record of an 8-bit file quantized from these float32 bytes, or None."""
+    try:
+        record = json.loads(card_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not path.is_file() or record.get("float32_sha256") != file_sha256(fp32):
+        return None
+    return record
 
 
 def _cached(onnx: Path, sha256: str) -> dict[str, Any] | None:
@@ -228,10 +357,13 @@ def choose_runtimes(
     *,
     window: int,
     optimize: bool = True,
+    int8_dir: Path | None = None,
 ) -> list[str]:
     """Put each member on PyTorch or ONNX Runtime (replacing its ``model``); returns the runtime of each.
 
-    ``torch``: all stay. ``onnx``: all through ONNX Runtime (an export that fails is an error). ``auto``: on a
+    ``torch``: all stay. ``onnx``: all through ONNX Runtime (an export that fails is an error). ``onnx-int8``:
+    all through an 8-bit quantization of their export, written to ``int8_dir`` (the prediction's own: it is
+    calibrated on this prediction's windows) as ``<k>-<name>.onnx``. ``auto``: on a
     GPU all stay; on a CPU each member whose export works runs one window (``window`` pixels, at most
     :data:`MEASURE_SIZE`) through its prepared PyTorch model and through ONNX Runtime (after a warm-up call,
     best of two), and keeps the faster; the choice and both times are logged. Members without a checkpoint
@@ -241,20 +373,29 @@ def choose_runtimes(
     from torchbearer.inference.prepare import input_layout, prepare_model
 
     chosen = []
-    for member in members:
+    for index, member in enumerate(members):
         if runtime == "torch" or (runtime == "auto" and device != "cpu"):
             chosen.append("torch")
             continue
         if getattr(member.model, "is_classical", False):  # a random forest (ml/forest.py) has no graph to export
             chosen.append("sklearn")
             continue
-        if runtime == "onnx" and device != "cpu":
-            raise EnsembleError(f"runtime: onnx runs on the CPU; this prediction runs on {device}")
+        if runtime != "auto" and device != "cpu":
+            raise EnsembleError(f"runtime: {runtime} runs on the CPU; this prediction runs on {device}")
         source = Path(member.source) if member.source else None
         if source is None or not source.is_file():
-            if runtime == "onnx":
+            if runtime != "auto":
                 raise EnsembleError(f"model {member.name!r} has no checkpoint file to export to ONNX")
             chosen.append("torch")
+            continue
+        if runtime == "onnx-int8":
+            if int8_dir is None:
+                raise ValueError("runtime onnx-int8 needs int8_dir, the prediction's folder for its quantized files")
+            export = export_checkpoint(source)
+            safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in member.name)
+            member.model = Int8OnnxModel(member.name, export.onnx, Path(int8_dir) / f"{index}-{safe_name}.onnx")
+            log.info("model %r: runtime onnx-int8 (set; quantized on its first windows)", member.name)
+            chosen.append("onnx-int8")
             continue
         try:
             export = export_checkpoint(source)

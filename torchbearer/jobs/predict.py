@@ -64,8 +64,10 @@ class PredictSpec(JobSpec):
     member_maps: bool = Field(False, description="also write each member's map (<output>.<name>.tif)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     optimize: bool = Field(True, description="trace and freeze the models for a faster CPU forward")
-    runtime: Literal["auto", "torch", "onnx"] = Field(
-        "auto", description="CPU forward: PyTorch, ONNX Runtime, or whichever a short measurement finds faster"
+    runtime: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="CPU forward: PyTorch, ONNX Runtime, whichever a short measurement finds faster, or ONNX "
+        "Runtime on an 8-bit quantization calibrated on the scene (faster, labels not exactly PyTorch's)",
     )
     # Classification checkpoints (a classify job's): see jobs/classify_predict.py.
     patches: str | None = Field(None, description="classifiers: a folder of patches → a CSV output")
@@ -145,7 +147,8 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
         return run_classification(spec, ctx)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     members = load_members(spec, ctx, device)
-    runtimes = choose_runtimes(members, spec.runtime, device, window=spec.window, optimize=spec.optimize)
+    runtimes = choose_runtimes(members, spec.runtime, device, window=spec.window, optimize=spec.optimize,
+                               int8_dir=ctx.run_dir / "int8")  # fmt: skip
     resolutions = sorted({int(m.card.resolution) for m in members})
     # SAFE folders not stacked yet are stacked while the windows are read (they flow from the first strip)
     scenes = job_scenes(ctx, resolutions, imagery=spec.imagery, scenes=spec.scenes, streaming=True)
