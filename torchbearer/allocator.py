@@ -19,10 +19,29 @@ def map_large_blocks() -> None:
     heap arenas (its threshold rises to 32 MiB after the first large free) and fragment them, so the resident
     set grows with the scene's width (measured: 1.5× from a 1830² scene to a 5490² mosaic, 1.1× with this).
     The forward's large activations were mapped already; the process runs one job, so the setting stays.
+    The price: each such block is mapped and faulted in afresh (full 60 m scene, quiet machine: 6 % more CPU
+    for the three-member ensemble, about twice the time for a near-free 1 × 1 member on the warm stack).
     """
+    _mallopt(-3, MMAP_THRESHOLD_BYTES)  # -3: M_MMAP_THRESHOLD; also stops the threshold's rise
+
+
+def share_one_arena() -> None:
+    """Have every thread allocate from glibc's one main arena (``mallopt(M_ARENA_MAX, 1)``); elsewhere nothing.
+
+    What the ``explain`` kind keeps its resident set flat with. Its scene Grad-CAM frees many 1–32 MiB
+    activations and gradients a batch on several threads: spread over per-thread arenas they fragment (peak RSS
+    1.48× from the 1830² scene to its 6 × 6 mosaic), and :func:`map_large_blocks` bounds that (1.19×) but maps
+    and faults every one of them afresh (2.3× the time). One arena reuses them: 1.08×, 1.06× the time (quiet
+    machine, ``docs/benchmarks.md``). It must run before the threads it should cover first allocate.
+    """
+    _mallopt(-8, 1)  # -8: M_ARENA_MAX
+
+
+def _mallopt(parameter: int, value: int) -> None:
+    """glibc's ``mallopt``; nothing where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
     if hasattr(libc, "mallopt"):
-        libc.mallopt(-3, MMAP_THRESHOLD_BYTES)  # -3: M_MMAP_THRESHOLD; also stops the threshold's rise
+        libc.mallopt(parameter, value)  # -3: M_MMAP_THRESHOLD; also stops the threshold's rise

@@ -171,6 +171,11 @@ class JobContext:
         if values:
             self.emit(runs.METRICS, values={k: float(v) for k, v in values.items()}, step=step, epoch=epoch)
 
+    def resumed(self, epoch: int, step: int) -> None:
+        """Say that this attempt resumed a training at ``epoch`` (0-based) and global ``step``: the metrics
+        earlier attempts logged from there on are redone by this one, and the store drops them."""
+        self.emit(runs.RESUMED, epoch=int(epoch), step=int(step))
+
     def output(self, path: str | Path, kind: str) -> None:
         """Record a product of the job: ``checkpoint``, ``best_checkpoint``, ``map``, ``plot``, ``scene`` …"""
         self.emit(runs.OUTPUT, path=str(Path(path).resolve()), kind=kind)

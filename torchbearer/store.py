@@ -939,16 +939,20 @@ class Store:
         return int(row[0]) if row else 0
 
     def ingest_events(self, job_id: int, number: int, events: Sequence[dict[str, Any]], end_offset: int) -> None:
-        """Write a batch of a worker's events (``progress``, ``metrics``, ``output``, ``log``; others are the
-        caller's) and the offset they end at, in one transaction: a daemon killed midway re-reads them all, none
-        twice.
+        """Write a batch of a worker's events (``progress``, ``metrics``, ``output``, ``log``, ``resumed``; others
+        are the caller's) and the offset they end at, in one transaction: a daemon killed midway re-reads them all,
+        none twice.
 
-        Progress events become rows of ``progress`` and the latest is mirrored onto the job's row.
+        Progress events become rows of ``progress`` and the latest is mirrored onto the job's row. A ``resumed``
+        event deletes the metrics earlier attempts logged at or after its epoch or after its step: the resumed
+        attempt logs them again (an attempt killed between an epoch's validation and its checkpoint otherwise
+        leaves two values of that epoch, and a best that no saved weights hold).
         """
         metrics: list[tuple] = []
         progress: list[tuple] = []
         outputs: list[tuple] = []
         marks: list[tuple] = []
+        resumed: list[tuple] = []
         for event in events:
             kind, when = event.get("type"), float(event.get("t") or _now())
             if kind == "metrics":
@@ -962,10 +966,16 @@ class Store:
                                  json.dumps(scrub_value(fields), default=str) if fields else None))  # fmt: skip
             elif kind == "output":
                 outputs.append((job_id, when, str(event["kind"]), str(event["path"])))
+            elif kind == "resumed":
+                resumed.append((job_id, number, int(event["epoch"]), int(event["step"])))
             elif kind == "log":
                 marks.append((job_id, number, when, str(event.get("level") or "warning"), event.get("logger"),
                               scrub(str(event.get("message") or ""))))  # fmt: skip
         with self.transaction() as conn:
+            if resumed:  # before this batch's metrics, which may be the resumed attempt's first
+                conn.executemany(
+                    "DELETE FROM metrics WHERE job_id = ? AND attempt < ? AND (epoch >= ? OR step > ?)", resumed
+                )
             if metrics:
                 conn.executemany(
                     "INSERT INTO metrics (job_id, attempt, time, name, value, step, epoch) "

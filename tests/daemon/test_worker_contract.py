@@ -188,3 +188,21 @@ def test_the_worker_side_does_not_even_import_the_store():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_resumed_attempt_supersedes_what_earlier_ones_logged_from_its_epoch_on(tmp_path):
+    store = Store(tmp_path / "state.db")
+    (job_id,) = store.add_jobs([NewJob("j", "probe", {}, {"name": "j", "kind": "probe"})])
+    # Attempt 1: epochs 0 and 1 validated (8 steps each), killed before epoch 1's end reached last.ckpt.
+    first = [{"type": "metrics", "t": 1.0, "values": {"train/loss_step": 0.9}, "step": 4, "epoch": 0},
+             {"type": "metrics", "t": 2.0, "values": {"val/iou": 0.5}, "step": 8, "epoch": 0},
+             {"type": "metrics", "t": 3.0, "values": {"train/loss_step": 0.7}, "step": 12, "epoch": 1},
+             {"type": "metrics", "t": 4.0, "values": {"val/iou": 0.9}, "step": 16, "epoch": 1}]  # fmt: skip
+    store.ingest_events(job_id, 1, first, 100)
+    # Attempt 2 resumed from the checkpoint of epoch 0's end (step 8) and redid epoch 1.
+    second = [{"type": "resumed", "t": 5.0, "epoch": 1, "step": 8},
+              {"type": "metrics", "t": 6.0, "values": {"val/iou": 0.6}, "step": 16, "epoch": 1}]  # fmt: skip
+    store.ingest_events(job_id, 2, second, 200)
+    rows = [(m["attempt"], m["name"], m["epoch"], m["value"]) for m in store.metrics(job_id)]
+    assert rows == [(1, "train/loss_step", 0, 0.9), (1, "val/iou", 0, 0.5), (2, "val/iou", 1, 0.6)]
+    assert store.metric_extremes([job_id])[job_id]["val/iou"] == (0.6, 0.5), "no best that no weights hold"

@@ -316,7 +316,7 @@ def run(spec: ClassifySpec, ctx: JobContext) -> None:
         best,
         TwoPhaseFinetuning(phases, options.lr, sets_lr=options.scheduler in ("plateau", "none")),
         LearningRateMonitor(logging_interval="epoch"),
-        ProgressReporter(ctx.progress, ctx.metrics),
+        ProgressReporter(ctx.progress, ctx.metrics, resumed=ctx.resumed),
         LastCheckpoint(last, lambda: ctx.should_stop),
     ]
     if options.checkpoint_every:

@@ -212,14 +212,14 @@ def run(spec: ExplainSpec, ctx: JobContext) -> None:
     """Load the model, check the class, layer and inputs, then make each explanation asked for."""
     import torch
 
-    from torchbearer.allocator import map_large_blocks
+    from torchbearer.allocator import share_one_arena
     from torchbearer.explain.model import ExplainError, class_index, find_layer, load_explained
     from torchbearer.explain.patches import check_bands, classifier_patches, folder_patches
     from torchbearer.imagery.cache import stack_info
     from torchbearer.inference.classify import CLASSIFIER_ARCH
     from torchbearer.jobs.predict import checkpoint_of
 
-    map_large_blocks()  # the worker runs this one job: keep its resident set flat over wide scenes
+    share_one_arena()  # the worker runs this one job: keep its resident set flat over wide scenes
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     ctx.progress("preparing data", force=True)
     path, _ = checkpoint_of(spec.model, ctx, "model")

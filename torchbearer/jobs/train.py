@@ -504,7 +504,7 @@ def run(spec: TrainSpec, ctx: JobContext) -> None:
     callbacks: list[Any] = [
         best,
         LearningRateMonitor(logging_interval="epoch"),
-        ProgressReporter(ctx.progress, ctx.metrics),
+        ProgressReporter(ctx.progress, ctx.metrics, resumed=ctx.resumed),
         LastCheckpoint(last, lambda: ctx.should_stop),
     ]
     if stopping is not None:

@@ -43,15 +43,23 @@ class ProgressReporter(L.Callback):
     Step reports go out at most every ``interval_s`` seconds and at each epoch's last step; validation metrics
     once per epoch. The data-wait
     share is the time between the end of one training step and the start of the next (the DataLoader's wait
-    and hooks) over the whole step time, measured over the reporting interval.
+    and hooks) over the whole step time, measured over the reporting interval. ``resumed`` (a job passes
+    ``ctx.resumed``) hears the epoch and global step a run restored from a checkpoint goes on from.
     """
 
-    def __init__(self, report: Report, metrics: Metrics, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        report: Report,
+        metrics: Metrics,
+        interval_s: float = 1.0,
+        resumed: Callable[[int, int], Any] | None = None,
+    ) -> None:
         from torchbearer.joblog import adopt_library_handlers
 
         adopt_library_handlers()  # Lightning's own console handler would write each of its lines a second time
         self.report = report
         self.metrics = metrics
+        self.resumed = resumed
         self.interval_s = interval_s
         self._window_start = 0.0
         self._batch_start = 0.0
@@ -86,6 +94,8 @@ class ProgressReporter(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._window_start = time.perf_counter()
+        if self.resumed is not None and trainer.ckpt_path:  # restored: the loop goes on from here
+            self.resumed(trainer.current_epoch, trainer.global_step)
         self.report("training", done=trainer.global_step, total=self.total_steps(trainer), unit="steps",
                     epoch=trainer.current_epoch, step=trainer.global_step, force=True)  # fmt: skip
 
