@@ -172,8 +172,9 @@ class JobContext:
             self.emit(runs.METRICS, values={k: float(v) for k, v in values.items()}, step=step, epoch=epoch)
 
     def resumed(self, epoch: int, step: int) -> None:
-        """Say that this attempt resumed a training at ``epoch`` (0-based) and global ``step``: the metrics
-        earlier attempts logged from there on are redone by this one, and the store drops them."""
+        """Say that this attempt resumed a training at ``epoch`` (0-based, as Lightning reports it) and global
+        ``step`` (the checkpoint's): the metrics earlier attempts logged after that step are redone by this one,
+        and the store drops them."""
         self.emit(runs.RESUMED, epoch=int(epoch), step=int(step))
 
     def output(self, path: str | Path, kind: str) -> None:

@@ -46,8 +46,8 @@ TAIL_LINES = 40
 #: Event types a worker appends (the ``type`` key, written first on each line so the daemon can tell
 #: progress lines, of which it keeps only the latest, without parsing them).
 PROGRESS, METRICS, OUTPUT, LOG, SUBMIT = "progress", "metrics", "output", "log", "submit"
-#: A training resumed from a checkpoint (``epoch``, ``step`` it goes on from): what earlier attempts logged from
-#: there on is superseded (the store drops it, so curves and bests are the run's that holds the weights).
+#: A training resumed from a checkpoint (``epoch``, ``step`` it goes on from): what earlier attempts logged after
+#: that step is superseded (the store drops it, so curves and bests are the run's that holds the weights).
 RESUMED = "resumed"
 
 

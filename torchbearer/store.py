@@ -944,9 +944,11 @@ class Store:
         none twice.
 
         Progress events become rows of ``progress`` and the latest is mirrored onto the job's row. A ``resumed``
-        event deletes the metrics earlier attempts logged at or after its epoch or after its step: the resumed
-        attempt logs them again (an attempt killed between an epoch's validation and its checkpoint otherwise
-        leaves two values of that epoch, and a best that no saved weights hold).
+        event deletes the metrics earlier attempts logged after its global step, the checkpoint's: the resumed
+        attempt logs them again. An attempt killed between an epoch's validation and its checkpoint otherwise
+        leaves two values of that epoch, and a best that no saved weights hold. By step, not epoch: Lightning
+        restores a checkpoint saved at an epoch's end with that epoch as the current one, and that epoch's
+        validation, logged at the checkpoint's step, is the checkpoint's.
         """
         metrics: list[tuple] = []
         progress: list[tuple] = []
@@ -967,15 +969,13 @@ class Store:
             elif kind == "output":
                 outputs.append((job_id, when, str(event["kind"]), str(event["path"])))
             elif kind == "resumed":
-                resumed.append((job_id, number, int(event["epoch"]), int(event["step"])))
+                resumed.append((job_id, number, int(event["step"])))
             elif kind == "log":
                 marks.append((job_id, number, when, str(event.get("level") or "warning"), event.get("logger"),
                               scrub(str(event.get("message") or ""))))  # fmt: skip
         with self.transaction() as conn:
             if resumed:  # before this batch's metrics, which may be the resumed attempt's first
-                conn.executemany(
-                    "DELETE FROM metrics WHERE job_id = ? AND attempt < ? AND (epoch >= ? OR step > ?)", resumed
-                )
+                conn.executemany("DELETE FROM metrics WHERE job_id = ? AND attempt < ? AND step > ?", resumed)
             if metrics:
                 conn.executemany(
                     "INSERT INTO metrics (job_id, attempt, time, name, value, step, epoch) "

@@ -199,8 +199,9 @@ def test_a_resumed_attempt_supersedes_what_earlier_ones_logged_from_its_epoch_on
              {"type": "metrics", "t": 3.0, "values": {"train/loss_step": 0.7}, "step": 12, "epoch": 1},
              {"type": "metrics", "t": 4.0, "values": {"val/iou": 0.9}, "step": 16, "epoch": 1}]  # fmt: skip
     store.ingest_events(job_id, 1, first, 100)
-    # Attempt 2 resumed from the checkpoint of epoch 0's end (step 8) and redid epoch 1.
-    second = [{"type": "resumed", "t": 5.0, "epoch": 1, "step": 8},
+    # Attempt 2 resumed from the checkpoint of epoch 0's end (step 8) and redid epoch 1. Lightning reports such a
+    # restored run as in epoch 0 still: epoch 0's validation, at step 8, is the checkpoint's and stays.
+    second = [{"type": "resumed", "t": 5.0, "epoch": 0, "step": 8},
               {"type": "metrics", "t": 6.0, "values": {"val/iou": 0.6}, "step": 16, "epoch": 1}]  # fmt: skip
     store.ingest_events(job_id, 2, second, 200)
     rows = [(m["attempt"], m["name"], m["epoch"], m["value"]) for m in store.metrics(job_id)]

@@ -172,8 +172,8 @@ def quantize_export(fp32: Path, calibration: np.ndarray, output: Path) -> dict[s
 
     start = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f"{output.name}.{os.getpid()}.{threading.get_ident()}")
-    pre, quantized = tmp.with_suffix(".pre.tmp"), tmp.with_suffix(".tmp")
+    unique = f"{output.name}.{os.getpid()}.{threading.get_ident()}"
+    pre, quantized = output.with_name(f"{unique}.pre.tmp"), output.with_name(f"{unique}.tmp")
     quiet = _QuantizerNoise()
     logging.getLogger().addFilter(quiet)
     try:
