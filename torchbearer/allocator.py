@@ -44,4 +44,4 @@ def _mallopt(parameter: int, value: int) -> None:
     except OSError:
         return
     if hasattr(libc, "mallopt"):
-        libc.mallopt(parameter, value)  # -3: M_MMAP_THRESHOLD; also stops the threshold's rise
+        libc.mallopt(parameter, value)

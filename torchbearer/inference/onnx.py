@@ -225,7 +225,7 @@ class Int8OnnxModel(nn.Module):
     def _open(self, calibration: np.ndarray) -> Any:
         with self._lock:
             if self._session is None:
-                record = _cached_int8(self.path, self.fp32)
+                record = _cached(self.path, "float32_sha256", file_sha256(self.fp32))
                 if record is None:
                     record = quantize_export(self.fp32, calibration[:CALIBRATION_WINDOWS], self.path)
                     agreement = record["label_agreement"]
@@ -245,24 +245,14 @@ class Int8OnnxModel(nn.Module):
         return torch.from_numpy(logits)
 
 
-def _cached_int8(path: Path, fp32: Path) -> dict[str, Any] | None:
-    """The record of an 8-bit file quantized from these float32 bytes, or None."""
+def _cached(path: Path, key: str, sha256: str) -> dict[str, Any] | None:
+    """The card file of a usable earlier ``path`` made from the bytes whose hash its ``key`` holds (an export:
+    ``checkpoint_sha256``; a quantization: ``float32_sha256``), or None."""
     try:
-        record = json.loads(card_path(path).read_text())
+        meta = json.loads(card_path(path).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or not path.is_file() or record.get("float32_sha256") != file_sha256(fp32):
-        return None
-    return record
-
-
-def _cached(onnx: Path, sha256: str) -> dict[str, Any] | None:
-    """The card file of a usable earlier export of the checkpoint with this hash, or None."""
-    try:
-        meta = json.loads(card_path(onnx).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or meta.get("checkpoint_sha256") != sha256 or not onnx.is_file():
+    if not isinstance(meta, dict) or meta.get(key) != sha256 or not path.is_file():
         return None
     return meta
 
@@ -284,7 +274,7 @@ def export_checkpoint(checkpoint: Path, output: Path | None = None, *, reuse: bo
     model, card = load_member(checkpoint, "cpu")  # raises CheckpointError naming the file
     onnx = Path(output) if output is not None else onnx_path(checkpoint)
     sha256 = file_sha256(checkpoint)
-    if reuse and (meta := _cached(onnx, sha256)) is not None:
+    if reuse and (meta := _cached(onnx, "checkpoint_sha256", sha256)) is not None:
         return Export(onnx, card_path(onnx), float(meta["max_abs_diff"]), cached=True)
 
     sample = _parity_input(card)
