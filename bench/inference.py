@@ -58,7 +58,6 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from torchbearer.allocator import map_large_blocks  # noqa: E402
 from torchbearer.imagery.cache import StackBuild, band_indexes, stack_info, start_stack  # noqa: E402
 from torchbearer.imagery.safe import read_safe  # noqa: E402
 from torchbearer.imagery.spec import BANDS_BY_RESOLUTION  # noqa: E402
@@ -276,7 +275,6 @@ def reset_peak_rss() -> None:
 
 def rss_child(stack: Path, out: Path, window: int, overlap: float, batch_size: int) -> None:
     """Runs in its own process: peak RSS above the loaded 1 × 1 convolution while predicting ``stack``."""
-    map_large_blocks()  # as the predict kind does in its worker
     member = conv1x1_member(stack_info(stack).bands)
     base = psutil.Process().memory_info().rss
     reset_peak_rss()
@@ -328,9 +326,6 @@ def main() -> None:
             torchgeo_baseline, scene, members, args.window, stride, args.batch_size, tmp / "torchgeo.tif"
         )
         print(f"plain TorchGeo: {baseline_s:.1f} s (CPU {baseline_cpu:.1f} s)", flush=True)
-    # Ours from here on is timed as the predict kind runs in its worker, with its allocator setting; plain
-    # TorchGeo ran before it as a user runs it (the setting would cost it a third more time).
-    map_large_blocks()
 
     # What a predict job with runtime: auto does: export, measure, keep the faster per member (logged).
     start = time.perf_counter()

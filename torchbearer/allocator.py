@@ -15,12 +15,12 @@ MMAP_THRESHOLD_BYTES = 2**20
 def map_large_blocks() -> None:
     """Have glibc map every allocation of 1 MiB or more (``mallopt(M_MMAP_THRESHOLD)``); elsewhere nothing.
 
-    Windows, strips and their temporaries of many sizes, freed by several threads, otherwise land in glibc's
-    heap arenas (its threshold rises to 32 MiB after the first large free) and fragment them, so the resident
-    set grows with the scene's width (measured: 1.5× from a 1830² scene to a 5490² mosaic, 1.1× with this).
-    The forward's large activations were mapped already; the process runs one job, so the setting stays.
-    The price: each such block is mapped and faulted in afresh (full 60 m scene, quiet machine: 6 % more CPU
-    for the three-member ensemble, about twice the time for a near-free 1 × 1 member on the warm stack).
+    What the ``prepare`` steps keep their resident set flat with (``prepare/rasters.bounded_memory``): chips
+    and table blocks of many sizes, freed by several threads, otherwise land in glibc's heap arenas (its
+    threshold rises to 32 MiB after the first large free) and fragment them, so the resident set grows with the
+    scene. The price: each such block is mapped and faulted in afresh. The ensemble prediction needs no setting:
+    its streams fill the same window, batch and input arrays again instead of allocating them (it used this
+    one, at 6 % more CPU for the three-member ensemble and twice the time for a near-free member).
     """
     _mallopt(-3, MMAP_THRESHOLD_BYTES)  # -3: M_MMAP_THRESHOLD; also stops the threshold's rise
 
@@ -37,11 +37,26 @@ def share_one_arena() -> None:
     _mallopt(-8, 1)  # -8: M_ARENA_MAX
 
 
+def give_back_free_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim(0)``); elsewhere nothing.
+
+    Unlike the settings above, a one-off any code may call before a step that allocates a lot on one thread:
+    memory freed by other threads stays in their arenas, resident, where that thread cannot reuse it.
+    """
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def _mallopt(parameter: int, value: int) -> None:
     """glibc's ``mallopt``; nothing where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    if hasattr(libc, "mallopt"):
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
         libc.mallopt(parameter, value)

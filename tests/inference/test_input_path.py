@@ -102,10 +102,10 @@ def test_windows_flow_before_the_stack_is_built(tmp_path: Path, monkeypatch: pyt
         real_write(dst, data, top)
         events.append(f"strip {top}")
 
-    def read_window(self, dataset, index: int, j: int) -> np.ndarray:
+    def read_window(self, dataset, index: int, j: int, out=None) -> np.ndarray:
         events.append("window")
         first_read.set()
-        return real_read(self, dataset, index, j)
+        return real_read(self, dataset, index, j, out)
 
     member = _conv1x1(BANDS_BY_RESOLUTION[60])
     options = PredictOptions(window=64, overlap=0.25, batch_size=3)
@@ -161,9 +161,9 @@ def test_windows_from_the_strips_in_memory_are_the_finished_stacks(
     held: list[int] = []
     real_read = StackBuild.read
 
-    def read(self: StackBuild, indexes: list[int], window: rasterio.windows.Window) -> np.ndarray:
-        block = real_read(self, indexes, window)
-        reads.append((indexes, window, block))
+    def read(self: StackBuild, indexes: list[int], window: rasterio.windows.Window, out=None) -> np.ndarray:
+        block = real_read(self, indexes, window, out)
+        reads.append((indexes, window, block.copy()))  # the stream reads the next window into the same array
         held.append(len(self._strips))
         return block
 
@@ -207,10 +207,10 @@ def test_closing_a_stream_while_its_reader_reads_ends_its_threads(
     resume = threading.Event()
     real_read = stream.GroupStream._read_window
 
-    def read_window(self, dataset, index: int, j: int) -> np.ndarray:
+    def read_window(self, dataset, index: int, j: int, out=None) -> np.ndarray:
         if index == 1 and j == 1:  # the second window of the second row waits until the stream is closed
             resume.wait(timeout=120)
-        return real_read(self, dataset, index, j)
+        return real_read(self, dataset, index, j, out)
 
     monkeypatch.setattr(stream.GroupStream, "_read_window", read_window)
 
@@ -250,8 +250,8 @@ def test_a_first_prediction_stopped_mid_build_resumes_to_the_same_map(
     assert not [*(tmp_path / "cache").glob("*.tif"), *(tmp_path / "cache").glob("*.part")], "no stack is left"
     tops, real_read = [], StackBuild.read
 
-    def read(self: StackBuild, indexes: list[int], window: rasterio.windows.Window) -> np.ndarray:
-        block = real_read(self, indexes, window)
+    def read(self: StackBuild, indexes: list[int], window: rasterio.windows.Window, out=None) -> np.ndarray:
+        block = real_read(self, indexes, window, out)
         tops.append(min(self._strips))  # one reader: nothing is released while it reads
         return block
 

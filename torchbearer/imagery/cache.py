@@ -214,10 +214,10 @@ class StackBuild:
                 del self._strips[top]
             self._state.notify_all()
 
-    def read(self, indexes: list[int], window: Window) -> np.ndarray:
+    def read(self, indexes: list[int], window: Window, out: np.ndarray | None = None) -> np.ndarray:
         """Bands ``indexes`` (1-based, as in the stack) of ``window`` (within the scene) from the decoded strips,
-        as a rasterio dataset's ``read`` gives them from the finished stack (bands × rows × columns, uint16);
-        waits until the rows are decoded.
+        as a rasterio dataset's ``read`` gives them from the finished stack (bands × rows × columns, uint16, into
+        ``out`` when given); waits until the rows are decoded.
 
         Raises:
             StackError: the build failed or was cancelled, or the rows were released already.
@@ -236,7 +236,8 @@ class StackBuild:
         if not pieces or pieces[0][0] > top:
             raise StackError(f"{self.path.name}: rows from {top} were released before they were read")
         bands = [i - 1 for i in indexes]
-        out = np.empty((len(bands), bottom - top, right - left), dtype=np.uint16)
+        if out is None:
+            out = np.empty((len(bands), bottom - top, right - left), dtype=np.uint16)
         for strip_top, strip in pieces:
             a, b = max(top, strip_top), min(bottom, strip_top + strip.shape[1])
             out[:, a - top : b - top] = strip[bands, a - strip_top : b - strip_top, left:right]

@@ -200,9 +200,7 @@ def predict_scene(
         try:
             while row < out_grid.height:
                 end = min(row + STRIP_ROWS, out_grid.height)
-                parts = [cache.rows(row, end) for cache in caches]
-                probs = np.concatenate([p for p, _ in parts], axis=0)[order]
-                valid = np.logical_and.reduce([v for _, v in parts])
+                probs, valid = _strip_of(caches, order, row, end)
                 background.submit(_strip_job(writers, probs, valid, weights, options, card.task, row, threshold))
                 row = end
                 if report is not None:
@@ -230,6 +228,9 @@ def predict_scene(
         finally:
             for cache in caches:
                 cache.close()  # stops the reader threads of a stream left half-way
+        stats = {g.info.resolution: s.stats for g, s in zip(groups, streams, strict=True)}
+        windows_skipped = sum(s.stats.windows_skipped for s in streams)
+        del streams, caches  # their window, batch and row arrays go before the COGs are written
 
         for build in builds:
             build.finish()  # its last rows were read: it is being renamed into place
@@ -248,13 +249,23 @@ def predict_scene(
         class_map=paths.get("classes"),
         member_maps={m.name: paths[f"member:{m.name}"] for m in members if f"member:{m.name}" in paths},
         windows=windows_total,
-        windows_skipped=sum(s.stats.windows_skipped for s in streams),
+        windows_skipped=windows_skipped,
         seconds=time.perf_counter() - started,
         megapixels=(out_grid.height - rows_done) * out_grid.width / 1e6,
         resumed_from_row=rows_done,
-        stats={g.info.resolution: s.stats for g, s in zip(groups, streams, strict=True)},
+        stats=stats,
         models=models,
     )
+
+
+def _strip_of(caches: list[RowCache], order: np.ndarray, row: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    """Output rows ``[row, end)`` of every member (in the members' order) and where all inputs have data: one
+    group's rows as they are (views, no copy), several groups' joined."""
+    parts = [cache.rows(row, end) for cache in caches]
+    if len(parts) == 1:
+        return parts[0]  # one group: its members are in the members' order already
+    probs = np.concatenate([p for p, _ in parts], axis=0)[order]
+    return probs, np.logical_and.reduce([v for _, v in parts])
 
 
 def _strip_job(

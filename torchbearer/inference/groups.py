@@ -115,14 +115,15 @@ def group_forward(
         plans.append((member, model, pick, scale, shift, input_layout(model, device, options.optimize)))
     transforms = tta_transforms(options.tta)
     amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    inputs = InputBuffers()
 
     def forward(x: torch.Tensor) -> list[torch.Tensor]:
-        nodata = (x == 0).any(dim=1, keepdim=True)  # DN 0 in any band is no data (imagery/cache.py)
+        nodata = inputs.nodata(x)  # DN 0 in any band is no data (imagery/cache.py)
         out = []
         with torch.inference_mode(), amp:
             for member, model, pick, scale, shift, layout in plans:
-                xm = torch.addcmul(shift, x[:, pick], scale).masked_fill_(nodata, 0.0)
-                xm = xm.to(device, non_blocking=True).contiguous(memory_format=layout)
+                xm = inputs.standardised(x, pick, scale, shift, layout).masked_fill_(nodata, 0.0)
+                xm = xm.to(device, non_blocking=True)
                 total = None
                 for apply, invert in transforms:
                     logits = model(apply(xm))
@@ -133,7 +134,57 @@ def group_forward(
                         )
                     p = invert(probabilities(logits, member.card.task))
                     total = p if total is None else total + p
-                out.append((total / len(transforms)).float().cpu())
+                assert total is not None
+                if len(transforms) > 1:
+                    total = total / len(transforms)
+                out.append(total.float().cpu())
         return out
 
     return forward
+
+
+class InputBuffers:
+    """The arrays a group's forward fills each batch (the no-data mask, each layout's standardised input) and
+    refills the next, instead of allocating them afresh: a batch's inputs are tens of MiB, and fresh blocks of
+    those sizes on the forward's thread fragment glibc's heap (see ``inference/stream.py``). One forward thread
+    uses them; each member's input is consumed before the next member's is written."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple, torch.Tensor] = {}
+
+    def _array(self, shape: tuple[int, ...], dtype: torch.dtype, layout: torch.memory_format) -> torch.Tensor:
+        """A ``shape`` view into the kept array of that kind (grown when a larger batch comes)."""
+        key = (shape[1:], dtype, layout)
+        kept = self._arrays.get(key)
+        if kept is None or kept.shape[0] < shape[0]:
+            kept = self._arrays[key] = torch.empty(shape, dtype=dtype, memory_format=layout)
+        return kept[: shape[0]]
+
+    def nodata(self, x: torch.Tensor) -> torch.Tensor:
+        """Where any band of ``x`` (B × bands × h × w DN) is 0: B × 1 × h × w, bool."""
+        b, bands, h, w = x.shape
+        mask = self._array((b, 1, h, w), torch.bool, torch.contiguous_format)
+        band = self._array((b, h, w), torch.bool, torch.contiguous_format)
+        torch.eq(x[:, 0], 0, out=mask[:, 0])
+        for k in range(1, bands):  # band by band: the whole comparison at once is a B × bands × h × w temporary
+            mask[:, 0].logical_or_(torch.eq(x[:, k], 0, out=band))
+        return mask
+
+    def standardised(
+        self, x: torch.Tensor, pick: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+        layout: torch.memory_format,
+    ) -> torch.Tensor:  # fmt: skip
+        """``shift + x[:, pick] × scale`` (float32, in ``layout``): DN to the member's standardised input.
+
+        Copied into the float array (one pass, into the layout), then scaled there: ``addcmul`` straight from
+        the uint16 batch would cast it into a float temporary of the whole batch first (and ``x[:, pick]``
+        allocate another).
+        """
+        b, bands, h, w = x.shape
+        out = self._array((b, len(pick), h, w), torch.float32, layout)
+        if len(pick) == bands and bool((pick == torch.arange(bands)).all()):
+            out.copy_(x)
+        else:
+            picked = self._array((b, len(pick), h, w), x.dtype, torch.contiguous_format)
+            out.copy_(torch.index_select(x, 1, pick, out=picked))
+        return torch.addcmul(shift, out, scale, out=out)

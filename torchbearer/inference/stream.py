@@ -5,8 +5,12 @@ window once (the union of the members' bands; decoded by several threads, in ord
 no data, and hands batches of windows to a forward thread, which runs every member on them and hands the
 probabilities to the blending loop (the caller's thread, overlapping the next forward), which adds them,
 normalised-weighted, into a buffer one window high and as wide as the scene, and yields the rows no later window
-touches, a few at a time. Memory
-is that buffer plus a few batches in flight, whatever the scene's height.
+touches, a few at a time. Memory is that buffer plus a few batches in flight, whatever the scene's height.
+
+Windows are read into, and batches assembled in, arrays the stream keeps and fills again (a window's once the
+next is asked for, a batch's once the forward is done with it) rather than fresh ones: blocks of a few MiB
+allocated and freed on several threads, a batch at a time, fragment glibc's heap arenas, and the resident set
+then grows with the scene's width.
 
 Batches never span two rows of windows, so a stream restarted at a row of windows (to resume) feeds the models
 exactly the same batches and yields bit-identical values.
@@ -31,7 +35,7 @@ from rasterio.windows import Window
 from torchbearer.imagery.cache import StackBuild, valid_pixels
 from torchbearer.imagery.grid import Grid
 from torchbearer.inference.blending import GridWeights
-from torchbearer.inference.windows import WindowGrid, overlap_pixels, pad_to_window
+from torchbearer.inference.windows import WindowGrid, overlap_pixels, pad_into
 
 READERS = max(1, min(4, os.cpu_count() or 1))
 """Threads decoding windows of a stack ahead of the model (:class:`GroupStream`'s ``readers``)."""
@@ -62,7 +66,7 @@ class _Batch:
 
     index: int  # the row of windows
     cols: list[int]  # indexes into the grid's column offsets
-    data: list[np.ndarray]  # bands × size × size DN each
+    data: np.ndarray | None  # batch_size × bands × size × size DN, the first len(cols) filled; None once run
     valid: list[np.ndarray]  # where each window (clipped to the scene) has data
     skipped: int  # windows of the row passed over as all no data since the previous batch
     last: bool  # the row's last batch (it may hold no window at all)
@@ -137,19 +141,37 @@ class GroupStream:
         self._computed: queue.Queue[tuple[_Batch, list[torch.Tensor] | None] | BaseException | None]
         self._computed = queue.Queue(prefetch)
         self._stop = threading.Event()
+        self._spare_batches: deque[np.ndarray] = deque()  # batch arrays the forward is done with (thread-safe)
         if building is not None:  # the rows above the first window are not read: the build need not keep them
             first = self.grid.rows[self.start_index] if self.start_index < len(self.grid.rows) else self.grid.height
             building.release(first)
 
     # -- reading (a thread) -----------------------------------------------------------------------------------
 
-    def _read_window(self, dataset: rasterio.io.DatasetReader | StackBuild, index: int, j: int) -> np.ndarray:
+    def _read_window(
+        self, dataset: rasterio.io.DatasetReader | StackBuild, index: int, j: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Window ``j`` of row ``index`` as DN (bands × h × w, clipped to the scene), from the open stack or the
-        strips of the one being built (the same ``read``)."""
+        strips of the one being built (the same ``read``), into the front of ``out`` (flat uint16, at least
+        bands × size × size) when given."""
         size, r, c = self.grid.size, self.grid.rows[index], self.grid.cols[j]
         h, w = min(size, self.grid.height - r), min(size, self.grid.width - c)
-        # In-bounds windows only (rasterio's boundless reads go through a slow VRT); pad_to_window does the rest.
-        return dataset.read(self.indexes, window=Window(c, r, w, h))
+        if out is not None:
+            out = out[: len(self.indexes) * h * w].reshape(len(self.indexes), h, w)
+        # In-bounds windows only (rasterio's boundless reads go through a slow VRT); pad_into does the rest.
+        return dataset.read(self.indexes, window=Window(c, r, w, h), out=out)
+
+    def _window_buffer(self) -> np.ndarray:
+        """A flat uint16 array a window of the stream's bands fits in."""
+        return np.empty(len(self.indexes) * self.grid.size**2, dtype=np.uint16)
+
+    def _batch_buffer(self) -> np.ndarray:
+        """An array a batch of windows is assembled in: one the forward is done with, or a new one (no more
+        than the batches in flight, a few: the queues bound them)."""
+        try:
+            return self._spare_batches.pop()
+        except IndexError:
+            return np.empty((self.batch_size, len(self.indexes), self.grid.size, self.grid.size), dtype=np.uint16)
 
     def _blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
         """``(row index, column index, DN)`` of every window from the start row on, in order.
@@ -160,39 +182,47 @@ class GroupStream:
         """
         windows = ((i, j) for i in range(self.start_index, len(self.grid.rows)) for j in range(len(self.grid.cols)))
         local, opened, lock = threading.local(), [], threading.Lock()
+        spare: list[np.ndarray] = []  # window arrays handed on and given back (this generator's thread only)
 
-        def read(i: int, j: int) -> np.ndarray:
+        def buffer() -> np.ndarray:
+            return spare.pop() if spare else self._window_buffer()
+
+        def read(i: int, j: int, out: np.ndarray) -> np.ndarray:
             if self.building is not None:  # the decoded strips in memory: no handle to open
-                return self._read_window(self.building, i, j)
+                return self._read_window(self.building, i, j, out)
             if getattr(local, "dataset", None) is None:
                 local.dataset = self._open()
                 if local.dataset is not self.dataset:
                     with lock:
                         opened.append(local.dataset)
-            return self._read_window(local.dataset, i, j)
+            return self._read_window(local.dataset, i, j, out)
 
         try:
             if self.readers <= 1:
+                out = buffer()
                 for i, j in windows:
-                    block = read(i, j)
+                    block = read(i, j, out)
                     self._release(i, j)
-                    yield i, j, block
+                    yield i, j, block  # the consumer is done with it when it asks for the next
                 return
-            pending: deque[tuple[int, int, Future[np.ndarray]]] = deque()
+            pending: deque[tuple[int, int, np.ndarray, Future[np.ndarray]]] = deque()
             with ThreadPoolExecutor(self.readers, thread_name_prefix="window-decoder") as pool:
                 try:
                     for i, j in windows:
-                        pending.append((i, j, pool.submit(read, i, j)))
+                        out = buffer()
+                        pending.append((i, j, out, pool.submit(read, i, j, out)))
                         if len(pending) > 2 * self.readers:
-                            i0, j0, done = pending.popleft()
+                            i0, j0, used, done = pending.popleft()
                             block = done.result()
                             self._release(i0, j0)
                             yield i0, j0, block
+                            spare.append(used)
                     while pending:
-                        i0, j0, done = pending.popleft()
+                        i0, j0, used, done = pending.popleft()
                         block = done.result()
                         self._release(i0, j0)
                         yield i0, j0, block
+                        spare.append(used)
                 finally:
                     for *_, future in pending:
                         future.cancel()
@@ -219,17 +249,17 @@ class GroupStream:
     def _batches(self) -> Iterator[_Batch]:
         """The windows that have data, in batches that never span two rows of windows (a row's last batch is
         marked, and may hold no window); the queue holds a few batches whatever the width."""
-        size = self.grid.size
         batch = None
         for index, j, block in self._blocks():
             if batch is None:
-                batch = _Batch(index, [], [], [], 0, False)
+                batch = _Batch(index, [], self._batch_buffer(), [], 0, False)
             valid = valid_pixels(block)
             if not valid.any():  # all no data: nothing to predict, its pixels stay no data
                 batch.skipped += 1
             else:
+                assert batch.data is not None
+                pad_into(block, batch.data[len(batch.cols)])
                 batch.cols.append(j)
-                batch.data.append(pad_to_window(block, size))
                 batch.valid.append(valid)
             if j == len(self.grid.cols) - 1:
                 batch.last = True
@@ -237,7 +267,7 @@ class GroupStream:
                 batch = None
             elif len(batch.cols) == self.batch_size:
                 yield batch
-                batch = _Batch(index, [], [], [], 0, False)
+                batch = _Batch(index, [], self._batch_buffer(), [], 0, False)
 
     def _reader(self) -> None:
         try:
@@ -268,12 +298,15 @@ class GroupStream:
                 if isinstance(batch, BaseException):
                     raise batch
                 probs = None
+                assert batch.data is not None
                 if batch.cols:
                     if self.should_stop():
                         raise StopRequested
-                    probs = self.forward(torch.from_numpy(np.stack(batch.data)))
+                    probs = self.forward(torch.from_numpy(batch.data[: len(batch.cols)]))
                     r = self.grid.rows[batch.index]
                     self.stats.batches.append([(r, self.grid.cols[j]) for j in batch.cols])
+                self._spare_batches.append(batch.data)  # the probabilities are new tensors: refill it
+                batch.data = None
                 if self._stop.is_set():
                     return
                 self._computed.put((batch, probs))
@@ -420,17 +453,25 @@ class RowCache:
         self._strips.close()
 
     def rows(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Destination rows ``[a, b)`` (requests must move down the grid)."""
+        """Destination rows ``[a, b)`` (requests must move down the grid). Views of the stream's strips where
+        they hold the rows (the strips are never written again); a copy joining two where they do not."""
         lo, hi = self.resampler.source_rows(a, b)
+        self._forget_before(lo)
         while self._probs is None or self._first + self._probs.shape[-2] < hi:
             strip = next(self._strips)
-            if self._probs is None:
+            if self._probs is None or self._probs.shape[-2] == 0:  # nothing kept: the strip itself, not a copy
                 self._first, self._probs, self._valid = strip.row, strip.probs, strip.valid
             else:
                 self._probs = np.concatenate([self._probs, strip.probs], axis=-2)
                 self._valid = np.concatenate([self._valid, strip.valid], axis=0)
-        drop = lo - self._first
-        if drop > 0:
-            self._probs, self._valid = self._probs[..., drop:, :], self._valid[drop:]
-            self._first = lo
+            self._forget_before(lo)
+        assert self._valid is not None
         return self.resampler.rows(self._probs, self._valid, self._first, a, b)
+
+    def _forget_before(self, lo: int) -> None:
+        """Drop the kept source rows above ``lo`` (no later request needs them)."""
+        if self._probs is None or self._valid is None or lo <= self._first:
+            return
+        drop = min(lo - self._first, self._probs.shape[-2])
+        self._probs, self._valid = self._probs[..., drop:, :], self._valid[drop:]
+        self._first += drop

@@ -91,5 +91,17 @@ def pad_to_window(block: np.ndarray, size: int) -> np.ndarray:
     h, w = block.shape[-2:]
     if h == size and w == size:
         return block
-    pad = [(0, 0)] * (block.ndim - 2) + [(0, size - h), (0, size - w)]
-    return np.pad(block, pad, mode="edge")
+    padded = np.empty((*block.shape[:-2], size, size), dtype=block.dtype)
+    pad_into(block, padded)
+    return padded
+
+
+def pad_into(block: np.ndarray, out: np.ndarray) -> None:
+    """Copy ``block`` into the top-left of ``out`` (same leading axes, last two at least as large) and fill the
+    rest by repeating its edge pixels, as :func:`pad_to_window` does, without allocating."""
+    h, w = block.shape[-2:]
+    out[..., :h, :w] = block
+    if w < out.shape[-1]:
+        out[..., :h, w:] = block[..., :, w - 1 : w]
+    if h < out.shape[-2]:
+        out[..., h:, :] = out[..., h - 1 : h, :]

@@ -133,7 +133,6 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
     """Load and check the members, get the scenes, predict each into its map; resumable after SIGTERM."""
     import torch
 
-    from torchbearer.allocator import map_large_blocks
     from torchbearer.context import JobInterrupted
     from torchbearer.imagery.acquire import job_scenes, scene_output
     from torchbearer.inference.ensemble import PredictionInterrupted, PredictOptions, predict_scene
@@ -142,7 +141,6 @@ def run(spec: PredictSpec, ctx: JobContext) -> None:
     from torchbearer.inference.resume import is_complete
     from torchbearer.jobs.classify_predict import is_classification, run_classification
 
-    map_large_blocks()  # the worker runs this one job: keep its resident set flat over wide scenes
     if is_classification(spec, ctx):
         return run_classification(spec, ctx)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device

@@ -12,7 +12,6 @@ Values are copied, never rescaled: a chip holds the scene's own numbers with the
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
+from torchbearer.allocator import map_large_blocks
 from torchbearer.imagery.grid import Grid
 from torchbearer.prepare import PrepareError
 
@@ -42,13 +42,9 @@ GDAL_CACHE_BYTES = 64 * 2**20
 def bounded_memory() -> Iterator[None]:
     """Run a step with a fixed GDAL block cache and large blocks mapped by glibc, so its resident set does not
     grow with the scene. Blocks of 1 MiB and more are mapped and unmapped (``mallopt(M_MMAP_THRESHOLD)``)
-    because chips and table blocks freed by several threads otherwise fragment glibc's heap arenas; the same
-    setting as ``torchbearer.allocator.map_large_blocks``."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 2**20)  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    because chips and table blocks freed by several threads otherwise fragment glibc's heap arenas
+    (``torchbearer.allocator.map_large_blocks``)."""
+    map_large_blocks()
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         yield
 
