@@ -126,8 +126,8 @@ def main() -> None:
     if args.rss_child:
         rss_child(args.rss_child, args.out, args.window, args.overlap, args.batch_size)
         return
-    # The CAMs are timed as the explain kind runs them (its allocator setting); predict, in the same process,
-    # then runs without its own (map_large_blocks, which costs it time): cam_over_predict errs low.
+    # The CAMs are timed as the explain kind runs them (its allocator setting); predict, which makes no setting,
+    # runs under it too in this process (one arena left its memory and time as they were: docs/benchmarks.md).
     share_one_arena()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-explain-"))

@@ -26,6 +26,7 @@ from torchbearer.explain.model import ClassScore
 from torchbearer.explain.patches import check_bands
 from torchbearer.imagery.cache import StackError, stack_info
 from torchbearer.inference.ensemble import GDAL_CACHE_BYTES
+from torchbearer.inference.groups import InputBuffers
 from torchbearer.inference.stream import READERS, GroupStream, StopRequested
 from torchbearer.inference.writer import StripWriter
 from torchbearer.ml.checkpoint import ModelCard, standardising_terms
@@ -66,11 +67,12 @@ def cam_forward(maker: CamMaker, card: ModelCard, terms: tuple[float, float], in
     a, b = standardising_terms(terms, card.norm["mean"], card.norm["std"])
     scale, shift = torch.from_numpy(a).view(1, -1, 1, 1), torch.from_numpy(b).view(1, -1, 1, 1)
     binary = card.task == "binary"
+    inputs, bands = InputBuffers(), torch.arange(len(card.bands))  # the stream reads the card's bands, in order
 
     def forward(x: torch.Tensor) -> list[torch.Tensor]:
-        x = x.to(torch.float32)
-        nodata = (x == 0).any(dim=1, keepdim=True)  # DN 0 in any band is no data (imagery/cache.py)
-        xm = torch.addcmul(shift, x, scale).masked_fill_(nodata, 0.0).to(device)
+        nodata = inputs.nodata(x)  # DN 0 in any band is no data (imagery/cache.py)
+        xm = inputs.standardised(x, bands, scale, shift, torch.contiguous_format).masked_fill_(nodata, 0.0)
+        xm = xm.to(device)
         targets = [ClassScore(index, binary, ~nodata[k, 0]) for k in range(len(x))]
         return [torch.from_numpy(maker(xm, targets))]
 
